@@ -134,9 +134,7 @@ def head_sizes(n_slots: int = DEFAULT_SLOTS) -> dict[str, int]:
     """Number of values of each head, in head order, for a host with `n_slots` slots."""
     if n_slots < 1:
         raise ValueError(f"n_slots must be >= 1, got {n_slots}")
-    return {
-        name: (n_slots if name == "slot" else len(HEAD_ENUMS[name])) for name in HEAD_NAMES
-    }
+    return {name: (n_slots if name == "slot" else len(HEAD_ENUMS[name])) for name in HEAD_NAMES}
 
 
 def relevance_mask(ops: npt.ArrayLike) -> BoolArray:
@@ -170,13 +168,13 @@ class ActionMasks:
         active[Op.WAIT] = False
         slot = self.slot_by_op[active].any(axis=0) if active.any() else self.slot_by_op[Op.WAIT]
         sizes = head_sizes(self.n_slots)
-        parts = [self.op, slot] + [
-            np.ones(sizes[name], dtype=np.bool_) for name in HEAD_NAMES[2:]
-        ]
+        parts = [self.op, slot] + [np.ones(sizes[name], dtype=np.bool_) for name in HEAD_NAMES[2:]]
         return np.concatenate(parts).astype(np.bool_)
 
 
-def compute_masks(can_grow: npt.ArrayLike, can_mutate: npt.ArrayLike, can_kill: npt.ArrayLike) -> ActionMasks:
+def compute_masks(
+    can_grow: npt.ArrayLike, can_mutate: npt.ArrayLike, can_kill: npt.ArrayLike
+) -> ActionMasks:
     """Validity masks from what each slot allows right now.
 
     GROW needs an empty slot out of embargo, MUTATE a blending or holding seed, KILL a
