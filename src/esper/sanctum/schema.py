@@ -1,0 +1,163 @@
+"""What the Sanctum dashboard shows: immutable snapshots built by the aggregator.
+
+These types are the contract between `SanctumAggregator` (which fills them from
+telemetry events) and the widgets (which only read them). They import no torch, so
+the dashboard starts fast and runs wherever a run directory can be copied to.
+
+Every value that can be absent says so (`None` or a `*_received` flag): a default
+1.0 must never be mistaken for a healthy reading.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from esper.actions import HEAD_NAMES
+
+#: How many PPO updates of per-head history the sparklines keep (a bounded ring).
+HISTORY_LEN = 120
+#: How many recent events the event log keeps.
+EVENT_LOG_LEN = 200
+
+
+@dataclass(frozen=True)
+class HeadStats:
+    """One head's statistics from the latest PPO update (ratio max lives on TamiyoState).
+
+    `relevant == 0` means no sample of the update used this head: the ratio fields are
+    the neutral 1.0 and must be shown as "no data", not as healthy.
+    """
+
+    ratio_min: float = 1.0
+    clip_fraction: float = 0.0
+    entropy: float | None = None  # normalised once, to [0, 1]
+    approx_kl: float = 0.0
+    relevant: int = 0
+    nonfinite: int = 0
+    nan_latched: bool = False  # a NaN was ever seen for this head in this run
+    inf_latched: bool = False  # an infinity was ever seen for this head in this run
+    ratio_max_history: tuple[float, ...] = ()  # oldest first, at most HISTORY_LEN
+
+
+def _empty_heads() -> dict[str, HeadStats]:
+    return {name: HeadStats() for name in HEAD_NAMES}
+
+
+@dataclass(frozen=True)
+class TamiyoState:
+    """The policy's health as of the latest PPO update (TELE-150/151/170 and siblings).
+
+    The eight `head_*_ratio_max` fields are the TELE-151 record; they default to the
+    neutral 1.0 and are meaningful only when `ppo_data_received` is True.
+    """
+
+    head_op_ratio_max: float = 1.0
+    head_slot_ratio_max: float = 1.0
+    head_blueprint_ratio_max: float = 1.0
+    head_style_ratio_max: float = 1.0
+    head_tempo_ratio_max: float = 1.0
+    head_alpha_target_ratio_max: float = 1.0
+    head_alpha_speed_ratio_max: float = 1.0
+    head_alpha_curve_ratio_max: float = 1.0
+    heads: dict[str, HeadStats] = field(default_factory=_empty_heads)
+    ppo_data_received: bool = False
+    ppo_updates_count: int = 0
+    last_update_index: int | None = None
+    last_update_batch: int | None = None  # the batch the shown values come from
+    last_update_time: float | None = None  # event timestamp, seconds since the epoch
+    joint_ratio_max: float = 1.0
+    joint_ratio_max_history: tuple[float, ...] = ()
+    approx_kl: float = 0.0
+    clip_fraction: float = 0.0
+    policy_loss: float = 0.0
+    value_loss: float = 0.0
+    entropy: float = 0.0
+    explained_variance: float = 0.0
+    epochs_run: int = 0
+    early_stopped: bool = False
+    minibatches_skipped: int = 0
+
+    def ratio_max(self, head: str) -> float:
+        """The TELE-151 field of `head`, by name (the panel iterates heads)."""
+        return float(getattr(self, f"head_{head}_ratio_max"))
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One slot of the host as last reported by a lifecycle event."""
+
+    index: int
+    stage: str = "DORMANT"
+    blueprint: str | None = None
+    alpha: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Identity and configuration of the run, from TRAINING_STARTED."""
+
+    run_id: str = ""
+    task: str = ""
+    episodes_total: int = 0
+    n_envs: int = 0
+    device: str = ""
+    started_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far the run is, for the header."""
+
+    episodes_done: int = 0
+    batches_done: int = 0  # batches whose rollouts finished (PPO may still be running)
+    last_event_time: float | None = None
+    finished: bool = False
+    failed: bool = False
+    failure: str | None = None
+
+
+@dataclass(frozen=True)
+class EpisodeStats:
+    """Episode outcomes, latest and recent mean."""
+
+    last_return: float | None = None
+    mean_return: float | None = None  # over the recent window
+    last_accuracy: float | None = None
+    return_history: tuple[float, ...] = ()
+    seeds_grown: int = 0
+    seeds_fossilized: int = 0
+    seeds_killed: int = 0
+
+
+@dataclass(frozen=True)
+class EventLogEntry:
+    """One line of the dashboard's event log."""
+
+    timestamp: float
+    severity: str  # "info" | "warning" | "error"
+    message: str
+
+
+@dataclass(frozen=True)
+class SanctumSnapshot:
+    """Everything the dashboard draws, frozen at one moment."""
+
+    run: RunInfo = field(default_factory=RunInfo)
+    progress: Progress = field(default_factory=Progress)
+    tamiyo: TamiyoState = field(default_factory=TamiyoState)
+    episodes: EpisodeStats = field(default_factory=EpisodeStats)
+    slots: tuple[SlotState, ...] = ()
+    events: tuple[EventLogEntry, ...] = ()
+    events_read: int = 0
+    lines_skipped: int = 0  # malformed lines the reader passed over
+    drops: int = 0  # events a live backend dropped, as reported by the hub
+
+    @property
+    def is_stale(self) -> bool:
+        """Shown PPO values are older than the latest finished batch (e.g. skipped update)."""
+        t = self.tamiyo
+        return (
+            t.ppo_data_received
+            and t.last_update_batch is not None
+            and self.progress.batches_done > t.last_update_batch + 1
+        )
