@@ -1,0 +1,140 @@
+"""Run configuration: defaults, config files and validation, without torch.
+
+The CLI validates everything here before the training stack is imported, so a typo
+in a flag or a config file costs the operator a one-line message, not a traceback
+after a three-second torch import.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+TASKS: tuple[str, ...] = ("digits", "spirals")
+CLIP_MODES: tuple[str, ...] = ("per_head", "joint")
+
+
+class ConfigError(ValueError):
+    """A configuration value or file the run cannot start with; the message names it."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run is started with; recorded verbatim in run.json.
+
+    `episodes` counts episodes in total over all parallel envs; one PPO update follows
+    each batch of `envs` episodes (the last batch may be smaller).
+    """
+
+    task: str = "digits"
+    episodes: int = 10
+    envs: int = 2
+    episode_length: int = 25
+    slots: int = 3
+    epochs: int = 4
+    minibatches: int = 4
+    clip: float = 0.2
+    clip_mode: str = "per_head"
+    lr: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    target_kl: float | None = 0.05
+    joint_ratio_limit: float | None = None
+    explosion_threshold: float = 2.0
+    hidden: int = 128
+    max_bad_updates: int = 5
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def batches(self) -> int:
+        """Number of PPO updates the run will do."""
+        return -(-self.episodes // self.envs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _positive_int(cfg: TrainConfig, name: str) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+
+
+def _positive_float(cfg: TrainConfig, name: str, *, optional: bool = False) -> None:
+    value = getattr(cfg, name)
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the first value a run cannot start with."""
+    for name in ("episodes", "envs", "episode_length", "slots", "epochs", "minibatches"):
+        _positive_int(cfg, name)
+    for name in ("clip", "lr", "max_grad_norm", "explosion_threshold"):
+        _positive_float(cfg, name)
+    for name in ("target_kl", "joint_ratio_limit"):
+        _positive_float(cfg, name, optional=True)
+    _positive_int(cfg, "hidden")
+    _positive_int(cfg, "max_bad_updates")
+    if cfg.task not in TASKS:
+        raise ConfigError(f"unknown task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
+    if cfg.clip_mode not in CLIP_MODES:
+        raise ConfigError(
+            f"clip_mode must be one of {', '.join(CLIP_MODES)}, got {cfg.clip_mode!r}"
+        )
+    for name in ("gamma", "gae_lambda"):
+        value = getattr(cfg, name)
+        if not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ConfigError(f"{name} must be in [0, 1], got {value!r}")
+    for name in ("entropy_coef", "value_coef"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ConfigError(f"seed must be a whole number >= 0, got {cfg.seed!r}")
+    if not isinstance(cfg.device, str) or not cfg.device.split(":")[0] in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device must be cpu, cuda[:N] or mps, got {cfg.device!r}")
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Load a TOML or JSON config file into a plain mapping; unknown keys are rejected."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"config file {path} is not valid {path.suffix[1:] or 'TOML'}: {exc}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a table/object of settings")
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) in {path}: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+        )
+    return data
+
+
+def build_config(file_values: dict[str, Any] | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the config file, then flags (None means "flag not given")."""
+    merged = {**(file_values or {}), **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        return replace(TrainConfig(), **merged)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from None
