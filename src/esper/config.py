@@ -104,7 +104,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a whole number >= 0, got {cfg.seed!r}")
-    if not isinstance(cfg.device, str) or not cfg.device.split(":")[0] in ("cpu", "cuda", "mps"):
+    if not isinstance(cfg.device, str) or cfg.device.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device must be cpu, cuda[:N] or mps, got {cfg.device!r}")
 
 
@@ -126,7 +126,8 @@ def read_config_file(path: Path) -> dict[str, Any]:
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(
-            f"unknown key(s) in {path}: {', '.join(unknown)}; known keys: {', '.join(sorted(known))}"
+            f"unknown key(s) in {path}: {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(known))}"
         )
     return data
 
