@@ -1,0 +1,301 @@
+"""The morphogenetic environment: one RL step = one factored action + one host epoch.
+
+Step order: validate the action against the masks the agent saw (an impossible action is
+executed as WAIT and flagged), apply it to the slot lifecycles, train the host one epoch,
+advance every lifecycle one epoch, then evaluate. The observation therefore describes the
+network exactly as it was evaluated, and the masks returned next match that state.
+
+Reward (per step t = 1..L, acc = validation accuracy after step t, acc_0 at reset):
+
+    r_t = (acc_t - acc_{t-1}) - RENT * seed_params_t / host_params
+          + [t == L] * TERMINAL_WEIGHT * acc_L
+
+`seed_params_t` counts every planted seed (fossilized ones included) after step t. The
+accuracy terms telescope, so an episode's return is acc_L - acc_0 + TERMINAL_WEIGHT * acc_L
+minus the rent paid: growth pays only when it buys more accuracy than its parameters cost.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import deque
+from typing import Any, ClassVar, SupportsFloat
+
+import gymnasium
+import numpy as np
+import numpy.typing as npt
+import torch
+from gymnasium import spaces
+
+from esper.actions import (
+    HEAD_NAMES,
+    ActionMasks,
+    AlphaCurve,
+    AlphaSpeed,
+    AlphaTarget,
+    BlendStyle,
+    Blueprint,
+    Op,
+    Tempo,
+    compute_masks,
+    head_sizes,
+    is_valid,
+)
+from esper.host import HostNetwork
+from esper.lifecycle import LifecycleEvent, SlotLifecycle, Stage
+from esper.tasks import load_task
+
+FloatArray = npt.NDArray[np.float32]
+
+#: Rent per step for seeds as large as the whole host; a linear seed on the default
+#: digits host costs about 0.0002 accuracy points per epoch.
+RENT = 1e-3
+TERMINAL_WEIGHT = 0.5
+#: Length of the train-loss and validation-accuracy windows in the observation.
+HISTORY = 5
+#: Normalised loss (loss / ln n_classes, 1.0 at chance) is clipped here to keep a finite box.
+LOSS_CLIP = 10.0
+#: Stages in which a seed trains in isolation and is probed at its target alpha.
+ISOLATED_STAGES = frozenset({Stage.GERMINATED, Stage.TRAINING})
+
+
+def step_reward(
+    acc: float, prev_acc: float, seed_params: int, host_params: int, final: bool
+) -> float:
+    """The reward formula of the module docstring, for one step."""
+    reward = (acc - prev_acc) - RENT * seed_params / host_params
+    return reward + TERMINAL_WEIGHT * acc if final else reward
+
+
+def observation_layout(n_slots: int) -> list[tuple[str, int, float, float]]:
+    """The observation vector as (name, size, low, high) blocks, in order."""
+    blocks = [
+        ("progress", 1, 0.0, 1.0),
+        ("train_loss", HISTORY, 0.0, LOSS_CLIP),
+        ("val_accuracy", HISTORY, 0.0, 1.0),
+    ]
+    for i in range(n_slots):
+        blocks += [
+            (f"slot{i}.stage", len(Stage), 0.0, 1.0),
+            (f"slot{i}.alpha", 1, 0.0, 1.0),
+            (f"slot{i}.age", 1, 0.0, 1.0),
+            (f"slot{i}.blueprint", len(Blueprint), 0.0, 1.0),
+            (f"slot{i}.contribution", 1, -1.0, 1.0),
+        ]
+    return blocks
+
+
+def _one_hot(index: int | None, size: int) -> FloatArray:
+    vec = np.zeros(size, dtype=np.float32)
+    if index is not None:
+        vec[index] = 1.0
+    return vec
+
+
+def slot_features(lc: SlotLifecycle, contribution: float, episode_length: int) -> FloatArray:
+    """One slot's observation block: stage, alpha, age / L, blueprint, contribution."""
+    return np.concatenate(
+        [
+            _one_hot(lc.stage, len(Stage)),
+            [lc.alpha, min(lc.age / episode_length, 1.0)],
+            _one_hot(lc.blueprint, len(Blueprint)),
+            [contribution],
+        ],
+        dtype=np.float32,
+    )
+
+
+class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
+    """Grow, blend, fossilize or kill seeds in a host MLP while it trains on a task.
+
+    Observation (see `observation_layout`): progress t/L; the last `HISTORY` train losses
+    (divided by ln n_classes) and validation accuracies, oldest first; then per slot the
+    one-hot stage, alpha, age / L, one-hot blueprint, and a contribution estimate: the
+    validation accuracy with the seed at its probe alpha (current alpha, or its target while
+    it trains in isolation) minus the accuracy with that seed switched off (alpha = 0).
+    """
+
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+
+    def __init__(
+        self,
+        task: str = "digits",
+        n_slots: int = 3,
+        episode_length: int = 25,
+        seed: int | None = None,
+        device: str = "cpu",
+        render_mode: str | None = None,
+    ) -> None:
+        if episode_length < 1:
+            raise ValueError(f"episode_length must be >= 1, got {episode_length}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"unsupported render_mode {render_mode!r}")
+        self.task = load_task(task, seed if seed is not None else 0)
+        self.n_slots, self.episode_length, self.render_mode = n_slots, episode_length, render_mode
+        self.device = torch.device(device)
+        sizes = head_sizes(n_slots)
+        self.action_space = spaces.MultiDiscrete([sizes[h] for h in HEAD_NAMES])
+        layout = observation_layout(n_slots)
+        low = np.concatenate([np.full(n, lo, dtype=np.float32) for _, n, lo, _ in layout])
+        high = np.concatenate([np.full(n, hi, dtype=np.float32) for _, n, _, hi in layout])
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
+        self.obs_dim = int(low.shape[0])
+        to = functools.partial(torch.tensor, device=self.device)
+        self._x_train, self._y_train = to(self.task.x_train), to(self.task.y_train)
+        self._x_val, self._y_val = to(self.task.x_val), to(self.task.y_val)
+        self._loss_scale = math.log(self.task.n_classes)
+        self._first_seed = seed
+        self._maybe_host: HostNetwork | None = None
+        self._slots = [SlotLifecycle(i) for i in range(n_slots)]
+        self._t, self._acc = 0, 0.0
+
+    # -- gymnasium API ---------------------------------------------------------------------
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[FloatArray, dict[str, Any]]:
+        """Start a fresh host; every random draw of the episode comes from `np_random`."""
+        super().reset(seed=self._first_seed if seed is None else seed)
+        self._first_seed = None  # the constructor seed seeds the first reset only
+        self._gen = torch.Generator().manual_seed(int(self.np_random.integers(2**63 - 1)))
+        self._maybe_host = HostNetwork(
+            self.task.n_features,
+            self.task.n_classes,
+            self._gen,
+            n_slots=self.n_slots,
+            device=self.device,
+        )
+        self._slots = [SlotLifecycle(i) for i in range(self.n_slots)]
+        self._t, self._return = 0, 0.0
+        self._counts = {Stage.GERMINATED: 0, Stage.FOSSILIZED: 0, Stage.KILLED: 0}
+        train_loss, _ = self._host.evaluate(self._x_train, self._y_train)
+        _, self._acc = self._host.evaluate(self._x_val, self._y_val)
+        self._losses = deque([train_loss] * HISTORY, maxlen=HISTORY)
+        self._accs = deque([self._acc] * HISTORY, maxlen=HISTORY)
+        self._contributions = [0.0] * self.n_slots
+        return self._observation(), {"val_accuracy": self._acc}
+
+    def step(
+        self, action: npt.ArrayLike
+    ) -> tuple[FloatArray, SupportsFloat, bool, bool, dict[str, Any]]:
+        if self._t >= self.episode_length:
+            raise RuntimeError("the episode is over; call reset()")
+        act = np.asarray(action)
+        valid = self.action_space.contains(act) and is_valid(act, self.structured_masks())
+        op = Op(int(act[0])) if valid else Op.WAIT
+        events = self._apply(op, act) if op != Op.WAIT else []
+        self._sync_host()
+        train_loss = self._host.train_epoch(self._x_train, self._y_train, self._gen)
+        for lc in self._slots:
+            events += lc.advance()
+        self._sync_host()
+        prev_acc = self._acc
+        _, self._acc = self._host.evaluate(self._x_val, self._y_val)
+        self._contributions = [self._contribution(i) for i in range(self.n_slots)]
+        self._losses.append(train_loss)
+        self._accs.append(self._acc)
+        self._t += 1
+        terminated = self._t >= self.episode_length
+        reward = step_reward(
+            self._acc, prev_acc, self._host.seed_params(), self._host.host_params, terminated
+        )
+        self._return += reward
+        for event in events:
+            if event.to_stage in self._counts:
+                self._counts[event.to_stage] += 1
+        info: dict[str, Any] = {
+            "invalid_action": not valid,
+            "executed_op": int(op),
+            "val_accuracy": self._acc,
+            "train_loss": train_loss,
+            "lifecycle_events": [event.as_dict() for event in events],
+        }
+        if terminated:
+            info["episode"] = self._episode_summary()
+        return self._observation(), reward, terminated, False, info
+
+    def render(self) -> str | None:
+        if self.render_mode != "ansi":
+            return None
+        slots = " | ".join(f"{lc.slot}:{lc.stage.name} a={lc.alpha:.2f}" for lc in self._slots)
+        return f"epoch {self._t}/{self.episode_length} acc={self._acc:.3f} | {slots}"
+
+    # -- masks -----------------------------------------------------------------------------
+    def structured_masks(self) -> ActionMasks:
+        """What each op may do now, derived from the slot lifecycles."""
+        return compute_masks(
+            [lc.can_grow for lc in self._slots],
+            [lc.can_mutate for lc in self._slots],
+            [lc.can_kill for lc in self._slots],
+        )
+
+    def action_masks(self) -> npt.NDArray[np.bool_]:
+        """The flat per-head mask, in the layout maskable PPO implementations expect."""
+        return self.structured_masks().flat()
+
+    # -- internals -------------------------------------------------------------------------
+    @property
+    def _host(self) -> HostNetwork:
+        if self._maybe_host is None:
+            raise RuntimeError("call reset() before step()")
+        return self._maybe_host
+
+    def _apply(self, op: Op, act: npt.NDArray[Any]) -> list[LifecycleEvent]:
+        """Execute a valid non-WAIT action on its slot; returns the resulting event."""
+        head = dict(zip(HEAD_NAMES, (int(v) for v in act), strict=True))
+        lc = self._slots[head["slot"]]
+        if op == Op.GROW:
+            blueprint, style = Blueprint(head["blueprint"]), BlendStyle(head["style"])
+            tempo, target = Tempo(head["tempo"]), AlphaTarget(head["alpha_target"])
+            event = lc.germinate(blueprint, style, tempo, target)
+            self._host.plant(lc.slot, blueprint, style, self._gen)
+        elif op == Op.MUTATE:
+            event = lc.mutate(
+                AlphaTarget(head["alpha_target"]),
+                AlphaSpeed(head["alpha_speed"]),
+                AlphaCurve(head["alpha_curve"]),
+            )
+        else:
+            event = lc.kill(AlphaSpeed(head["alpha_speed"]), AlphaCurve(head["alpha_curve"]))
+        return [event]
+
+    def _sync_host(self) -> None:
+        """Copy each lifecycle's alpha and isolation onto the host; drop freed seeds."""
+        for lc in self._slots:
+            seed = self._host.seeds[lc.slot]
+            if seed is None:
+                continue
+            if lc.stage == Stage.DORMANT:
+                self._host.remove(lc.slot)
+                continue
+            seed.alpha = lc.alpha
+            seed.probe_alpha = lc.alpha_target if lc.stage == Stage.TRAINING else None
+
+    def _contribution(self, slot: int) -> float:
+        """Validation accuracy with the seed at its probe alpha minus with it switched off."""
+        lc = self._slots[slot]
+        probe = lc.alpha_target if lc.stage in ISOLATED_STAGES else lc.alpha
+        if self._host.seeds[slot] is None or probe == 0.0:
+            return 0.0
+        _, with_seed = self._host.evaluate(self._x_val, self._y_val, {slot: probe})
+        _, without = self._host.evaluate(self._x_val, self._y_val, {slot: 0.0})
+        return with_seed - without
+
+    def _observation(self) -> FloatArray:
+        losses = np.clip(np.asarray(self._losses) / self._loss_scale, 0.0, LOSS_CLIP)
+        parts = [np.array([self._t / self.episode_length]), losses, np.asarray(self._accs)]
+        parts += [
+            slot_features(lc, c, self.episode_length)
+            for lc, c in zip(self._slots, self._contributions, strict=True)
+        ]
+        return np.concatenate(parts, dtype=np.float32)
+
+    def _episode_summary(self) -> dict[str, float | int]:
+        return {
+            "return": self._return,
+            "final_accuracy": self._acc,
+            "seeds_grown": self._counts[Stage.GERMINATED],
+            "seeds_fossilized": self._counts[Stage.FOSSILIZED],
+            "seeds_killed": self._counts[Stage.KILLED],
+            "length": self._t,
+        }
