@@ -1,0 +1,248 @@
+"""The run directory on disk: `run.json` + `events.jsonl`, written durably and read leniently.
+
+`RunRecorder` is a synchronous hub backend: one JSON line per event, flushed per event and
+fsynced at every PPO update and at the end, so a run killed at any moment keeps every
+update whose emit returned. `read_events` reads (and optionally follows) that file; a bad
+line is reported by number and skipped, never stopping the read, and a torn last line (a
+write cut short) is held back in follow mode and counted as skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy
+
+from esper import __version__
+from esper.telemetry.contracts import (
+    TERMINAL_EVENTS,
+    ContractError,
+    EventType,
+    TelemetryEvent,
+    event_from_json_line,
+    event_to_json_line,
+    json_value,
+)
+
+RUN_FILE = "run.json"
+EVENTS_FILE = "events.jsonl"
+#: Events after which the recorder fsyncs: losing one of these loses a PPO update or
+#: the run's ending.
+DURABLE_EVENTS: frozenset[EventType] = frozenset(
+    {EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED} | TERMINAL_EVENTS
+)
+#: At most this many malformed lines are kept with their reason (all are counted).
+MAX_MALFORMED_KEPT = 1000
+_CHUNK = 1 << 20
+
+
+def library_versions() -> dict[str, str]:
+    """Versions worth recording; torch only if already imported (the recorder never loads it)."""
+    versions = {
+        "esper": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        versions["torch"] = str(getattr(torch, "__version__", "unknown"))
+    return versions
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (POSIX only; elsewhere the rename must do)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write `data` to `path` via a temp file + rename, so readers never see half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, allow_nan=True)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+class RunRecorder:
+    """Hub backend writing `run_dir/run.json` and appending to `run_dir/events.jsonl`.
+
+    Synchronous on purpose: a write is a few microseconds and must not sit in a queue a
+    SIGKILL would empty. Appending to an existing file (a resumed run) first closes a torn
+    last line so the new events start on a line of their own.
+    """
+
+    synchronous = True
+    name = "recorder"
+
+    def __init__(
+        self,
+        run_dir: Path | str,
+        config: Mapping[str, Any],
+        *,
+        run_id: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_id = run_id if run_id is not None else self.run_dir.name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(
+            self.run_dir / RUN_FILE,
+            {
+                "run_id": self.run_id,
+                "started_at": clock(),
+                "versions": library_versions(),
+                "config": json_value(config, "config"),
+            },
+        )
+        self._lock = threading.Lock()
+        self._file = open(self.events_path, "a", encoding="utf-8")  # noqa: SIM115 (owned)
+        if self._file.tell() > 0 and not _ends_with_newline(self.events_path):
+            self._file.write("\n")
+            self._file.flush()
+
+    @property
+    def events_path(self) -> Path:
+        return self.run_dir / EVENTS_FILE
+
+    def handle(self, event: TelemetryEvent) -> None:
+        line = event_to_json_line(event) + "\n"
+        with self._lock:
+            self._file.write(line)
+            self._file.flush()
+            if event.event_type in DURABLE_EVENTS:
+                os.fsync(self._file.fileno())
+
+    def flush(self) -> None:
+        with self._lock:
+            if not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self.flush()
+        with self._lock:
+            self._file.close()
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+@dataclass
+class ReadStats:
+    """What `read_events` saw: complete lines, good events, and lines it passed over."""
+
+    lines_read: int = 0  # complete (newline-terminated) lines
+    events: int = 0
+    malformed: list[tuple[int, str]] = field(default_factory=list)  # (line number, reason)
+    skipped: int = 0  # malformed lines + an unfinished last line
+    torn_tail: bool = False  # the file ended in the middle of a line
+
+
+def parse_line(raw: bytes) -> TelemetryEvent:
+    """One line of `events.jsonl` (without newline) as an event, or a ContractError why not."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError(f"not UTF-8: {exc}") from None
+    if not text.strip():
+        raise ContractError("empty line")
+    try:
+        return event_from_json_line(text)
+    except RecursionError:
+        raise ContractError("bad JSON: nested too deeply") from None
+
+
+def _open_when_present(
+    path: Path, follow: bool, poll_interval: float, stop: threading.Event | None
+) -> BinaryIO | None:
+    """Open `path`; when following, wait for it to appear (None if stopped first)."""
+    while True:
+        try:
+            return open(path, "rb")  # closed by read_events
+        except FileNotFoundError:
+            if not follow:
+                raise
+        if _stopped(stop) or _wait(poll_interval, stop):
+            return None
+
+
+def _stopped(stop: threading.Event | None) -> bool:
+    return stop is not None and stop.is_set()
+
+
+def _wait(seconds: float, stop: threading.Event | None) -> bool:
+    """Sleep up to `seconds`; True if `stop` was set meanwhile."""
+    if stop is None:
+        time.sleep(seconds)
+        return False
+    return stop.wait(seconds)
+
+
+def read_events(
+    path: Path | str,
+    follow: bool = False,
+    poll_interval: float = 0.2,
+    stop: threading.Event | None = None,
+    *,
+    until_finished: bool = False,
+    stats: ReadStats | None = None,
+) -> Iterator[TelemetryEvent]:
+    """Yield the events of an `events.jsonl`, skipping (and counting in `stats`) bad lines.
+
+    With `follow`, keep yielding as the file grows (waiting for it to exist) until `stop` is
+    set or, with `until_finished`, a TRAINING_FINISHED/FAILED event has been yielded.
+    Without `follow` a missing file raises FileNotFoundError; an empty file yields nothing.
+    """
+    stats = stats if stats is not None else ReadStats()
+    f = _open_when_present(Path(path), follow, poll_interval, stop)
+    if f is None:
+        return
+    pending = b""
+    with f:
+        while not _stopped(stop):
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                if not follow or _wait(poll_interval, stop):
+                    break
+                continue
+            *lines, pending = (pending + chunk).split(b"\n")
+            for raw in lines:
+                stats.lines_read += 1
+                try:
+                    event = parse_line(raw)
+                except ContractError as exc:
+                    stats.skipped += 1
+                    if len(stats.malformed) < MAX_MALFORMED_KEPT:
+                        stats.malformed.append((stats.lines_read, str(exc)))
+                    continue
+                stats.events += 1
+                yield event
+                if until_finished and event.event_type in TERMINAL_EVENTS:
+                    return
+    if pending:
+        stats.torn_tail = True
+        stats.skipped += 1
