@@ -1,0 +1,317 @@
+"""Folds telemetry events into the `SanctumSnapshot` the dashboard draws.
+
+One entry point, `handle_event`, dispatches by event type. The state depends on the
+events only (their timestamps, never the wall clock), so a run followed live and the same
+run replayed from `events.jsonl` give equal snapshots. Every history is a bounded ring:
+memory does not grow with the length of the run. `snapshot()` may be called from another
+thread (the TUI's) while events arrive; both sides take the same lock.
+
+Decisions the widgets rely on:
+
+- Per-head NaN/Inf latches stay set for the rest of the run. A head latches NaN when its
+  ratio max or min is NaN or its `nonfinite` count is positive (a count cannot tell NaN
+  from inf, and both mean "skipped as unusable"); it latches Inf when its ratio max or
+  min is +-inf.
+- The slots panel shows environment 0's host: SEED_LIFECYCLE events of other envs
+  are ignored here (episode totals come from EPISODE_COMPLETED).
+- `Progress.batches_done` advances on PPO_UPDATE_COMPLETED and PPO_UPDATE_SKIPPED only
+  (batch + 1), so a skipped update makes `SanctumSnapshot.is_stale` true.
+- `EpisodeStats.seeds_*` are run totals; `mean_return` is over the last
+  `RETURN_MEAN_WINDOW` episodes, `return_history` the last `history_len`.
+- `SanctumSnapshot.drops` sums, over backends, the latest cumulative count of events
+  each lost (dropped on a full queue or failed on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from esper.actions import HEAD_NAMES
+from esper.sanctum.schema import (
+    EVENT_LOG_LEN,
+    HISTORY_LEN,
+    EpisodeStats,
+    EventLogEntry,
+    HeadStats,
+    Progress,
+    RunInfo,
+    SanctumSnapshot,
+    SlotState,
+    TamiyoState,
+)
+from esper.telemetry.contracts import (
+    EpisodeCompleted,
+    EventType,
+    PPOUpdatePayload,
+    PPOUpdateSkipped,
+    RatioExplosion,
+    SeedLifecycle,
+    TelemetryDrops,
+    TelemetryEvent,
+    TrainingFailed,
+    TrainingStarted,
+)
+from esper.telemetry.recorder import ReadStats, read_events
+
+#: How many recent episodes `EpisodeStats.mean_return` averages.
+RETURN_MEAN_WINDOW = 20
+#: The environment whose host the slots panel shows.
+SLOTS_ENV = 0
+#: TamiyoState fields copied verbatim from the PPO update payload of the same name.
+_COPIED_PPO_FIELDS: tuple[str, ...] = (
+    "joint_ratio_max",
+    "approx_kl",
+    "clip_fraction",
+    "policy_loss",
+    "value_loss",
+    "entropy",
+    "explained_variance",
+    "epochs_run",
+    "early_stopped",
+    "minibatches_skipped",
+)
+
+
+def nonfinite_latches(ratio_max: float, ratio_min: float, nonfinite: int) -> tuple[bool, bool]:
+    """(NaN seen, Inf seen) for one head in one update; see the module docstring."""
+    values = (ratio_max, ratio_min)
+    nan = nonfinite > 0 or any(math.isnan(v) for v in values)
+    inf = any(math.isinf(v) for v in values)
+    return nan, inf
+
+
+def _mean(values: deque[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+class SanctumAggregator:
+    """Thread-safe fold of telemetry events into a `SanctumSnapshot`."""
+
+    def __init__(
+        self,
+        history_len: int = HISTORY_LEN,
+        *,
+        event_log_len: int = EVENT_LOG_LEN,
+        return_window: int = RETURN_MEAN_WINDOW,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._run = RunInfo()
+        self._episodes_done = 0
+        self._batches_done = 0
+        self._last_event_time: float | None = None
+        self._finished = False
+        self._failed = False
+        self._failure: str | None = None
+        self._tamiyo = TamiyoState()
+        self._ratio_history = {h: deque[float](maxlen=history_len) for h in HEAD_NAMES}
+        self._joint_history = deque[float](maxlen=history_len)
+        self._latches = {h: (False, False) for h in HEAD_NAMES}
+        self._episodes = EpisodeStats()
+        self._returns = deque[float](maxlen=history_len)
+        self._recent_returns = deque[float](maxlen=return_window)
+        self._slots: dict[int, SlotState] = {}
+        self._log = deque[EventLogEntry](maxlen=event_log_len)
+        self._events_read = 0
+        self._lines_skipped = 0
+        self._lost: dict[str, int] = {}
+        self._handlers: dict[EventType, Callable[[TelemetryEvent], None]] = {
+            EventType.TRAINING_STARTED: self._handle_training_started,
+            EventType.EPISODE_COMPLETED: self._handle_episode_completed,
+            EventType.SEED_LIFECYCLE: self._handle_seed_lifecycle,
+            EventType.PPO_UPDATE_COMPLETED: self._handle_ppo_update,
+            EventType.PPO_UPDATE_SKIPPED: self._handle_ppo_skipped,
+            EventType.RATIO_EXPLOSION: self._handle_ratio_explosion,
+            EventType.TELEMETRY_DROPS: self._handle_drops,
+            EventType.TRAINING_FINISHED: self._handle_finished,
+            EventType.TRAINING_FAILED: self._handle_failed,
+        }
+        assert set(self._handlers) == set(EventType), "every event type needs a handler"
+
+    # ------------------------------------------------------------------ entry points
+
+    def handle_event(self, event: TelemetryEvent) -> None:
+        """Fold one event into the state (the only way state changes, bar lines_skipped)."""
+        with self._lock:
+            self._events_read += 1
+            self._last_event_time = event.timestamp
+            self._handlers[event.event_type](event)
+
+    def set_lines_skipped(self, count: int) -> None:
+        """Record how many lines the file reader passed over (ReadStats.skipped)."""
+        with self._lock:
+            self._lines_skipped = count
+
+    def snapshot(self) -> SanctumSnapshot:
+        """An immutable copy of the current state, safe to keep and read from any thread."""
+        with self._lock:
+            return SanctumSnapshot(
+                run=self._run,
+                progress=Progress(
+                    episodes_done=self._episodes_done,
+                    batches_done=self._batches_done,
+                    last_event_time=self._last_event_time,
+                    finished=self._finished,
+                    failed=self._failed,
+                    failure=self._failure,
+                ),
+                tamiyo=dataclasses.replace(self._tamiyo, heads=dict(self._tamiyo.heads)),
+                episodes=self._episodes,
+                slots=tuple(self._slots[i] for i in sorted(self._slots)),
+                events=tuple(self._log),
+                events_read=self._events_read,
+                lines_skipped=self._lines_skipped,
+                drops=sum(self._lost.values()),
+            )
+
+    # ------------------------------------------------------------------ handlers
+
+    def _log_event(self, event: TelemetryEvent, message: str | None = None) -> None:
+        self._log.append(EventLogEntry(event.timestamp, event.severity, message or event.message))
+
+    def _handle_training_started(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, TrainingStarted)
+        self._run = RunInfo(
+            run_id=event.run_id,
+            task=p.task,
+            episodes_total=p.episodes_total,
+            n_envs=p.n_envs,
+            device=p.device,
+            started_at=event.timestamp,
+        )
+        for index in range(p.head_sizes.get("slot", 0)):
+            self._slots.setdefault(index, SlotState(index=index))
+        self._log_event(event)
+
+    def _handle_episode_completed(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, EpisodeCompleted)
+        self._episodes_done += 1
+        self._returns.append(p.episode_return)
+        self._recent_returns.append(p.episode_return)
+        e = self._episodes
+        self._episodes = EpisodeStats(
+            last_return=p.episode_return,
+            mean_return=_mean(self._recent_returns),
+            last_accuracy=p.final_accuracy,
+            return_history=tuple(self._returns),
+            seeds_grown=e.seeds_grown + p.seeds_grown,
+            seeds_fossilized=e.seeds_fossilized + p.seeds_fossilized,
+            seeds_killed=e.seeds_killed + p.seeds_killed,
+        )
+
+    def _handle_seed_lifecycle(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, SeedLifecycle)
+        if p.env_index != SLOTS_ENV:
+            return
+        self._slots[p.slot] = SlotState(
+            index=p.slot, stage=p.to_stage, blueprint=p.blueprint, alpha=p.alpha
+        )
+        self._log_event(event)
+
+    def _handle_ppo_update(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, PPOUpdatePayload)
+        heads = {h: self._update_head(p, h) for h in HEAD_NAMES}
+        self._joint_history.append(p.joint_ratio_max)
+        self._tamiyo = TamiyoState(
+            **{f"head_{h}_ratio_max": p.head(h, "ratio_max") for h in HEAD_NAMES},
+            **{name: getattr(p, name) for name in _COPIED_PPO_FIELDS},
+            heads=heads,
+            ppo_data_received=True,
+            ppo_updates_count=self._tamiyo.ppo_updates_count + 1,
+            last_update_index=p.update_index,
+            last_update_batch=event.batch,
+            last_update_time=event.timestamp,
+            joint_ratio_max_history=tuple(self._joint_history),
+        )
+        self._advance_batches(event.batch)
+        self._log_event(event)
+
+    def _update_head(self, p: PPOUpdatePayload, head: str) -> HeadStats:
+        """One head's stats from an update, its history appended and latches folded in."""
+        ratio_max, ratio_min = p.head(head, "ratio_max"), p.head(head, "ratio_min")
+        nonfinite = p.head(head, "nonfinite")
+        nan, inf = nonfinite_latches(ratio_max, ratio_min, nonfinite)
+        was_nan, was_inf = self._latches[head]
+        self._latches[head] = (was_nan or nan, was_inf or inf)
+        history = self._ratio_history[head]
+        history.append(ratio_max)
+        return HeadStats(
+            ratio_min=ratio_min,
+            clip_fraction=p.head(head, "clip_fraction"),
+            entropy=p.head(head, "entropy"),
+            approx_kl=p.head(head, "approx_kl"),
+            relevant=p.head(head, "relevant"),
+            nonfinite=nonfinite,
+            nan_latched=was_nan or nan,
+            inf_latched=was_inf or inf,
+            ratio_max_history=tuple(history),
+        )
+
+    def _advance_batches(self, batch: int | None) -> None:
+        if batch is not None:
+            self._batches_done = max(self._batches_done, batch + 1)
+
+    def _handle_ppo_skipped(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, PPOUpdateSkipped)
+        self._advance_batches(p.batch)
+        self._log_event(event)
+
+    def _handle_ratio_explosion(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, RatioExplosion)
+        self._log_event(event, p.summary())
+
+    def _handle_drops(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, TelemetryDrops)
+        self._lost[p.backend] = max(self._lost.get(p.backend, 0), p.dropped + p.failed)
+        self._log_event(event)
+
+    def _handle_finished(self, event: TelemetryEvent) -> None:
+        self._finished = True
+        self._log_event(event)
+
+    def _handle_failed(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, TrainingFailed)
+        self._failed = True
+        self._failure = p.error
+        self._log_event(event)
+
+
+class SanctumBackend:
+    """Hub backend feeding an aggregator live; queued, so a slow dashboard never blocks."""
+
+    synchronous = False
+    name = "sanctum"
+
+    def __init__(self, aggregator: SanctumAggregator) -> None:
+        self.aggregator = aggregator
+
+    def handle(self, event: TelemetryEvent) -> None:
+        self.aggregator.handle_event(event)
+
+    def flush(self) -> None:
+        """Nothing buffered: every handled event is already in the aggregator."""
+
+    def close(self) -> None:
+        """Nothing to release; the aggregator stays readable after the run."""
+
+
+def aggregate_file(path: Path | str, history_len: int = HISTORY_LEN) -> SanctumSnapshot:
+    """Replay a recorded `events.jsonl` into a fresh aggregator and return its snapshot."""
+    aggregator = SanctumAggregator(history_len)
+    stats = ReadStats()
+    for event in read_events(path, stats=stats):
+        aggregator.handle_event(event)
+    aggregator.set_lines_skipped(stats.skipped)
+    return aggregator.snapshot()
