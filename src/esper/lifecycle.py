@@ -20,6 +20,7 @@ Semantics, one host epoch per `advance()`:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,11 +189,11 @@ class SlotLifecycle:
     def germinate(
         self, blueprint: Blueprint, style: BlendStyle, tempo: Tempo, target: AlphaTarget
     ) -> LifecycleEvent:
-        """Plant a seed in this (empty) slot."""
+        """Plant a seed in this (empty) slot; the event names the new seed's blueprint."""
         event = self._move(Stage.GERMINATED)
         self.blueprint, self.style, self.tempo = blueprint, style, tempo
         self.alpha, self.alpha_target, self.age = 0.0, ALPHA_TARGET_VALUES[target], 0
-        return event
+        return dataclasses.replace(event, blueprint=blueprint)
 
     def mutate(self, target: AlphaTarget, speed: AlphaSpeed, curve: AlphaCurve) -> LifecycleEvent:
         """Re-target a blending or holding seed: a new ramp from the current alpha."""
