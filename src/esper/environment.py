@@ -116,7 +116,7 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
     it trains in isolation) minus the accuracy with that seed switched off (alpha = 0).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
 
     def __init__(
         self,
@@ -196,9 +196,8 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         self._accs.append(self._acc)
         self._t += 1
         terminated = self._t >= self.episode_length
-        reward = step_reward(
-            self._acc, prev_acc, self._host.seed_params(), self._host.host_params, terminated
-        )
+        seed_params = self._host.seed_params()
+        reward = step_reward(self._acc, prev_acc, seed_params, self._host.host_params, terminated)
         self._return += reward
         for event in events:
             if event.to_stage in self._counts:
@@ -208,6 +207,7 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
             "executed_op": int(op),
             "val_accuracy": self._acc,
             "train_loss": train_loss,
+            "seed_params": seed_params,
             "lifecycle_events": [event.as_dict() for event in events],
         }
         if terminated:
