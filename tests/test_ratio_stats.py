@@ -1,0 +1,314 @@
+"""Per-head ratio statistics (TELE-151) and the joint ratio (TELE-150): known answers
+computed by hand, a loop-based oracle, and the algebra of merge."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from esper.ratio_stats import (
+    HeadRatioStats,
+    explain_explosion,
+    head_ratio_stats,
+)
+
+T = torch.tensor
+
+
+def lp(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def zeros(n: int) -> torch.Tensor:
+    return torch.zeros(n, dtype=torch.float64)
+
+
+# -- known answers ---------------------------------------------------------------------------
+
+
+def test_log_ratio_is_clamped_at_plus_and_minus_twenty() -> None:
+    m = head_ratio_stats({"a": lp(30.0, -30.0)}, {"a": zeros(2)}).to_metrics()
+    assert m["head_a_ratio_max"] == pytest.approx(math.exp(20.0), rel=1e-12)
+    assert m["head_a_ratio_min"] == pytest.approx(math.exp(-20.0), rel=1e-12)
+    assert m["joint_ratio_max"] == pytest.approx(math.exp(20.0), rel=1e-12)
+
+
+def test_an_irrelevant_sample_does_not_count() -> None:
+    new = {"a": lp(0.1, 5.0), "b": lp(0.0, 0.0)}
+    stats = head_ratio_stats(new, {"a": zeros(2), "b": zeros(2)}, {"a": T([True, False])})
+    m = stats.to_metrics()
+    assert m["head_a_ratio_max"] == pytest.approx(math.exp(0.1))
+    assert m["head_a_relevant"] == 1.0
+    assert m["head_b_relevant"] == 2.0  # a head left out of `relevant` counts everywhere
+    # Sample 2's joint only has b (log 0); sample 1's has a (0.1) + b (0).
+    assert m["joint_ratio_max"] == pytest.approx(math.exp(0.1))
+
+
+def test_eight_heads_at_1_2_give_a_joint_of_4_2998() -> None:
+    names = [f"h{i}" for i in range(8)]
+    stats = head_ratio_stats({h: lp(math.log(1.2)) for h in names}, {h: zeros(1) for h in names})
+    m = stats.to_metrics()
+    assert all(m[f"head_{h}_ratio_max"] == pytest.approx(1.2) for h in names)
+    assert m["joint_ratio_max"] == pytest.approx(4.29981696, rel=1e-9)
+
+
+def test_joint_is_per_sample_not_the_product_of_head_maxima() -> None:
+    # Each sample moves one head to 1.5, so the joint max is 1.5, not the 2.25 of the maxima.
+    new = {"a": lp(math.log(1.5), 0.0), "b": lp(0.0, math.log(1.5))}
+    m = head_ratio_stats(new, {"a": zeros(2), "b": zeros(2)}).to_metrics()
+    assert m["joint_ratio_max"] == pytest.approx(1.5)
+    assert m["head_a_ratio_max"] * m["head_b_ratio_max"] == pytest.approx(2.25)
+
+
+def test_ratio_min_and_clip_fraction() -> None:
+    ratios = [1.5, 1.1, 0.7, 1.0]  # |r - 1| > 0.2 for 1.5 and 0.7 only
+    new = {"a": lp(*np.log(ratios))}
+    m = head_ratio_stats(new, {"a": zeros(4)}, clip_eps=0.2).to_metrics()
+    assert m["head_a_ratio_min"] == pytest.approx(0.7)
+    assert m["head_a_ratio_max"] == pytest.approx(1.5)
+    assert m["head_a_clip_fraction"] == 0.5
+    assert m["head_a_relevant"] == 4.0
+
+
+def test_a_head_with_no_relevant_sample_reports_neutral_one_and_count_zero() -> None:
+    new = {"a": lp(3.0, -3.0), "b": lp(0.2, 0.2)}
+    m = head_ratio_stats(new, {"a": zeros(2), "b": zeros(2)}, {"a": T([False, False])}).to_metrics()
+    assert (m["head_a_ratio_max"], m["head_a_ratio_min"]) == (1.0, 1.0)
+    assert (m["head_a_relevant"], m["head_a_clip_fraction"]) == (0.0, 0.0)
+
+
+def test_an_empty_batch_reports_neutral_values() -> None:
+    m = head_ratio_stats({"a": zeros(0)}, {"a": zeros(0)}).to_metrics()
+    assert m == {
+        "head_a_ratio_max": 1.0,
+        "head_a_ratio_min": 1.0,
+        "head_a_clip_fraction": 0.0,
+        "head_a_relevant": 0.0,
+        "head_a_nonfinite": 0.0,
+        "joint_ratio_max": 1.0,
+    }
+
+
+def test_nonfinite_samples_are_counted_and_left_out() -> None:
+    nan, inf = float("nan"), float("inf")
+    new = {"a": lp(nan, 0.3, 0.1), "b": lp(0.0, inf, 0.2)}
+    old = {"a": zeros(3), "b": lp(0.0, 0.0, -inf)}
+    m = head_ratio_stats(new, old).to_metrics()
+    assert m["head_a_nonfinite"] == 1.0 and m["head_b_nonfinite"] == 2.0
+    assert m["head_a_ratio_max"] == pytest.approx(math.exp(0.3))
+    assert m["head_a_relevant"] == 2.0 and m["head_b_relevant"] == 1.0
+    # Sample 1 has a NaN in a, samples 2 and 3 a non-finite b: no sample enters the joint.
+    assert m["joint_ratio_max"] == 1.0
+
+
+def test_a_nonfinite_irrelevant_head_does_not_spoil_the_joint() -> None:
+    new = {"a": lp(0.4), "b": lp(float("nan"))}
+    m = head_ratio_stats(new, {"a": zeros(1), "b": zeros(1)}, {"b": T([False])}).to_metrics()
+    assert m["joint_ratio_max"] == pytest.approx(math.exp(0.4))
+    assert m["head_b_nonfinite"] == 0.0
+
+
+def test_worst_log_ratio_is_taken_at_the_joint_max_sample() -> None:
+    new = {"a": lp(0.5, 0.1), "b": lp(0.0, 0.9)}
+    stats = head_ratio_stats(new, {"a": zeros(2), "b": zeros(2)}, {"a": T([True, False])})
+    # Joints: exp(0.5) and exp(0.9) (a is irrelevant at sample 2, so it contributes 0).
+    assert stats.worst_log_ratio.tolist() == pytest.approx([0.0, 0.9])
+
+
+def test_merge_of_two_halves_equals_the_whole() -> None:
+    gen = torch.Generator().manual_seed(3)
+    new = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    old = torch.randn(10, 3, generator=gen, dtype=torch.float64)
+    rel = torch.rand(10, 3, generator=gen) > 0.3
+    names = ("a", "b", "c")
+    whole = HeadRatioStats.from_tensors(new, old, rel, 0.2, names)
+    halves = HeadRatioStats.from_tensors(new[:4], old[:4], rel[:4], 0.2, names).merge(
+        HeadRatioStats.from_tensors(new[4:], old[4:], rel[4:], 0.2, names)
+    )
+    assert halves.to_metrics() == whole.to_metrics()
+    assert torch.equal(halves.worst_log_ratio, whole.worst_log_ratio)
+
+
+def test_merge_leaves_its_inputs_unchanged() -> None:
+    a = head_ratio_stats({"x": lp(0.3)}, {"x": zeros(1)})
+    b = head_ratio_stats({"x": lp(-0.6, 0.9)}, {"x": zeros(2)})
+    before = (a.to_metrics(), b.to_metrics())
+    a.merge(b)
+    assert (a.to_metrics(), b.to_metrics()) == before
+
+
+def test_empty_is_the_identity_of_merge() -> None:
+    x = head_ratio_stats({"a": lp(0.3, -0.2)}, {"a": zeros(2)})
+    empty = HeadRatioStats.empty(("a",), dtype=torch.float64)
+    assert empty.merge(x).to_metrics() == x.to_metrics() == x.merge(empty).to_metrics()
+
+
+def test_merging_different_heads_is_refused() -> None:
+    a = head_ratio_stats({"a": lp(0.0)}, {"a": zeros(1)})
+    b = head_ratio_stats({"b": lp(0.0)}, {"b": zeros(1)})
+    with pytest.raises(ValueError, match="different heads"):
+        a.merge(b)
+
+
+def test_mismatched_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="differ"):
+        head_ratio_stats({"a": lp(0.0)}, {"b": lp(0.0)})
+    with pytest.raises(ValueError, match="unknown heads"):
+        head_ratio_stats({"a": lp(0.0)}, {"a": lp(0.0)}, {"z": T([True])})
+
+
+def test_joint_only_statistics_report_just_the_joint() -> None:
+    new, old, rel = lp(0.2, 0.1).view(1, 2), zeros(2).view(1, 2), T([[True, True]])
+    stats = HeadRatioStats.from_tensors(new, old, rel, 0.2, ("a", "b"), per_head=False)
+    assert stats.to_metrics() == {"joint_ratio_max": pytest.approx(math.exp(0.3))}
+
+
+# -- explosion attribution ---------------------------------------------------------------------
+
+HEADS = ("op", "slot", "blueprint", "style", "tempo", "alpha_target", "alpha_speed", "alpha_curve")
+
+
+def head_metrics(log_max: dict[str, float], joint: float) -> dict[str, float]:
+    m = {"joint_ratio_max": joint}
+    for h in HEADS:
+        m[f"head_{h}_ratio_max"] = math.exp(log_max.get(h, 0.0))
+        m[f"head_{h}_ratio_min"] = 0.9
+    return m
+
+
+def test_explosion_driven_by_one_head_is_attributed_to_it() -> None:
+    worst = {h: 0.0 for h in HEADS} | {
+        "op": 0.1,
+        "slot": 0.1,
+        "blueprint": 0.4,
+        "style": 0.1,
+        "tempo": 0.1,
+        "alpha_target": 0.2,
+    }
+    report = explain_explosion(head_metrics(worst, math.e), worst, clip_eps=0.2)
+    assert report.driver == "blueprint"
+    assert report.shares["blueprint"] == pytest.approx(0.4)
+    assert report.shares["alpha_target"] == pytest.approx(0.2)
+    assert report.shares["alpha_speed"] == 0.0
+    assert not report.hidden_by_heads  # blueprint alone is at exp(0.4) = 1.49 > 1.2
+    assert "blueprint (40%)" in report.summary()
+
+
+def test_explosion_hidden_by_heads_each_inside_the_clip_range() -> None:
+    six = ("op", "slot", "blueprint", "style", "tempo", "alpha_target")
+    worst = {h: (0.15 if h in six else 0.0) for h in HEADS}
+    report = explain_explosion(head_metrics(worst, math.exp(0.9)), worst, clip_eps=0.2)
+    assert report.hidden_by_heads  # every head at exp(0.15) = 1.16, joint at 2.46
+    assert report.shares["tempo"] == pytest.approx(1 / 6)
+    assert report.joint_ratio_max == pytest.approx(math.exp(0.9))
+
+
+def test_explosion_with_no_head_moving_has_no_driver() -> None:
+    worst = {h: 0.0 for h in HEADS}
+    report = explain_explosion(head_metrics(worst, 1.0), worst, clip_eps=0.2)
+    assert report.driver is None and not report.hidden_by_heads
+    assert set(report.shares.values()) == {0.0}
+
+
+# -- properties --------------------------------------------------------------------------------
+
+SPECIAL = st.sampled_from([float("nan"), float("inf"), -float("inf")])
+LOG_PROB = st.one_of(st.floats(-60.0, 5.0), SPECIAL)
+
+
+@st.composite
+def batches(draw: st.DrawFn, n_heads: int = 3) -> tuple[torch.Tensor, ...]:
+    n = draw(st.integers(0, 7))
+    new = draw(hnp.arrays(np.float64, (n, n_heads), elements=LOG_PROB))
+    old = draw(hnp.arrays(np.float64, (n, n_heads), elements=LOG_PROB))
+    rel = draw(hnp.arrays(np.bool_, (n, n_heads)))
+    return torch.from_numpy(new), torch.from_numpy(old), torch.from_numpy(rel)
+
+
+NAMES = ("a", "b", "c")
+
+
+def stats_of(batch: tuple[torch.Tensor, ...]) -> HeadRatioStats:
+    return HeadRatioStats.from_tensors(*batch, 0.2, NAMES)
+
+
+def oracle(batch: tuple[torch.Tensor, ...], eps: float = 0.2) -> dict[str, float]:
+    """The definitions (spec section 2) applied sample by sample in plain Python."""
+    new, old, rel = (x.tolist() for x in batch)
+    out: dict[str, float] = {}
+    for j, h in enumerate(NAMES):
+        ratios, bad = [], 0
+        for i in range(len(new)):
+            if not rel[i][j]:
+                continue
+            if not (math.isfinite(new[i][j]) and math.isfinite(old[i][j])):
+                bad += 1
+                continue
+            ratios.append(math.exp(min(20.0, max(-20.0, new[i][j] - old[i][j]))))
+        out[f"head_{h}_ratio_max"] = max(ratios, default=1.0)
+        out[f"head_{h}_ratio_min"] = min(ratios, default=1.0)
+        clipped = sum(abs(r - 1) > eps for r in ratios)
+        out[f"head_{h}_clip_fraction"] = clipped / len(ratios) if ratios else 0.0
+        out[f"head_{h}_relevant"] = float(len(ratios))
+        out[f"head_{h}_nonfinite"] = float(bad)
+    joints = []
+    for n_row, o_row, r_row in zip(new, old, rel, strict=True):
+        pairs = [(a, b) for a, b, r in zip(n_row, o_row, r_row, strict=True) if r]
+        if pairs and all(math.isfinite(a) and math.isfinite(b) for a, b in pairs):
+            total = sum(min(20.0, max(-20.0, a - b)) for a, b in pairs)
+            joints.append(math.exp(min(20.0, max(-20.0, total))))
+    out["joint_ratio_max"] = max(joints, default=1.0)
+    return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(batches())
+def test_statistics_match_a_sample_by_sample_oracle(batch: tuple[torch.Tensor, ...]):
+    m = stats_of(batch).to_metrics()
+    for key, value in oracle(batch).items():
+        assert m[key] == pytest.approx(value, rel=1e-12), key
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches(), batches(), batches())
+def test_merge_is_associative_and_order_free(
+    x: tuple[torch.Tensor, ...], y: tuple[torch.Tensor, ...], z: tuple[torch.Tensor, ...]
+) -> None:
+    a, b, c = stats_of(x), stats_of(y), stats_of(z)
+    left = a.merge(b).merge(c).to_metrics()
+    assert left == a.merge(b.merge(c)).to_metrics()
+    assert left == c.merge(a).merge(b).to_metrics()
+    assert left == HeadRatioStats.combine([b, c, a]).to_metrics()
+
+
+@settings(max_examples=80, deadline=None)
+@given(batches())
+def test_joint_is_bounded_by_the_product_of_head_maxima(batch: tuple[torch.Tensor, ...]):
+    m = stats_of(batch).to_metrics()
+    bound = math.prod(max(1.0, m[f"head_{h}_ratio_max"]) for h in NAMES)
+    assert m["joint_ratio_max"] <= bound * (1 + 1e-9)
+
+
+@settings(max_examples=80, deadline=None)
+@given(batches())
+def test_outputs_are_finite_and_non_negative(batch: tuple[torch.Tensor, ...]) -> None:
+    stats = stats_of(batch)
+    assert all(math.isfinite(v) and v >= 0 for v in stats.to_metrics().values())
+    assert torch.isfinite(stats.worst_log_ratio).all()
+
+
+@settings(max_examples=80, deadline=None)
+@given(batches())
+def test_worst_log_ratios_reproduce_the_joint_max(batch: tuple[torch.Tensor, ...]) -> None:
+    stats = stats_of(batch)
+    if int(stats.joint_count) == 0:
+        assert torch.count_nonzero(stats.worst_log_ratio) == 0
+        return
+    joint = math.exp(min(20.0, max(-20.0, float(stats.worst_log_ratio.sum()))))
+    assert stats.to_metrics()["joint_ratio_max"] == pytest.approx(joint, rel=1e-12)
