@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-TASKS: tuple[str, ...] = ("digits", "spirals")
+from esper.tasks import TASKS
+
 CLIP_MODES: tuple[str, ...] = ("per_head", "joint")
 
 

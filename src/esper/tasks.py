@@ -12,9 +12,6 @@ from functools import lru_cache
 
 import numpy as np
 import numpy.typing as npt
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
@@ -66,6 +63,12 @@ def _make_task(
 @lru_cache(maxsize=1)
 def _digits() -> Task:
     """The 8x8 digits, split once (stratified) and standardised on the training part only."""
+    # scikit-learn is imported here, not at module level: it takes seconds to import and
+    # the CLI reads TASKS to validate flags before anything heavy is loaded.
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
     bunch = load_digits()
     x_tr, x_va, y_tr, y_va = train_test_split(
         bunch.data,
