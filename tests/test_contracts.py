@@ -250,6 +250,26 @@ def test_event_from_dict_is_strict(data: dict[str, Any], match: str) -> None:
         event_from_dict(data)
 
 
+@given(events, st.sampled_from(EVENT_KEYS), json_values)
+def test_any_corrupted_field_is_a_contract_error_or_a_valid_event(
+    event: TelemetryEvent, key: str, value: Any
+) -> None:
+    """Whatever JSON a line holds, parsing fails only with ContractError, never a crash."""
+    data = event_to_dict(event) | {key: value}
+    try:
+        back = event_from_dict(data)
+    except ContractError:
+        return
+    line = event_to_json_line(back)  # what was accepted is a well-formed event
+    assert event_to_json_line(event_from_json_line(line)) == line
+
+
+@given(st.dictionaries(st.text(), json_values, max_size=4) | json_values)
+def test_arbitrary_json_is_a_contract_error(data: Any) -> None:
+    with pytest.raises(ContractError):
+        event_from_dict(data)
+
+
 def test_event_rejects_a_payload_of_another_type() -> None:
     with pytest.raises(ContractError, match="PPOUpdatePayload"):
         TelemetryEvent(

@@ -65,7 +65,7 @@ def json_value(value: object, where: str) -> Any:
     Free-form fields (the run configuration) must still survive a JSON round trip, so a
     `Path` or a numpy scalar is rejected here, at the producer, rather than at write time.
     """
-    if value is None or isinstance(value, bool | int | float | str):
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
     if isinstance(value, Mapping):
         out: dict[str, Any] = {}
@@ -74,7 +74,7 @@ def json_value(value: object, where: str) -> Any:
                 raise ContractError(f"{where}: keys must be str, got {_type_name(key)} {key!r}")
             out[key] = json_value(item, f"{where}[{key!r}]")
         return out
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [json_value(item, f"{where}[{i}]") for i, item in enumerate(value)]
     raise ContractError(f"{where}: expected a JSON value, got {_type_name(value)}")
 
@@ -82,7 +82,7 @@ def json_value(value: object, where: str) -> Any:
 def _coerce(tp: Any, value: object, where: str) -> Any:
     """`value` checked against the annotation `tp`; ints widen to float, bools never count."""
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ContractError(f"{where}: expected float, got {_type_name(value)} {value!r}")
         return float(value)
     if tp is int:
@@ -114,14 +114,35 @@ def _coerce(tp: Any, value: object, where: str) -> Any:
             for k, v in value.items()
         }
     if origin is list:
-        if not isinstance(value, list | tuple):
+        if not isinstance(value, (list, tuple)):
             raise ContractError(f"{where}: expected a list, got {_type_name(value)}")
         (item_tp,) = args
         return [_coerce(item_tp, v, f"{where}[{i}]") for i, v in enumerate(value)]
     raise TypeError(f"{where}: unsupported annotation {tp!r}")  # a bug in this module
 
 
+_OPTIONAL_INT = int | None
+
+
+def _checked(tp: Any, value: object, where: str) -> Any:
+    """`_coerce` with a fast path for scalars that already have an exact type."""
+    return value if type(value) in _EXACT_TYPES.get(tp, ()) else _coerce(tp, value, where)
+
+
 # --------------------------------------------------------------------------- payloads
+
+
+#: Scalar annotations -> value types taken as they are (no conversion, and immutable, so
+#: never copied). Anything else goes through `_coerce`, which also copies containers.
+_EXACT_TYPES: dict[Any, tuple[type, ...]] = {
+    float: (float,),
+    int: (int,),
+    bool: (bool,),
+    str: (str,),
+    float | None: (float, type(None)),
+    int | None: (int, type(None)),
+    str | None: (str, type(None)),
+}
 
 
 @dataclass(frozen=True)
@@ -129,6 +150,7 @@ class _FieldSpec:
     name: str
     tp: Any
     required: bool
+    exact: tuple[type, ...]  # empty for containers
 
 
 class Payload:
@@ -149,34 +171,42 @@ class Payload:
                 f.name,
                 hints[f.name],
                 f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING,
+                _EXACT_TYPES.get(hints[f.name], ()),
             )
             for f in dataclasses.fields(typing.cast(Any, cls))
         )
 
+    @classmethod
+    @functools.cache
+    def _names(cls) -> frozenset[str]:
+        return frozenset(spec.name for spec in cls._specs())
+
     def __post_init__(self) -> None:
         for spec in self._specs():
             value = getattr(self, spec.name)
+            if type(value) in spec.exact:  # the common case, kept cheap
+                continue
             checked = _coerce(spec.tp, value, f"{type(self).__name__}.{spec.name}")
             if checked is not value:
                 object.__setattr__(self, spec.name, checked)
 
     def to_dict(self) -> dict[str, Any]:
         """The payload's fields as fresh plain JSON data (the event's `data` object)."""
-        return {
-            spec.name: json_value(getattr(self, spec.name), spec.name) for spec in self._specs()
-        }
+        out = {spec.name: getattr(self, spec.name) for spec in self._specs()}
+        for spec in self._specs():
+            if not spec.exact:
+                out[spec.name] = json_value(out[spec.name], spec.name)
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Strict inverse of `to_dict`: unknown or missing required keys are errors."""
         if not isinstance(data, Mapping):
             raise ContractError(f"{cls.__name__}: expected an object, got {_type_name(data)}")
-        specs = cls._specs()
-        known = {spec.name for spec in specs}
-        unknown = sorted(set(data) - known)
-        if unknown:
+        if not cls._names().issuperset(data):
+            unknown = sorted(set(data) - cls._names())
             raise ContractError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
-        missing = [spec.name for spec in specs if spec.required and spec.name not in data]
+        missing = [spec.name for spec in cls._specs() if spec.required and spec.name not in data]
         if missing:
             raise ContractError(f"{cls.__name__}: missing field(s) {', '.join(missing)}")
         return cls(**data)
@@ -420,17 +450,17 @@ class TelemetryEvent:
     def __post_init__(self) -> None:
         if not isinstance(self.event_type, EventType):
             raise ContractError(f"event_type: expected EventType, got {self.event_type!r}")
-        object.__setattr__(self, "timestamp", _coerce(float, self.timestamp, "timestamp"))
-        _coerce(str, self.run_id, "run_id")
-        if _coerce(int, self.seq, "seq") < 0:
+        object.__setattr__(self, "timestamp", _checked(float, self.timestamp, "timestamp"))
+        _checked(str, self.run_id, "run_id")
+        if _checked(int, self.seq, "seq") < 0:
             raise ContractError(f"seq: must be >= 0, got {self.seq}")
-        _coerce(int | None, self.episode, "episode")
-        _coerce(int | None, self.batch, "batch")
-        if self.severity not in SEVERITIES:
+        _checked(_OPTIONAL_INT, self.episode, "episode")
+        _checked(_OPTIONAL_INT, self.batch, "batch")
+        if not isinstance(self.severity, str) or self.severity not in SEVERITIES:
             raise ContractError(
                 f"severity: expected one of {sorted(SEVERITIES)}, got {self.severity!r}"
             )
-        _coerce(str, self.message, "message")
+        _checked(str, self.message, "message")
         expected = PAYLOAD_TYPES[self.event_type]
         if type(self.payload) is not expected:
             raise ContractError(
@@ -451,6 +481,7 @@ EVENT_KEYS: tuple[str, ...] = (
     "message",
     "data",
 )
+_EVENT_KEY_SET = frozenset(EVENT_KEYS)
 
 
 def event_to_dict(event: TelemetryEvent) -> dict[str, Any]:
@@ -477,8 +508,8 @@ def event_from_dict(data: Mapping[str, Any]) -> TelemetryEvent:
     """Strict inverse of `event_to_dict`; any deviation is a ContractError."""
     if not isinstance(data, Mapping):
         raise ContractError(f"event: expected an object, got {_type_name(data)}")
-    unknown = sorted(set(data) - set(EVENT_KEYS))
-    if unknown:
+    if not _EVENT_KEY_SET.issuperset(data):
+        unknown = sorted(set(data) - _EVENT_KEY_SET)
         raise ContractError(f"event: unknown key(s) {', '.join(unknown)}")
     missing = [key for key in EVENT_KEYS if key not in data]
     if missing:

@@ -186,6 +186,7 @@ class TelemetryHub:
         self._last_report = -math.inf
         self._reporting = False
         self._closed = False
+        self._warned_closed = False
         for backend in backends:
             self.add_backend(backend)
 
@@ -205,7 +206,11 @@ class TelemetryHub:
     def publish(self, event: TelemetryEvent) -> None:
         """Hand `event` to every backend; returns without waiting for queued ones."""
         if self._closed:
-            logger.warning("telemetry event %s published after hub.close(); ignored", event.seq)
+            if not self._warned_closed:
+                logger.warning(
+                    "telemetry published after hub.close(); ignored from seq %s", event.seq
+                )
+                self._warned_closed = True
             return
         for lane in self._lanes:
             lane.deliver(event)
