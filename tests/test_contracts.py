@@ -285,9 +285,18 @@ def test_event_rejects_a_payload_of_another_type() -> None:
         )
 
 
-def test_bad_json_is_a_contract_error() -> None:
-    with pytest.raises(ContractError, match="bad JSON"):
-        event_from_json_line('{"event_type": ')
+@pytest.mark.parametrize(
+    ("line", "match"),
+    [
+        ('{"event_type": ', "bad JSON"),
+        ("[" * 100_000, "bad JSON"),  # nested past the recursion limit
+        ('{"seq": ' + "1" * 5000 + "}", "bad JSON"),  # int longer than Python will parse
+        (json.dumps(_event_dict(timestamp=10**400)), "timestamp"),  # int beyond any float
+    ],
+)
+def test_pathological_json_is_a_contract_error(line: str, match: str) -> None:
+    with pytest.raises(ContractError, match=match):
+        event_from_json_line(line)
 
 
 # ----------------------------------------------------------------------------- summaries

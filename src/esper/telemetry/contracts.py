@@ -84,7 +84,10 @@ def _coerce(tp: Any, value: object, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ContractError(f"{where}: expected float, got {_type_name(value)} {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ContractError(f"{where}: {value} does not fit a float") from None
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ContractError(f"{where}: expected int, got {_type_name(value)} {value!r}")
@@ -540,6 +543,6 @@ def event_from_json_line(line: str) -> TelemetryEvent:
     """Parse one line of `events.jsonl`; bad JSON is a ContractError too."""
     try:
         data = json.loads(line)
-    except json.JSONDecodeError as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, or an int too long to parse
         raise ContractError(f"bad JSON: {exc}") from None
     return event_from_dict(data)
