@@ -10,7 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from esper.actions import HEAD_NAMES
-from esper.sanctum.aggregator import SanctumAggregator, SanctumBackend, aggregate_file
+from esper.sanctum.aggregator import (
+    SanctumAggregator,
+    SanctumBackend,
+    aggregate_file,
+    replay_snapshots,
+)
 from esper.sanctum.schema import EventLogEntry, SanctumSnapshot, SlotState
 from esper.telemetry.contracts import TelemetryEvent
 from esper.telemetry.emitter import TelemetryEmitter
@@ -335,3 +340,21 @@ def test_replay_counts_lines_it_skipped(tmp_path: Path) -> None:
     snap = aggregate_file(tmp_path / EVENTS_FILE)
     assert (snap.events_read, snap.lines_skipped) == (1, 3)
     assert snap.tamiyo.ppo_updates_count == 1
+
+
+def test_replay_gives_one_frame_per_update_with_its_annotations(tmp_path: Path) -> None:
+    with TelemetryHub([RunRecorder(tmp_path, {})]) as hub:
+        ticks = itertools.count(5000)
+        emit_a_run(TelemetryEmitter(hub, "run-live", clock=lambda: float(next(ticks))))
+    with open(tmp_path / EVENTS_FILE, "a") as f:
+        f.write("torn")
+    frames = replay_snapshots(tmp_path / EVENTS_FILE)
+    assert [f.progress.batches_done for f in frames] == [1, 2, 3, 4]
+    assert [f.tamiyo.last_update_batch for f in frames] == [0, 1, 1, 3]
+    assert [f.is_stale for f in frames] == [False, False, True, False]  # batch 2 was skipped
+    assert [f.episodes.return_history[-1] for f in frames] == [0.0, 0.5, 1.0, 1.5]
+    last = frames[-1]  # the explosion and the end belong to the last update's frame
+    assert "driven by slot" in last.events[-2].message
+    assert last.progress.finished
+    assert last == aggregate_file(tmp_path / EVENTS_FILE)
+    assert last.lines_skipped == 1

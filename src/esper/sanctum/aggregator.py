@@ -62,6 +62,17 @@ from esper.telemetry.recorder import ReadStats, read_events
 RETURN_MEAN_WINDOW = 20
 #: The environment whose host the slots panel shows.
 SLOTS_ENV = 0
+#: Events that begin the next batch's activity and so close a replay frame; the others
+#: (explosions, drops, the run's end) annotate the update before them.
+_NEXT_BATCH_EVENTS: frozenset[EventType] = frozenset(
+    {
+        EventType.EPISODE_COMPLETED,
+        EventType.SEED_LIFECYCLE,
+        EventType.PPO_UPDATE_COMPLETED,
+        EventType.PPO_UPDATE_SKIPPED,
+    }
+)
+_UPDATE_EVENTS = frozenset({EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED})
 #: TamiyoState fields copied verbatim from the PPO update payload of the same name.
 _COPIED_PPO_FIELDS: tuple[str, ...] = (
     "joint_ratio_max",
@@ -315,3 +326,31 @@ def aggregate_file(path: Path | str, history_len: int = HISTORY_LEN) -> SanctumS
         aggregator.handle_event(event)
     aggregator.set_lines_skipped(stats.skipped)
     return aggregator.snapshot()
+
+
+def replay_snapshots(path: Path | str, history_len: int = HISTORY_LEN) -> list[SanctumSnapshot]:
+    """One snapshot per PPO update (completed or skipped) of a recorded run, for stepping.
+
+    A frame shows the run as it stood after that update and what annotated it (a ratio
+    explosion, drops, the run's end), before the next batch's episodes began. Memory is
+    about one set of histories (9 x `history_len` floats) per update.
+    """
+    aggregator = SanctumAggregator(history_len)
+    stats = ReadStats()
+    frames: list[SanctumSnapshot] = []
+
+    def close_frame() -> None:
+        aggregator.set_lines_skipped(stats.skipped)
+        frames.append(aggregator.snapshot())
+
+    frame_open = False
+    for event in read_events(path, stats=stats):
+        if frame_open and event.event_type in _NEXT_BATCH_EVENTS:
+            close_frame()
+            frame_open = False
+        aggregator.handle_event(event)
+        if event.event_type in _UPDATE_EVENTS:
+            frame_open = True
+    if frame_open:
+        close_frame()
+    return frames
