@@ -1,0 +1,522 @@
+"""PPO for the factored Tamiyo policy, with per-head ratio telemetry and no host syncs.
+
+Ratios are taken against the per-head log-probs stored at rollout time (not recomputed
+before the update), over several epochs and minibatches, so the per-head ratio maxima can
+move away from 1.0 and warn.
+
+Every decision inside `update` (KL early stop, the joint-ratio intervention, skipping a
+non-finite minibatch) is taken on the device: a stopped or skipped minibatch still runs,
+but its optimizer step is cancelled through Adam's `found_inf` (the mechanism
+`torch.amp.GradScaler` uses with fused Adam) and its statistics are masked out. The price
+is the compute of the minibatches after an early stop; the gain is exactly one
+device->host transfer per update, the stacked metrics tensor at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from esper.actions import HEAD_NAMES
+from esper.policy import N_HEADS, N_OPS, TamiyoPolicy
+from esper.ratio_stats import (
+    HeadRatioStats,
+    RatioExplosionReport,
+    explain_explosion,
+    head_ratio_stats,
+    log_ratios,
+)
+
+__all__ = [
+    "HeadRatioStats",
+    "PPOAgent",
+    "PPOConfig",
+    "RatioExplosionReport",
+    "RolloutBuffer",
+    "clipped_surrogate",
+    "explain_explosion",
+    "gae",
+    "head_ratio_stats",
+]
+
+ClipMode = Literal["per_head", "joint"]
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    """PPO hyper-parameters; validated on construction so a typo fails before a run starts."""
+
+    lr: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_eps: float = 0.2
+    epochs: int = 4
+    minibatches: int = 4
+    value_coef: float = 0.5
+    entropy_coef: float = 0.01
+    max_grad_norm: float = 0.5
+    #: Stop the update once a minibatch's approx KL exceeds 1.5 * target_kl (None: never).
+    target_kl: float | None = 0.05
+    clip_mode: ClipMode = "per_head"
+    #: `last_explosion` is reported when the joint ratio max exceeds this.
+    explosion_threshold: float = 2.0
+    #: Automated intervention: stop the update once the joint ratio max exceeds this.
+    joint_ratio_limit: float | None = None
+    hidden: int = 128
+    #: Per-head ratio statistics, entropies and KLs; off only to measure their overhead.
+    head_stats: bool = True
+    normalize_advantage: bool = True
+
+    def __post_init__(self) -> None:
+        checks = {
+            "lr must be > 0": self.lr > 0,
+            "gamma must be in [0, 1]": 0 <= self.gamma <= 1,
+            "gae_lambda must be in [0, 1]": 0 <= self.gae_lambda <= 1,
+            "clip_eps must be in (0, 1)": 0 < self.clip_eps < 1,
+            "epochs must be >= 1": self.epochs >= 1,
+            "minibatches must be >= 1": self.minibatches >= 1,
+            "value_coef must be >= 0": self.value_coef >= 0,
+            "entropy_coef must be >= 0": self.entropy_coef >= 0,
+            "max_grad_norm must be > 0": self.max_grad_norm > 0,
+            "target_kl must be None or > 0": self.target_kl is None or self.target_kl > 0,
+            "clip_mode must be 'per_head' or 'joint'": self.clip_mode in ("per_head", "joint"),
+            "explosion_threshold must be > 1": self.explosion_threshold > 1,
+            "joint_ratio_limit must be None or > 1": (
+                self.joint_ratio_limit is None or self.joint_ratio_limit > 1
+            ),
+            "hidden must be >= 1": self.hidden >= 1,
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError(f"invalid PPOConfig: {'; '.join(failed)} (got {self!r})")
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    episode_starts: Tensor,
+    last_values: Tensor,
+    last_dones: Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimates and returns of [T, E] rollouts.
+
+    `episode_starts[t]` marks obs[t] as the first of an episode, so step t - 1 was terminal;
+    `last_dones` says whether the last step was terminal (no bootstrap from `last_values`).
+    """
+    n_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(last_values)
+    for t in reversed(range(n_steps)):
+        if t == n_steps - 1:
+            next_nonterminal = 1.0 - last_dones.to(rewards.dtype)
+            next_values = last_values
+        else:
+            next_nonterminal = 1.0 - episode_starts[t + 1].to(rewards.dtype)
+            next_values = values[t + 1]
+        delta = rewards[t] + gamma * next_values * next_nonterminal - values[t]
+        running = delta + gamma * gae_lambda * next_nonterminal * running
+        advantages[t] = running
+    return advantages, advantages + values
+
+
+class Batch(NamedTuple):
+    """Flat [B, ...] training samples; every field indexes by sample along dim 0."""
+
+    obs: Tensor
+    actions: Tensor
+    old_log_probs: Tensor
+    advantages: Tensor
+    returns: Tensor
+    op_mask: Tensor
+    slot_by_op: Tensor
+
+    def select(self, index: Tensor) -> Batch:
+        return Batch(*(field.index_select(0, index) for field in self))
+
+
+class RolloutBuffer:
+    """[T, E] rollout storage on the device, with the per-head log-probs at rollout time."""
+
+    def __init__(
+        self,
+        n_steps: int,
+        n_envs: int,
+        obs_dim: int,
+        n_slots: int,
+        device: torch.device | str = "cpu",
+        gamma: float = 0.99,
+        gae_lambda: float = 0.95,
+    ) -> None:
+        self.n_steps, self.n_envs = n_steps, n_envs
+        self.gamma, self.gae_lambda = gamma, gae_lambda
+        self.device = torch.device(device)
+
+        def zeros(*shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
+            return torch.zeros(n_steps, n_envs, *shape, dtype=dtype, device=self.device)
+
+        self.obs = zeros(obs_dim)
+        self.actions = zeros(N_HEADS, dtype=torch.int64)
+        self.log_probs = zeros(N_HEADS)
+        self.values = zeros()
+        self.rewards = zeros()
+        self.episode_starts = zeros(dtype=torch.bool)
+        self.op_mask = zeros(N_OPS, dtype=torch.bool)
+        self.slot_by_op = zeros(N_OPS, n_slots, dtype=torch.bool)
+        self.advantages: Tensor | None = None
+        self.returns: Tensor | None = None
+
+    def store(
+        self,
+        t: int,
+        *,
+        obs: npt.ArrayLike | Tensor,
+        actions: npt.ArrayLike | Tensor,
+        log_probs: npt.ArrayLike | Tensor,
+        values: npt.ArrayLike | Tensor,
+        rewards: npt.ArrayLike | Tensor,
+        episode_starts: npt.ArrayLike | Tensor,
+        op_mask: npt.ArrayLike | Tensor,
+        slot_by_op: npt.ArrayLike | Tensor,
+    ) -> None:
+        """Write step `t` of every env (arrays with a leading env axis)."""
+        given = {
+            "obs": obs,
+            "actions": actions,
+            "log_probs": log_probs,
+            "values": values,
+            "rewards": rewards,
+            "episode_starts": episode_starts,
+            "op_mask": op_mask,
+            "slot_by_op": slot_by_op,
+        }
+        for name, value in given.items():
+            target: Tensor = getattr(self, name)
+            target[t] = torch.as_tensor(value, dtype=target.dtype, device=self.device)
+        self.advantages = self.returns = None
+
+    def compute_returns_and_advantages(
+        self, last_values: npt.ArrayLike | Tensor, last_dones: npt.ArrayLike | Tensor
+    ) -> None:
+        """GAE over the stored steps; `last_*` describe the state after the last step."""
+        self.advantages, self.returns = gae(
+            self.rewards,
+            self.values,
+            self.episode_starts,
+            torch.as_tensor(last_values, dtype=torch.float32, device=self.device),
+            torch.as_tensor(last_dones, dtype=torch.bool, device=self.device),
+            self.gamma,
+            self.gae_lambda,
+        )
+
+    def batch(self) -> Batch:
+        """All samples flattened to [T * E, ...] for minibatching."""
+        if self.advantages is None or self.returns is None:
+            raise RuntimeError("call compute_returns_and_advantages before training on the buffer")
+        fields = (
+            self.obs,
+            self.actions,
+            self.log_probs,
+            self.advantages,
+            self.returns,
+            self.op_mask,
+            self.slot_by_op,
+        )
+        return Batch(*(f.flatten(0, 1) for f in fields))
+
+
+def clipped_surrogate(
+    log_ratio: Tensor, advantages: Tensor, relevant: Tensor, clip_eps: float, mode: ClipMode
+) -> Tensor:
+    """PPO clipped policy loss (to minimise) of [N, H] log-ratios.
+
+    "joint" clips the ratio of the whole action, exp(sum of relevant heads' log-ratios), as
+    Stable-Baselines3 does for MultiDiscrete. "per_head" clips each head's ratio separately
+    on its relevant samples; each head's surrogate is summed over its relevant samples and
+    divided by N, then the heads are summed. With every ratio at 1 this has the joint
+    gradient, so both modes take steps of one scale, and a head relevant at few samples is
+    not up-weighted (a mean over its own samples would multiply a rare head's step).
+    """
+    zero = torch.zeros_like(log_ratio)
+    masked = torch.where(relevant, log_ratio, zero)
+    if mode == "joint":
+        masked = masked.sum(dim=1, keepdim=True)
+    ratio = torch.exp(masked)
+    adv = advantages.unsqueeze(1)
+    surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
+    if mode == "per_head":
+        surrogate = torch.where(relevant, surrogate, zero)
+    return -surrogate.sum() / log_ratio.shape[0]
+
+
+def _explained_variance(predicted: Tensor, target: Tensor) -> Tensor:
+    """1 - Var(target - predicted) / Var(target); 0 when the target is constant."""
+    variance = target.var(correction=0)
+    ev = 1.0 - (target - predicted).var(correction=0) / variance.clamp(min=1e-12)
+    return torch.where(variance > 0, ev, torch.zeros_like(ev))
+
+
+class _Tally:
+    """Per-minibatch named sums, masked on the device and reduced once at the end.
+
+    Each `record` stores one row (the values where their flag holds, else 0); `totals`
+    stacks the rows and sums them in one reduction. Entries may be scalars or vectors.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[Tensor] = []
+        self.layout: list[tuple[str, int]] = []
+
+    def record(self, entries: Mapping[str, tuple[Tensor, Tensor]]) -> None:
+        values = [value.detach().reshape(-1) for value, _ in entries.values()]
+        flags = [
+            flag.reshape(-1).expand(value.numel())
+            for value, (_, flag) in zip(values, entries.values(), strict=True)
+        ]
+        value_row = torch.cat(values).to(torch.float64)
+        self.rows.append(torch.where(torch.cat(flags), value_row, torch.zeros_like(value_row)))
+        self.layout = [(name, v.numel()) for name, v in zip(entries, values, strict=True)]
+
+    def totals(self) -> dict[str, Tensor]:
+        total = torch.stack(self.rows).sum(dim=0)
+        sizes = [size for _, size in self.layout]
+        return {
+            name: part.squeeze(0) if size == 1 else part
+            for (name, size), part in zip(self.layout, total.split(sizes), strict=True)
+        }
+
+
+class PPOAgent:
+    """The Tamiyo policy, its Adam optimizer and the PPO update with per-head telemetry."""
+
+    def __init__(
+        self,
+        obs_dim: int,
+        head_sizes: Mapping[str, int],
+        config: PPOConfig | None = None,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        self.config = config or PPOConfig()
+        self.device = torch.device(device)
+        self.obs_dim = obs_dim
+        self.head_sizes = dict(head_sizes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            policy = TamiyoPolicy(obs_dim, head_sizes, self.config.hidden)
+        self.policy = policy.to(self.device)
+        # Fused Adam honours `found_inf` on the device: the sync-free skip of a minibatch.
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.lr, fused=True)
+        sample_seed, perm_seed = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
+        self._sample_gen = torch.Generator(self.device).manual_seed(int(sample_seed))
+        self._perm_gen = torch.Generator(self.device).manual_seed(int(perm_seed))
+        self.last_explosion: RatioExplosionReport | None = None
+
+    def _tensor(self, array: npt.ArrayLike | Tensor, dtype: torch.dtype) -> Tensor:
+        return torch.as_tensor(array, dtype=dtype, device=self.device)
+
+    def act(
+        self,
+        obs: npt.ArrayLike,
+        op_mask: npt.ArrayLike,
+        slot_by_op: npt.ArrayLike,
+        deterministic: bool = False,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """Actions [N, 8], per-head log-probs [N, 8] and values [N] for a batch of states."""
+        with torch.no_grad():
+            actions, log_probs, values = self.policy.act(
+                self._tensor(obs, torch.float32),
+                self._tensor(op_mask, torch.bool),
+                self._tensor(slot_by_op, torch.bool),
+                deterministic=deterministic,
+                generator=self._sample_gen,
+            )
+        return actions.cpu().numpy(), log_probs.cpu().numpy(), values.cpu().numpy()
+
+    def predict_values(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """State values [N], for bootstrapping a truncated rollout."""
+        with torch.no_grad():
+            _, values = self.policy(self._tensor(obs, torch.float32))
+        return values.cpu().numpy()
+
+    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
+        """K epochs x M minibatches of PPO on `buffer`; returns the update's metrics.
+
+        The minibatch that trips the KL early stop or the joint-ratio intervention enters
+        the statistics but takes no optimizer step (as in Stable-Baselines3); later
+        minibatches neither count nor step.
+        """
+        cfg = self.config
+        data = buffer.batch()
+        n_samples = data.obs.shape[0]
+        mb_size = math.ceil(n_samples / cfg.minibatches)
+        perms = [
+            torch.randperm(n_samples, generator=self._perm_gen, device=self.device)
+            for _ in range(cfg.epochs)
+        ]
+        parts: list[HeadRatioStats] = []
+        tally = _Tally()
+        epoch_active: list[Tensor] = []
+        active = torch.ones((), dtype=torch.bool, device=self.device)
+        self.policy.train()
+        try:
+            for perm in perms:
+                epoch_active.append(active)
+                for index in perm.split(mb_size):
+                    mb_stats, active = self._minibatch(data.select(index), active, tally)
+                    parts.append(mb_stats)
+        finally:
+            vars(self.optimizer).pop("found_inf", None)
+        stats = HeadRatioStats.combine(parts)
+        names, tensor = self._metric_tensor(stats, tally, torch.stack(epoch_active), data, buffer)
+        values = tensor.tolist()  # the single device->host transfer of the update
+        metrics = dict(zip(names, values, strict=True))
+        worst = {h: metrics.pop(f"_worst_log_ratio_{h}") for h in HEAD_NAMES}
+        self.last_explosion = (
+            explain_explosion(metrics, worst, cfg.clip_eps)
+            if cfg.head_stats and metrics["joint_ratio_max"] > cfg.explosion_threshold
+            else None
+        )
+        return metrics
+
+    def _minibatch(self, mb: Batch, active: Tensor, tally: _Tally) -> tuple[HeadRatioStats, Tensor]:
+        """One minibatch: loss, backward, a step unless stopped or non-finite, statistics.
+
+        Returns the minibatch's ratio statistics (empty once the update stopped) and
+        whether the update is still active after it, both on the device.
+        """
+        cfg = self.config
+        log_probs, entropies, values, relevant = self.policy.evaluate_actions(
+            mb.obs, mb.actions, mb.op_mask, mb.slot_by_op
+        )
+        # Masking relevance by `active` empties the statistics of a stopped update.
+        ratios = log_ratios(log_probs.detach(), mb.old_log_probs, relevant & active)
+        mb_stats = HeadRatioStats.from_log_ratios(
+            ratios, cfg.clip_eps, HEAD_NAMES, per_head=cfg.head_stats
+        )
+        advantages = mb.advantages
+        if cfg.normalize_advantage and advantages.shape[0] > 1:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        n = log_probs.shape[0]
+        policy_loss = clipped_surrogate(
+            log_probs - mb.old_log_probs, advantages, relevant, cfg.clip_eps, cfg.clip_mode
+        )
+        value_loss = F.mse_loss(values, mb.returns)
+        entropy_bonus = torch.where(relevant, entropies, torch.zeros_like(entropies)).sum() / n
+        loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy_bonus
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
+
+        joint_kl = torch.special.expm1(ratios.joint_log_ratio) - ratios.joint_log_ratio
+        joint_count = ratios.joint_valid.sum()
+        finite = torch.isfinite(log_probs).all() & torch.isfinite(loss) & torch.isfinite(grad_norm)
+        kl_trip = active & (
+            joint_kl.sum() > 1.5 * cfg.target_kl * joint_count if cfg.target_kl else False
+        )
+        limit = cfg.joint_ratio_limit
+        limit_trip = active & (mb_stats.joint_max > limit if limit else False)
+        step = active & finite & ~kl_trip & ~limit_trip
+        self.optimizer.found_inf = (~step).to(torch.float32)
+        self.optimizer.step()
+
+        counted = active & finite
+        always = torch.ones((), dtype=torch.bool, device=self.device)
+        one = always.to(torch.float32)
+        entries = {
+            "minibatches_run": (one, active),
+            "minibatches_skipped": (one, active & ~finite),
+            "early_stopped": (one, kl_trip),
+            "intervened": (one, limit_trip),
+            "steps": (one, step),
+            "loss_minibatches": (one, counted),
+            "policy_loss": (policy_loss, counted),
+            "value_loss": (value_loss, counted),
+            "grad_norm": (grad_norm, step),
+            "joint_kl": (joint_kl.sum(), always),
+            "joint_kl_count": (joint_count, always),
+            "entropy_samples": (one * n, counted),
+            "head_entropy": (entropies.sum(dim=0), counted),
+        }
+        if cfg.head_stats:
+            head_kl = torch.special.expm1(ratios.log_ratio) - ratios.log_ratio
+            entries["head_kl"] = (head_kl.sum(dim=0), always)
+        tally.record(entries)
+        return mb_stats, active & ~kl_trip & ~limit_trip
+
+    def _metric_tensor(
+        self,
+        stats: HeadRatioStats,
+        tally: _Tally,
+        epoch_active: Tensor,
+        data: Batch,
+        buffer: RolloutBuffer,
+    ) -> tuple[list[str], Tensor]:
+        """Every metric of the update, as names and one float64 device tensor."""
+        sums = tally.totals()
+
+        def mean(total: Tensor, count: Tensor) -> Tensor:
+            return total / count.clamp(min=1)
+
+        log_sizes = self.policy.log_head_sizes.to(torch.float64)
+        mean_entropy = mean(sums["head_entropy"], sums["entropy_samples"])
+        # The one normalisation of entropy: nats / ln(head size), so 1 is uniform.
+        entropy = torch.where(
+            log_sizes > 0, mean_entropy / log_sizes.clamp(min=1e-12), torch.zeros_like(log_sizes)
+        )
+        n_mb = sums["loss_minibatches"]
+        scalars: dict[str, Tensor] = {
+            "approx_kl": mean(sums["joint_kl"], sums["joint_kl_count"]),
+            "clip_fraction": stats.joint_clip_fraction(),
+            "policy_loss": mean(sums["policy_loss"], n_mb),
+            "value_loss": mean(sums["value_loss"], n_mb),
+            "entropy": entropy.mean(),
+            "explained_variance": _explained_variance(buffer.values.flatten(), data.returns),
+            "grad_norm": mean(sums["grad_norm"], sums["steps"]),
+            "epochs_run": epoch_active.sum(),
+            **{
+                key: sums[key]
+                for key in ("minibatches_run", "minibatches_skipped", "early_stopped", "intervened")
+            },
+        }
+        names = [*stats.metric_names(), *(f"_worst_log_ratio_{h}" for h in HEAD_NAMES)]
+        parts = [stats.metric_tensor(), stats.worst_log_ratio]
+        if self.config.head_stats:
+            names += [f"head_{h}_entropy" for h in HEAD_NAMES]
+            names += [f"head_{h}_approx_kl" for h in HEAD_NAMES]
+            parts += [entropy, mean(sums["head_kl"], stats.relevant_count)]
+        names += list(scalars)
+        parts.append(torch.stack([v.to(torch.float64).reshape(()) for v in scalars.values()]))
+        return names, torch.cat([p.to(torch.float64) for p in parts])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Policy, optimizer and RNG state as plain tensors and dicts (weights_only loadable)."""
+        return {
+            "obs_dim": self.obs_dim,
+            "head_sizes": dict(self.head_sizes),
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sample_generator": self._sample_gen.get_state(),
+            "perm_generator": self._perm_gen.get_state(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a `state_dict` saved by an agent of the same shape."""
+        if state["obs_dim"] != self.obs_dim or dict(state["head_sizes"]) != self.head_sizes:
+            raise ValueError(
+                f"checkpoint is for obs_dim={state['obs_dim']}, head_sizes={state['head_sizes']}; "
+                f"this agent has obs_dim={self.obs_dim}, head_sizes={self.head_sizes}"
+            )
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._sample_gen.set_state(state["sample_generator"])
+        self._perm_gen.set_state(state["perm_generator"])
