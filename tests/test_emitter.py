@@ -264,3 +264,34 @@ def test_training_started_records_heads_and_config() -> None:
     assert payload.head_names == list(HEAD_NAMES)
     assert sink.events[0].event_type is EventType.TRAINING_STARTED
     assert payload.config == {"lr": 3e-4}
+
+
+def test_ratio_explosion_keeps_an_attribution_made_by_the_caller() -> None:
+    emitter, _ = make_emitter()
+    payload = emitter.emit_ratio_explosion(
+        joint_ratio_max=3.0,
+        worst_log_ratios={"op": 0.2, "slot": 0.9},
+        shares={"op": 0.6, "slot": 0.4},
+        driver="op",
+        hidden_by_heads=False,
+        batch=0,
+        update_index=5,
+    )
+    assert (payload.shares, payload.driver, payload.update_index) == (
+        {"op": 0.6, "slot": 0.4},
+        "op",
+        5,
+    )
+
+
+def test_training_finished_says_whether_it_was_interrupted() -> None:
+    emitter, sink = make_emitter()
+    emitter.emit_training_finished(episodes=3, updates=1, wall_seconds=2.0, run_dir="r")
+    payload = emitter.emit_training_finished(
+        episodes=3, updates=1, wall_seconds=2.0, run_dir="r", interrupted=True
+    )
+    assert payload.interrupted
+    assert [e.message for e in sink.events] == [
+        "training finished: 3 episodes, 1 updates in 2.0 s",
+        "training interrupted: 3 episodes, 1 updates in 2.0 s",
+    ]

@@ -403,12 +403,13 @@ class TelemetryDrops(Payload):
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingFinished(Payload):
-    """The run ended normally."""
+    """The run ended without an exception: done, or stopped early by the operator."""
 
     episodes: int
     updates: int
     wall_seconds: float
     run_dir: str
+    interrupted: bool = False  # stopped (Ctrl-C, stop request) before the last episode
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -271,21 +271,28 @@ class TelemetryEmitter:
         hidden_by_heads: bool,
         batch: int,
         update_index: int | None = None,
+        shares: Mapping[str, float] | None = None,
+        driver: str | None = None,
     ) -> RatioExplosion:
-        """Publish a joint-ratio explosion attributed to heads by `explosion_shares`.
+        """Publish a joint-ratio explosion attributed to heads.
 
         `update_index` defaults to the latest update emitted (detection follows the update).
+        `shares` and `driver` default to `explosion_shares(worst_log_ratios)`; a caller
+        that attributed the explosion itself (the PPO agent) passes its own.
         """
         if update_index is None:
             if self._next_update_index == 0:
                 raise ValueError("emit_ratio_explosion before any PPO update needs update_index")
             update_index = self._next_update_index - 1
-        shares, driver = explosion_shares(worst_log_ratios)
+        if shares is None or driver is None:
+            computed_shares, computed_driver = explosion_shares(worst_log_ratios)
+            shares = computed_shares if shares is None else shares
+            driver = computed_driver if driver is None else driver
         payload = RatioExplosion(
             update_index=update_index,
             joint_ratio_max=joint_ratio_max,
             worst_log_ratios=dict(worst_log_ratios),
-            shares=shares,
+            shares=dict(shares),
             driver=driver,
             hidden_by_heads=hidden_by_heads,
         )
@@ -308,13 +315,24 @@ class TelemetryEmitter:
         return payload
 
     def emit_training_finished(
-        self, *, episodes: int, updates: int, wall_seconds: float, run_dir: str | Path
+        self,
+        *,
+        episodes: int,
+        updates: int,
+        wall_seconds: float,
+        run_dir: str | Path,
+        interrupted: bool = False,
     ) -> TrainingFinished:
         payload = TrainingFinished(
-            episodes=episodes, updates=updates, wall_seconds=wall_seconds, run_dir=str(run_dir)
+            episodes=episodes,
+            updates=updates,
+            wall_seconds=wall_seconds,
+            run_dir=str(run_dir),
+            interrupted=interrupted,
         )
+        ended = "interrupted" if interrupted else "finished"
         message = (
-            f"training finished: {episodes} episodes, {updates} updates in {wall_seconds:.1f} s"
+            f"training {ended}: {episodes} episodes, {updates} updates in {wall_seconds:.1f} s"
         )
         self._emit(EventType.TRAINING_FINISHED, payload, message)
         return payload
