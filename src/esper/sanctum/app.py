@@ -1,0 +1,180 @@
+"""SanctumApp: the Textual dashboard that polls a snapshot source and redraws every panel.
+
+The app does no file I/O and knows nothing about telemetry events: it is handed a
+callable that returns the latest `SanctumSnapshot` (live) or a sequence of snapshots
+(replay). That keeps it testable with plain dataclasses and free of torch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import ClassVar
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal, VerticalScroll
+
+from esper.sanctum.schema import SanctumSnapshot
+from esper.sanctum.widgets import (
+    ActionHeadsPanel,
+    EventLogPanel,
+    HeaderView,
+    PPOHealthPanel,
+    RatioHistoryPanel,
+    SanctumHeader,
+    SlotsPanel,
+    SnapshotPanel,
+    StatusFooter,
+)
+
+Clock = Callable[[], float]
+LIVE_KEYS = "q quit · p pause"
+REPLAY_KEYS = "q quit · n/→ next · b/← previous · home/end"
+
+
+class SanctumApp(App[None]):
+    """Live or replayed view of one run's telemetry.
+
+    Live: `source()` is polled every `refresh_interval` seconds (p pauses polling).
+    Replay: `replay` holds one snapshot per step; n / right and b / left move through it,
+    starting at the last step so the whole history is on screen; `source` is not polled.
+    `clock` supplies "now" for elapsed time and silence detection; inject a fixed one for
+    deterministic screenshots.
+    """
+
+    CSS_PATH = "sanctum.tcss"
+    TITLE = "Sanctum"
+    #: Narrow terminals stack the middle and bottom panels instead of placing them side by side.
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (100, "-wide")]
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "quit"),
+        Binding("p", "toggle_pause", "pause"),
+        # Priority, or the focused scroll container would take the arrows and home/end;
+        # check_action disables them when live so they fall through to scrolling again.
+        Binding("n,right", "step(1)", "next", show=False, priority=True),
+        Binding("b,left", "step(-1)", "previous", show=False, priority=True),
+        Binding("home", "jump(0)", "first", show=False, priority=True),
+        Binding("end", "jump(-1)", "last", show=False, priority=True),
+    ]
+
+    def __init__(
+        self,
+        source: Callable[[], SanctumSnapshot],
+        refresh_interval: float = 0.25,
+        title: str = "Sanctum",
+        *,
+        replay: Sequence[SanctumSnapshot] | None = None,
+        clock: Clock = time.time,
+    ) -> None:
+        if refresh_interval <= 0:
+            raise ValueError(f"refresh_interval must be > 0, got {refresh_interval}")
+        if replay is not None and len(replay) == 0:
+            raise ValueError("replay needs at least one snapshot")
+        super().__init__()
+        self.title = title
+        self.source = source
+        self.refresh_interval = refresh_interval
+        self.replay = replay
+        self.clock = clock
+        self.paused = False
+        self.position = len(replay) - 1 if replay is not None else 0
+        self.snapshot = replay[self.position] if replay is not None else SanctumSnapshot()
+
+    @property
+    def is_replay(self) -> bool:
+        return self.replay is not None
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Stepping exists only in replay, pausing only live."""
+        if action in ("step", "jump"):
+            return self.is_replay
+        if action == "toggle_pause":
+            return not self.is_replay
+        return True
+
+    def compose(self) -> ComposeResult:
+        yield SanctumHeader(self.snapshot, self._view(), id="header")
+        with VerticalScroll(id="body"):
+            yield ActionHeadsPanel(self.snapshot, id="heads")
+            with Horizontal(id="middle"):
+                yield PPOHealthPanel(self.snapshot, id="ppo")
+                yield RatioHistoryPanel(self.snapshot, id="history")
+            with Horizontal(id="bottom"):
+                yield SlotsPanel(self.snapshot, id="slots")
+                yield EventLogPanel(self.snapshot, id="events")
+        yield StatusFooter(self.snapshot, REPLAY_KEYS if self.is_replay else LIVE_KEYS, id="footer")
+
+    def on_mount(self) -> None:
+        if not self.is_replay:
+            self.poll()
+            self.set_interval(self.refresh_interval, self.poll)
+
+    def _view(self) -> HeaderView:
+        if self.replay is not None:
+            return HeaderView(paused=self.paused, replay=(self.position + 1, len(self.replay)))
+        return HeaderView(now=self.clock(), paused=self.paused)
+
+    def poll(self) -> None:
+        """Fetch the latest snapshot from the source and show it, unless paused.
+
+        A timer tick can land while the app shuts down and its panels are being removed;
+        `is_running` turns False before that starts, so such a tick does nothing.
+        """
+        if self.is_running and not self.paused:
+            self.update_snapshot(self.source())
+
+    def update_snapshot(self, snapshot: SanctumSnapshot) -> None:
+        """Show `snapshot` in every panel (panels skip work for a snapshot already shown)."""
+        self.snapshot = snapshot
+        self.query_one(SanctumHeader).update_snapshot(snapshot, self._view())
+        for panel in self.query(SnapshotPanel):
+            if not isinstance(panel, SanctumHeader):
+                panel.update_snapshot(snapshot)
+
+    def action_toggle_pause(self) -> None:
+        """Freeze a live display (polling stops) to read it; press again to resume."""
+        self.paused = not self.paused
+        self.query_one(SanctumHeader).update_snapshot(self.snapshot, self._view())
+        if not self.paused:
+            self.poll()
+
+    def action_step(self, delta: int) -> None:
+        """Move `delta` snapshots through the replay (clamped at both ends)."""
+        self.show_position(self.position + delta)
+
+    def action_jump(self, position: int) -> None:
+        """Go to a replay position; negative counts from the end."""
+        assert self.replay is not None  # check_action enables jumping only in replay
+        self.show_position(position % len(self.replay))
+
+    def show_position(self, position: int) -> None:
+        """Show replay snapshot `position` (0-based, clamped to the replay)."""
+        assert self.replay is not None
+        self.position = max(0, min(len(self.replay) - 1, position))
+        self.update_snapshot(self.replay[self.position])
+
+
+async def screenshot_svg(
+    snapshot: SanctumSnapshot, size: tuple[int, int] = (120, 40), now: float | None = None
+) -> str:
+    """One headless frame of the dashboard showing `snapshot`, as SVG text.
+
+    `now` defaults to the snapshot's last event time, so the same run renders the same
+    picture whenever it is rendered (elapsed time ends at the last event).
+    """
+    at = now if now is not None else snapshot.progress.last_event_time
+    app = SanctumApp(lambda: snapshot, clock=(lambda: at) if at is not None else time.time)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        return app.export_screenshot()
+
+
+def render_screenshot(
+    snapshot: SanctumSnapshot, path: str | Path, size: tuple[int, int] = (120, 40)
+) -> None:
+    """Render one frame of the dashboard to an SVG file (for `sanctum DIR --screenshot`)."""
+    svg = asyncio.run(screenshot_svg(snapshot, size))
+    Path(path).write_text(svg, encoding="utf-8")
