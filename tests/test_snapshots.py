@@ -1,0 +1,174 @@
+"""SVG snapshots of the whole dashboard (pytest-textual-snapshot).
+
+Each scenario is a fixed SanctumSnapshot and a fixed clock, so the pictures depend on
+the code only. Regenerate after an intended visual change with
+`pytest tests/test_snapshots.py --snapshot-update`, and look at the SVGs before committing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+from esper.actions import HEAD_NAMES
+from esper.sanctum.app import SanctumApp
+from esper.sanctum.schema import (
+    EpisodeStats,
+    EventLogEntry,
+    HeadStats,
+    Progress,
+    RunInfo,
+    SanctumSnapshot,
+    SlotState,
+    TamiyoState,
+)
+
+SnapCompare = Callable[..., bool]
+START = 1_700_000_000.0
+NOW = START + 95.0
+RUN = RunInfo(run_id="20250103-demo", task="digits", episodes_total=64, n_envs=4, started_at=START)
+WIDE = (120, 40)
+NARROW = (80, 24)
+
+
+def _per_head(*values: float) -> dict[str, float]:
+    return dict(zip(HEAD_NAMES, values, strict=True))
+
+
+def _ramp(end: float, n: int = 16) -> tuple[float, ...]:
+    """n updates moving geometrically from 1.0 to `end` (how a drifting head looks)."""
+    return tuple(end ** (i / (n - 1)) for i in range(n))
+
+
+def _tamiyo(ratios: dict[str, float], **heads: HeadStats) -> TamiyoState:
+    """The state after the 16th update: `ratios` ramped up to, default heads unless given."""
+    stats = {
+        h: heads.get(h)
+        or HeadStats(
+            ratio_min=min(ratios[h], 1 / ratios[h] ** 0.5),
+            clip_fraction=0.04 * i,
+            entropy=1.0 - 0.08 * i,
+            approx_kl=0.002,
+            relevant=96 if h == "op" else 40,
+            ratio_max_history=_ramp(ratios[h]),
+        )
+        for i, h in enumerate(HEAD_NAMES)
+    }
+    joint = math.prod(ratios[h] for h in ("op", "slot", "blueprint"))
+    return TamiyoState(
+        **{f"head_{h}_ratio_max": ratios[h] for h in HEAD_NAMES},
+        heads=stats,
+        ppo_data_received=True,
+        ppo_updates_count=16,
+        last_update_index=15,
+        last_update_batch=15,
+        last_update_time=START + 90.0,
+        joint_ratio_max=joint,
+        joint_ratio_max_history=_ramp(joint),
+        approx_kl=0.0061,
+        clip_fraction=0.087,
+        policy_loss=-0.0213,
+        value_loss=0.412,
+        entropy=0.734,
+        explained_variance=0.58,
+        epochs_run=4,
+    )
+
+
+def _events(*extra: EventLogEntry) -> tuple[EventLogEntry, ...]:
+    routine = tuple(
+        EventLogEntry(START + 6.0 * i, "info", f"episode {i} finished: return {0.1 * i:.2f}")
+        for i in range(1, 14)
+    )
+    return (EventLogEntry(START, "info", "training started: digits, 4 envs"), *routine, *extra)
+
+
+BEFORE_DATA = SanctumSnapshot(
+    run=RUN,
+    progress=Progress(episodes_done=3, last_event_time=START + 90.0),
+    slots=(SlotState(0, "TRAINING", "MLP", 0.0), SlotState(1), SlotState(2)),
+    events=(EventLogEntry(START, "info", "training started: digits, 4 envs"),),
+    events_read=7,
+)
+
+HEALTHY = SanctumSnapshot(
+    run=RUN,
+    progress=Progress(episodes_done=64, batches_done=16, last_event_time=START + 90.0),
+    tamiyo=_tamiyo(_per_head(1.08, 1.12, 1.05, 1.15, 1.03, 1.1, 1.07, 1.02)),
+    episodes=EpisodeStats(0.42, 0.37, 0.951, seeds_grown=5, seeds_fossilized=2, seeds_killed=1),
+    slots=(
+        SlotState(0, "FOSSILIZED", "MLP", 1.0),
+        SlotState(1, "BLENDING", "LOW_RANK", 0.35),
+        SlotState(2),
+    ),
+    events=_events(),
+    events_read=412,
+)
+
+_TROUBLED_RATIOS = dict(
+    zip(HEAD_NAMES, (1.18, 1.34, 2.41, 1.1, 1.0, 1.12, 1.09, 0.72), strict=True)
+)
+TROUBLED = replace(
+    HEALTHY,
+    progress=replace(HEALTHY.progress, batches_done=18),  # two batches past the update: stale
+    tamiyo=replace(
+        _tamiyo(
+            _TROUBLED_RATIOS,
+            tempo=HeadStats(relevant=0, ratio_max_history=(1.0,) * 16),  # no GROW this update
+            alpha_speed=HeadStats(
+                ratio_min=0.9,
+                entropy=0.41,
+                relevant=22,
+                nonfinite=3,
+                nan_latched=True,
+                ratio_max_history=_ramp(1.09),
+            ),
+        ),
+        minibatches_skipped=3,
+        early_stopped=True,
+        epochs_run=2,
+    ),
+    events=_events(
+        EventLogEntry(
+            START + 88.0,
+            "warning",
+            "ratio explosion: joint 3.81 driven by blueprint 2.41, slot 1.34",
+        ),
+        EventLogEntry(START + 89.0, "error", "non-finite log-probs in alpha_speed: 3 minibatches"),
+        EventLogEntry(START + 90.0, "warning", "PPO update skipped for batch 16: no finite loss"),
+    ),
+    lines_skipped=2,
+    drops=5,
+)
+
+
+def _app(snapshot: SanctumSnapshot) -> SanctumApp:
+    return SanctumApp(lambda: snapshot, clock=lambda: NOW)
+
+
+def test_dashboard_before_the_first_ppo_update(snap_compare: SnapCompare) -> None:
+    """Every head value is a dim dash; nothing reads as a healthy 1.000."""
+    assert snap_compare(_app(BEFORE_DATA), terminal_size=WIDE)
+
+
+def test_dashboard_healthy_run(snap_compare: SnapCompare) -> None:
+    """All heads inside the clip range: green values, empty-ish bars, low sparklines."""
+    assert snap_compare(_app(HEALTHY), terminal_size=WIDE)
+
+
+def test_dashboard_red_head_nan_head_and_stale_update(snap_compare: SnapCompare) -> None:
+    """blueprint red (2.410), alpha_speed NaN-latched, tempo without samples, STALE banner."""
+    assert snap_compare(_app(TROUBLED), terminal_size=WIDE)
+
+
+def test_dashboard_at_80x24(snap_compare: SnapCompare) -> None:
+    """The narrow layout: wrapped head titles and bars, stacked panels, body scrolls."""
+    assert snap_compare(_app(TROUBLED), terminal_size=NARROW)
+
+
+def test_dashboard_replay_frame(snap_compare: SnapCompare) -> None:
+    """Replay mode steps back one frame: header reads REPLAY 2/3."""
+    frames = [BEFORE_DATA, HEALTHY, TROUBLED]
+    app = SanctumApp(lambda: TROUBLED, replay=frames, clock=lambda: NOW)
+    assert snap_compare(app, terminal_size=WIDE, press=["b"])
