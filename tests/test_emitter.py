@@ -84,7 +84,7 @@ def test_emit_ppo_update_converts_counts_and_flags_and_ignores_unknown_keys() ->
         {
             "head_op_relevant": 12.0,
             "minibatches_skipped": 2.0,
-            "early_stopped": 1.0,
+            "early_stopped": 2.0,  # minibatches that tripped the KL stop: any sets the flag
             "intervened": 0.0,
             "ratio_std": 0.3,  # not a payload field
         },
@@ -103,7 +103,8 @@ def test_emit_ppo_update_converts_counts_and_flags_and_ignores_unknown_keys() ->
         ("head_op_relevant", 2.5),
         ("head_op_nonfinite", math.nan),
         ("epochs_run", math.inf),
-        ("early_stopped", 0.5),
+        ("early_stopped", -1.0),
+        ("intervened", math.nan),
         ("approx_kl", "small"),
     ],
 )

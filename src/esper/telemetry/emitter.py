@@ -49,10 +49,10 @@ def _metric_value(name: str, tp: Any, value: object) -> object:
         raise ContractError(f"metrics[{name!r}]: expected a number, got {value!r}") from None
     if tp is float:
         return number
-    if tp is bool:
-        if number not in (0.0, 1.0):
+    if tp is bool:  # 0/1, or a count of minibatches that tripped it: any trip sets it
+        if not number >= 0.0 or math.isinf(number):
             raise ContractError(f"metrics[{name!r}]: expected a 0/1 flag, got {value!r}")
-        return number == 1.0
+        return number > 0.0
     if not math.isfinite(number) or number != int(number):
         raise ContractError(f"metrics[{name!r}]: expected a whole count, got {value!r}")
     return int(number)
@@ -238,7 +238,8 @@ class TelemetryEmitter:
         """Publish one completed PPO update from `PPOAgent.update()`'s metrics.
 
         Keys are the payload's field names; an absent key takes the payload default (the
-        neutral value), an unknown key is ignored, counts and 0/1 flags become int/bool.
+        neutral value), an unknown key is ignored, counts become int and flags bool (a flag
+        may arrive as 0/1 or as a count of trips: any positive value sets it).
         """
         values = {
             name: _metric_value(name, tp, metrics[name])
