@@ -20,6 +20,7 @@ from textual.geometry import Region
 
 from esper.actions import HEAD_NAMES
 from esper.sanctum.schema import (
+    EpisodeStats,
     EventLogEntry,
     HeadStats,
     Progress,
@@ -35,6 +36,7 @@ from esper.sanctum.widgets.header import (
     HeaderView,
     elapsed_seconds,
     episodes_per_second,
+    pack_fields,
     render_header,
 )
 from esper.sanctum.widgets.heads import (
@@ -429,7 +431,31 @@ def test_header_states(progress: dict[str, object], view: HeaderView, expected: 
     snap = replace(snap, progress=replace(snap.progress, **progress))
     text = render_text(render_header(snap, view), width=200)
     assert "run r1" in text and "episode 30/100" in text and "PPO updates 3" in text
-    assert text.rstrip().endswith(expected)
+    assert text.startswith(f"SANCTUM │ {expected} │ run r1")
+
+
+@pytest.mark.parametrize(
+    ("widths", "max_width", "lines"),
+    [
+        ([3, 3, 3], 20, [[0, 1, 2]]),  # 3 + 3 + 3 + 2 separators of 3 = 15
+        ([3, 3, 3], 14, [[0, 1], [2]]),
+        ([3, 3, 3], 9, [[0, 1], [2]]),  # exactly full
+        ([3, 3, 3], 8, [[0], [1], [2]]),
+        ([30, 3], 10, [[0], [1]]),  # too wide for any line: alone on its own
+    ],
+)
+def test_pack_fields(widths: list[int], max_width: int, lines: list[list[int]]) -> None:
+    assert pack_fields(widths, max_width, separator=3) == lines
+
+
+def test_narrow_header_wraps_between_fields_only() -> None:
+    text = render_text(render_header(_snapshot_with_run(), HeaderView(now=1065.0)), width=40)
+    lines = [line.rstrip() for line in text.splitlines()]
+    assert lines == [
+        "SANCTUM │ LIVE │ run r1 │ task digits",
+        "episode 30/100 │ PPO updates 3",
+        "elapsed 0:01:05 │ 0.50 ep/s",
+    ]
 
 
 def test_header_shows_elapsed_and_rate() -> None:
@@ -464,13 +490,25 @@ def test_history_panel_shows_newest_values_and_worst() -> None:
     assert slot_line.split()[1:] == [NO_VALUE, NO_VALUE]
 
 
-def test_slots_panel_lists_slots_in_index_order() -> None:
+def test_slots_panel_lists_slots_in_index_order_and_empty_slots_as_dashes() -> None:
+    # slot 1 was killed: DORMANT again, still carrying its last seed's blueprint
     snap = SanctumSnapshot(
-        slots=(SlotState(1, "DORMANT"), SlotState(0, "BLENDING", "MLP", 0.4)),
+        slots=(SlotState(1, "DORMANT", "NORM", 0.7), SlotState(0, "BLENDING", "MLP", 0.4)),
     )
     lines = render_text(render_slots(snap), width=44).splitlines()
     rows = [line.split() for line in lines if line[:1].isdigit()]
     assert rows == [["0", "BLENDING", "MLP", "0.40", "██░░░"], ["1", "DORMANT", NO_VALUE, NO_VALUE]]
+
+
+def test_seed_counts_sit_under_their_names() -> None:
+    episodes = EpisodeStats(seeds_grown=530, seeds_fossilized=20, seeds_killed=4500)
+    lines = render_text(render_slots(SanctumSnapshot(episodes=episodes)), width=40).splitlines()
+    assert [line.split() for line in lines[-2:]] == [
+        ["grown", "fossilized", "killed"],
+        ["seeds", "530", "20", "4500"],
+    ]
+    header, counts = lines[-2:]
+    assert header.index("fossilized") + len("fossilized") == counts.index(" 20 ") + 3
 
 
 def test_event_times_are_offsets_into_the_run_or_utc() -> None:

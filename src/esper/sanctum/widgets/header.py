@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich.console import RenderableType
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.text import Text
 
 from esper.sanctum.schema import SanctumSnapshot
@@ -81,8 +81,44 @@ def run_state(snapshot: SanctumSnapshot, view: HeaderView) -> Text:
     return Text(" ").join(parts)
 
 
+def pack_fields(widths: list[int], max_width: int, separator: int) -> list[list[int]]:
+    """Greedy line packing: indices of the fields on each line, never splitting a field.
+
+    A field wider than a whole line gets a line of its own (and is cut there).
+    """
+    lines: list[list[int]] = []
+    used = 0
+    for index, width in enumerate(widths):
+        if lines and lines[-1] and used + separator + width <= max_width:
+            lines[-1].append(index)
+            used += separator + width
+        else:
+            lines.append([index])
+            used = width
+    return lines
+
+
+class FieldLine:
+    """Rich renderable of fields joined by a separator, wrapping only between fields.
+
+    Word wrapping would break "0.08 ep/s" into "0.08" and "ep/s" on a narrow terminal.
+    """
+
+    def __init__(self, fields: list[Text], separator: Text) -> None:
+        self.fields = fields
+        self.separator = separator
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        widths = [field.cell_len for field in self.fields]
+        for indices in pack_fields(widths, options.max_width, self.separator.cell_len):
+            line = self.separator.join(self.fields[i] for i in indices)
+            line.no_wrap = True
+            line.overflow = "ellipsis"
+            yield line
+
+
 def render_header(snapshot: SanctumSnapshot, view: HeaderView) -> RenderableType:
-    """One line (wrapping on narrow terminals) of run identity, progress and state."""
+    """One line (wrapping on narrow terminals) of run state, identity and progress."""
     run, progress = snapshot.run, snapshot.progress
     episodes = f"episode {progress.episodes_done}"
     if run.episodes_total:
@@ -91,15 +127,15 @@ def render_header(snapshot: SanctumSnapshot, view: HeaderView) -> RenderableType
     rate = episodes_per_second(snapshot)
     fields = [
         Text("SANCTUM", style="bold"),
+        run_state(snapshot, view),  # first, so a narrow terminal can never push it away
         Text(f"run {run.run_id or '—'}"),
         Text(f"task {run.task or '—'}"),
         Text(episodes),
         Text(f"PPO updates {snapshot.tamiyo.ppo_updates_count}"),
         Text(f"elapsed {fmt_duration(elapsed)}" if elapsed is not None else "elapsed —"),
         Text(f"{rate:.2f} ep/s" if rate is not None else "— ep/s"),
-        run_state(snapshot, view),
     ]
-    return _SEPARATOR.join(field for field in fields if field.plain)
+    return FieldLine([field for field in fields if field.plain], _SEPARATOR)
 
 
 class SanctumHeader(SnapshotPanel):

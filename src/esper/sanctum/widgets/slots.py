@@ -16,6 +16,7 @@ from esper.sanctum.widgets.style import (
     NO_VALUE,
     fmt_percent,
     fraction_bar,
+    no_value,
 )
 
 #: Stage colours: idle dim, growing in cool hues (fixed hex values, so no terminal theme can
@@ -37,13 +38,17 @@ def alpha_text(alpha: float) -> Text:
 
 
 def slot_row(slot: SlotState) -> tuple[Text, Text, Text, Text]:
-    """One slot: index, coloured stage, blueprint (dash if none), alpha."""
-    return (
-        Text(str(slot.index)),
-        Text(slot.stage, style=STAGE_STYLES.get(slot.stage, "")),
-        Text(slot.blueprint or NO_VALUE, style="" if slot.blueprint else NO_DATA),
-        alpha_text(slot.alpha) if slot.stage != "DORMANT" else Text(NO_VALUE, style=NO_DATA),
-    )
+    """One slot: index, coloured stage, blueprint and alpha (dashes for an empty slot).
+
+    A DORMANT slot holds no seed; the blueprint of the seed it last held is not shown.
+    """
+    stage = Text(slot.stage, style=STAGE_STYLES.get(slot.stage, ""))
+    if slot.stage == "DORMANT" or slot.blueprint is None:
+        blueprint = no_value()
+    else:
+        blueprint = Text(slot.blueprint)
+    alpha = no_value() if slot.stage == "DORMANT" else alpha_text(slot.alpha)
+    return Text(str(slot.index)), stage, blueprint, alpha
 
 
 def _maybe(v: float | None, fmt: str) -> str:
@@ -51,7 +56,7 @@ def _maybe(v: float | None, fmt: str) -> str:
 
 
 def episode_text(episodes: EpisodeStats) -> Text:
-    """Latest and mean return, accuracy, and seed outcomes."""
+    """Latest and mean return, and the latest final accuracy."""
     acc = episodes.last_accuracy
     accuracy = NO_VALUE if acc is None else fmt_percent(acc)
     return Text.assemble(
@@ -59,14 +64,22 @@ def episode_text(episodes: EpisodeStats) -> Text:
         f"{_maybe(episodes.last_return, '.3f')} (mean {_maybe(episodes.mean_return, '.3f')})",
         ("  acc ", "bold"),
         accuracy,
-        ("\nseeds ", "bold"),
-        f"grown {episodes.seeds_grown} · fossilized {episodes.seeds_fossilized}"
-        f" · killed {episodes.seeds_killed}",
     )
 
 
+def seeds_table(episodes: EpisodeStats) -> Table:
+    """Seed outcomes over the run, counts under their names (no wrap splits a pair)."""
+    table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style=NO_DATA)
+    table.add_column("", style="bold")
+    for title in ("grown", "fossilized", "killed"):
+        table.add_column(title, justify="right")
+    counts = (episodes.seeds_grown, episodes.seeds_fossilized, episodes.seeds_killed)
+    table.add_row("seeds", *(str(count) for count in counts))
+    return table
+
+
 def render_slots(snapshot: SanctumSnapshot) -> RenderableType:
-    """Slot table above the episode summary."""
+    """Slot table above the episode and seed summary."""
     if not snapshot.slots:
         slots: RenderableType = Text("no slots reported yet", style=NO_DATA)
     else:
@@ -76,7 +89,7 @@ def render_slots(snapshot: SanctumSnapshot) -> RenderableType:
         for slot in sorted(snapshot.slots, key=lambda s: s.index):
             table.add_row(*slot_row(slot))
         slots = table
-    return Group(slots, episode_text(snapshot.episodes))
+    return Group(slots, episode_text(snapshot.episodes), seeds_table(snapshot.episodes))
 
 
 class SlotsPanel(SnapshotPanel):
