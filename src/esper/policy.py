@@ -87,6 +87,7 @@ class TamiyoPolicy(nn.Module):
         """The [N, S] slot mask conditioned on each sample's op."""
         return torch.take_along_dim(slot_by_op, op.view(-1, 1, 1), dim=1).squeeze(1)
 
+    @torch.no_grad()
     def act(
         self,
         obs: Tensor,
@@ -95,7 +96,10 @@ class TamiyoPolicy(nn.Module):
         deterministic: bool = False,
         generator: torch.Generator | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Sample (or take the mode of) actions [N, 8], their per-head log-probs and values."""
+        """Sample (or take the mode of) actions [N, 8], their per-head log-probs and values.
+
+        Acting never needs gradients; PPO re-scores the actions in `evaluate_actions`.
+        """
         logits, values = self(obs)
         op_logits = logits[:, _OP, :N_OPS].masked_fill(~op_mask, torch.finfo(logits.dtype).min)
         op_dist = Categorical(logits=op_logits, validate_args=False)

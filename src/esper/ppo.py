@@ -76,27 +76,30 @@ class PPOConfig:
     normalize_advantage: bool = True
 
     def __post_init__(self) -> None:
-        checks = {
-            "lr must be > 0": self.lr > 0,
-            "gamma must be in [0, 1]": 0 <= self.gamma <= 1,
-            "gae_lambda must be in [0, 1]": 0 <= self.gae_lambda <= 1,
-            "clip_eps must be in (0, 1)": 0 < self.clip_eps < 1,
-            "epochs must be >= 1": self.epochs >= 1,
-            "minibatches must be >= 1": self.minibatches >= 1,
-            "value_coef must be >= 0": self.value_coef >= 0,
-            "entropy_coef must be >= 0": self.entropy_coef >= 0,
-            "max_grad_norm must be > 0": self.max_grad_norm > 0,
-            "target_kl must be None or > 0": self.target_kl is None or self.target_kl > 0,
-            "clip_mode must be 'per_head' or 'joint'": self.clip_mode in ("per_head", "joint"),
-            "explosion_threshold must be > 1": self.explosion_threshold > 1,
-            "joint_ratio_limit must be None or > 1": (
-                self.joint_ratio_limit is None or self.joint_ratio_limit > 1
-            ),
-            "hidden must be >= 1": self.hidden >= 1,
-        }
-        failed = [message for message, ok in checks.items() if not ok]
+        limit = self.joint_ratio_limit
+        checks = [
+            ("lr", self.lr > 0, "> 0"),
+            ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"),
+            ("gae_lambda", 0 <= self.gae_lambda <= 1, "in [0, 1]"),
+            ("clip_eps", 0 < self.clip_eps < 1, "in (0, 1)"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("minibatches", self.minibatches >= 1, ">= 1"),
+            ("value_coef", self.value_coef >= 0, ">= 0"),
+            ("entropy_coef", self.entropy_coef >= 0, ">= 0"),
+            ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
+            ("target_kl", self.target_kl is None or self.target_kl > 0, "None or > 0"),
+            ("clip_mode", self.clip_mode in ("per_head", "joint"), "'per_head' or 'joint'"),
+            ("explosion_threshold", self.explosion_threshold > 1, "> 1"),
+            ("joint_ratio_limit", limit is None or limit > 1, "None or > 1"),
+            ("hidden", self.hidden >= 1, ">= 1"),
+        ]
+        failed = [
+            f"{name} must be {rule}, got {getattr(self, name)!r}"
+            for name, ok, rule in checks
+            if not ok
+        ]
         if failed:
-            raise ValueError(f"invalid PPOConfig: {'; '.join(failed)} (got {self!r})")
+            raise ValueError(f"invalid PPOConfig: {'; '.join(failed)}")
 
 
 def gae(
@@ -145,7 +148,12 @@ class Batch(NamedTuple):
 
 
 class RolloutBuffer:
-    """[T, E] rollout storage on the device, with the per-head log-probs at rollout time."""
+    """[T, E] rollout storage on the device, with the per-head log-probs at rollout time.
+
+    Episode boundaries are stored as `episode_starts[t]` (obs[t] opens an episode, so step
+    t - 1 ended one), the convention of Stable-Baselines3; the terminal flag of the last
+    step goes to `compute_returns_and_advantages` as `last_dones`.
+    """
 
     def __init__(
         self,
@@ -239,12 +247,13 @@ def clipped_surrogate(
 ) -> Tensor:
     """PPO clipped policy loss (to minimise) of [N, H] log-ratios.
 
-    "joint" clips the ratio of the whole action, exp(sum of relevant heads' log-ratios), as
-    Stable-Baselines3 does for MultiDiscrete. "per_head" clips each head's ratio separately
-    on its relevant samples; each head's surrogate is summed over its relevant samples and
-    divided by N, then the heads are summed. With every ratio at 1 this has the joint
-    gradient, so both modes take steps of one scale, and a head relevant at few samples is
-    not up-weighted (a mean over its own samples would multiply a rare head's step).
+    "joint" clips the ratio of the whole action, exp(sum of the relevant heads' log-ratios),
+    as Stable-Baselines3 does for MultiDiscrete (which sums every head). "per_head" clips
+    each head's ratio separately on its relevant samples; each head's surrogate is summed
+    over its relevant samples and divided by N, then the heads are summed. With every ratio
+    at 1 this has the joint gradient, so both modes take steps of one scale, and a head
+    relevant at few samples is not up-weighted (a mean over its own samples would multiply
+    a rare head's step).
     """
     zero = torch.zeros_like(log_ratio)
     masked = torch.where(relevant, log_ratio, zero)
@@ -332,14 +341,13 @@ class PPOAgent:
         deterministic: bool = False,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
         """Actions [N, 8], per-head log-probs [N, 8] and values [N] for a batch of states."""
-        with torch.no_grad():
-            actions, log_probs, values = self.policy.act(
-                self._tensor(obs, torch.float32),
-                self._tensor(op_mask, torch.bool),
-                self._tensor(slot_by_op, torch.bool),
-                deterministic=deterministic,
-                generator=self._sample_gen,
-            )
+        actions, log_probs, values = self.policy.act(
+            self._tensor(obs, torch.float32),
+            self._tensor(op_mask, torch.bool),
+            self._tensor(slot_by_op, torch.bool),
+            deterministic=deterministic,
+            generator=self._sample_gen,
+        )
         return actions.cpu().numpy(), log_probs.cpu().numpy(), values.cpu().numpy()
 
     def predict_values(self, obs: npt.ArrayLike) -> npt.NDArray[np.float32]:
