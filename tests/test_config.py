@@ -61,7 +61,7 @@ def test_json_config_is_read(tmp_path: Path) -> None:
 def test_unknown_config_keys_are_rejected_by_name(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text("episodes = 2\nepisdoes = 3\n")
-    with pytest.raises(ConfigError, match="unknown key\\(s\\) in .*: episdoes"):
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) in .*: episdoes"):
         read_config_file(path)
 
 

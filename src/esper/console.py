@@ -1,0 +1,91 @@
+"""Headless console output: a Rich progress bar and one line per PPO update.
+
+A hub backend like the recorder and the dashboard, so the console shows exactly what
+was recorded. It reads payloads only; it knows nothing of PPO internals.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from esper.actions import HEAD_NAMES
+from esper.telemetry.contracts import EventType, PPOUpdatePayload, TelemetryEvent
+
+
+def update_line(payload: PPOUpdatePayload) -> str:
+    """One-line summary of a PPO update for logs and terminals."""
+    head = payload.worst_head()
+    worst = f"{head} {payload.head(head, 'ratio_max'):.3f}" if head is not None else "—"
+    ret = "—" if payload.mean_return is None else f"{payload.mean_return:+.3f}"
+    acc = "—" if payload.host_accuracy is None else f"{payload.host_accuracy:.3f}"
+    return (
+        f"update {payload.update_index:>4} | worst head {worst}"
+        f" | joint {payload.joint_ratio_max:.3f} | KL {payload.approx_kl:.4f}"
+        f" | clip {payload.clip_fraction:.3f}"
+        f" | return {ret} | acc {acc}"
+    )
+
+
+def head_table(payload: PPOUpdatePayload) -> Table:
+    """The final per-head table: the TELE-151 record and its siblings, one row a head."""
+    table = Table(title=f"Per-head statistics, update {payload.update_index}")
+    for column in ("head", "ratio max", "ratio min", "clip frac", "entropy", "relevant"):
+        table.add_column(column, justify="left" if column == "head" else "right")
+    for head in HEAD_NAMES:
+        relevant = int(payload.head(head, "relevant"))
+        entropy = f"{payload.head(head, 'entropy'):.3f}"
+        if relevant == 0:  # neutral defaults, not a healthy reading
+            table.add_row(head, "—", "—", "—", entropy, "0")
+            continue
+        table.add_row(
+            head,
+            *(
+                f"{payload.head(head, stat):.3f}"
+                for stat in ("ratio_max", "ratio_min", "clip_fraction")
+            ),
+            entropy,
+            str(relevant),
+        )
+    return table
+
+
+class ConsoleBackend:
+    """Progress bar over episodes plus a summary line per update; synchronous (cheap)."""
+
+    synchronous = True
+
+    def __init__(self, episodes_total: int, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=False)
+        self._progress = Progress(
+            TextColumn("[bold]episodes"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self._task = self._progress.add_task("episodes", total=episodes_total)
+        self.last_update: PPOUpdatePayload | None = None
+        self._progress.start()
+
+    def handle(self, event: TelemetryEvent) -> None:
+        kind = event.event_type
+        if kind is EventType.EPISODE_COMPLETED:
+            self._progress.advance(self._task)
+        elif kind is EventType.PPO_UPDATE_COMPLETED:
+            assert isinstance(event.payload, PPOUpdatePayload)
+            self.last_update = event.payload
+            self._progress.console.print(update_line(event.payload), soft_wrap=True)
+        elif event.severity != "info":
+            style = "red" if event.severity == "error" else "yellow"
+            self._progress.console.print(f"[{style}]{event.message}[/{style}]")
+
+    def flush(self) -> None:
+        """Nothing buffered: every line is printed as it comes."""
+
+    def close(self) -> None:
+        self._progress.stop()
+        if self.last_update is not None:
+            self.console.print(head_table(self.last_update))

@@ -1,0 +1,141 @@
+"""End to end through the real console scripts: train headless, then render the dashboard."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from esper.actions import HEAD_NAMES
+
+BIN = Path(sys.executable).parent
+
+
+def run_cli(*args: str, cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run an installed console script the way an operator would (no terminal attached)."""
+    return subprocess.run(
+        [str(BIN / args[0]), *args[1:]],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def recorded_run(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    """One short headless training run shared by the tests below."""
+    root = tmp_path_factory.mktemp("e2e")
+    run_dir = root / "run"
+    proc = run_cli(
+        "esper", "ppo", "--episodes", "4", "--no-tui", "--task", "spirals",
+        "--episode-length", "10", "--run-dir", str(run_dir), cwd=root,
+    )  # fmt: skip
+    return run_dir, proc
+
+
+def test_esper_ppo_headless_records_every_head(
+    recorded_run: tuple[Path, subprocess.CompletedProcess[str]],
+) -> None:
+    run_dir, proc = recorded_run
+    assert proc.returncode == 0, proc.stderr
+    lines = (run_dir / "events.jsonl").read_text().splitlines()
+    events = [json.loads(line) for line in lines]
+    types = [e["event_type"] for e in events]
+    assert types[0] == "TRAINING_STARTED"
+    assert types[-1] == "TRAINING_FINISHED"
+    updates = [e for e in events if e["event_type"] == "PPO_UPDATE_COMPLETED"]
+    assert [u["data"]["update_index"] for u in updates] == [0, 1]  # 4 episodes / 2 envs
+    for update in updates:
+        for head in HEAD_NAMES:
+            value = update["data"][f"head_{head}_ratio_max"]
+            assert isinstance(value, float) and value > 0
+    # rollout-time log-probs and 4 epochs: the op head (always relevant) must have moved
+    assert any(u["data"]["head_op_ratio_max"] != 1.0 for u in updates)
+    assert (run_dir / "run.json").is_file() and (run_dir / "checkpoint.pt").is_file()
+    assert "update    0 | worst head" in proc.stdout
+    assert str(run_dir) in proc.stdout
+
+
+def test_sanctum_screenshot_shows_the_recorded_heads(
+    recorded_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    run_dir, _ = recorded_run
+    out = tmp_path / "out.svg"
+    proc = run_cli("sanctum", str(run_dir), "--screenshot", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    svg = out.read_text()
+    last = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    final = [e for e in last if e["event_type"] == "PPO_UPDATE_COMPLETED"][-1]["data"]
+    shown = f"{final['head_op_ratio_max']:.3f}"
+    assert shown in svg.replace("&#160;", " ")
+    for head in HEAD_NAMES:
+        assert head in svg
+
+
+def test_sanctum_without_argument_finds_the_latest_run(
+    recorded_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    run_dir, _ = recorded_run
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    (runs / "older").mkdir()
+    (runs / "older" / "events.jsonl").write_text("")
+    newest = runs / "newest"
+    newest.mkdir()
+    (newest / "events.jsonl").write_bytes((run_dir / "events.jsonl").read_bytes())
+    proc = run_cli("sanctum", "--screenshot", "shot.svg", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "shot.svg").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["esper", "ppo", "--episodes", "0"], "episodes must be a whole number >= 1"),
+        (["esper", "ppo", "--episodes", "-2"], "episodes must be a whole number >= 1"),
+        (["esper", "ppo", "--task", "mnist"], "unknown task 'mnist'"),
+        (["esper", "ppo", "--clip", "0"], "clip must be a number > 0"),
+        (["esper", "ppo", "--epochs", "0"], "epochs must be a whole number >= 1"),
+        (["esper", "ppo", "--episodes", "ten"], "invalid int value: 'ten'"),
+        (["esper", "ppo", "--config", "missing.toml"], "cannot read config file"),
+        (["esper", "ppo", "--device", "cuda:7"], "no CUDA device is available"),
+        (["sanctum", "no/such/run"], "no run directory at no/such/run"),
+        (["sanctum"], "no runs under runs/"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], fragment: str, tmp_path: Path) -> None:
+    if "cuda" in " ".join(args):
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is present")
+    proc = run_cli(*args, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert fragment in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_config_key_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "cfg.toml").write_text("episodes = 2\nbogus = 1\n")
+    proc = run_cli("esper", "ppo", "--config", "cfg.toml", "--no-tui", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown key(s)" in proc.stderr and "bogus" in proc.stderr
+
+
+def test_existing_run_is_never_overwritten(tmp_path: Path) -> None:
+    run_dir = tmp_path / "taken"
+    run_dir.mkdir()
+    (run_dir / "events.jsonl").write_text('{"keep": true}\n')
+    proc = run_cli("esper", "ppo", "--no-tui", "--run-dir", str(run_dir), cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert "already holds a recorded run" in proc.stderr
+    assert (run_dir / "events.jsonl").read_text() == '{"keep": true}\n'
