@@ -51,6 +51,8 @@ class SanctumApp(App[None]):
     HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (100, "-wide")]
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
+        # Operators expect Ctrl-C to stop a run; Textual's default only hints at ctrl+q.
+        Binding("ctrl+c", "quit", "quit", show=False, priority=True),
         Binding("p", "toggle_pause", "pause"),
         # Priority, or the focused scroll container would take the arrows and home/end;
         # check_action disables them when live so they fall through to scrolling again.
