@@ -164,6 +164,32 @@ def test_skipped_update_makes_the_snapshot_stale() -> None:
     assert not aggregator.snapshot().is_stale
 
 
+def test_skipped_update_latches_its_nonfinite_heads_at_once() -> None:
+    aggregator, emitter = wired()
+    emitter.emit_ppo_update({"head_slot_ratio_max": 1.1}, batch=0)
+    emitter.emit_ppo_skipped(reason="non-finite", batch=1, nonfinite={"slot": 12, "op": 0})
+    heads = aggregator.snapshot().tamiyo.heads
+    assert heads["slot"].nan_latched
+    assert not heads["op"].nan_latched  # a zero count latches nothing
+    emitter.emit_ppo_update({}, batch=2)  # latches stay after a healthy update
+    assert aggregator.snapshot().tamiyo.heads["slot"].nan_latched
+
+
+def test_resumed_run_is_live_again_after_its_interrupted_end() -> None:
+    aggregator, emitter = wired()
+    started = {"config": {}, "task": "spirals", "head_sizes": {"slot": 3}, "episodes_total": 4,
+               "n_envs": 2, "device": "cpu"}  # fmt: skip
+    emitter.emit_training_started(**started)
+    emitter.emit_training_finished(
+        episodes=2, updates=1, wall_seconds=1.0, run_dir="r", interrupted=True
+    )
+    assert aggregator.snapshot().progress.finished
+    emitter.emit_training_started(**started, resumed_from_update=1)
+    snap = aggregator.snapshot()
+    assert not snap.progress.finished
+    assert "resumed at update 1" in snap.events[-1].message
+
+
 @given(st.lists(st.floats(0.1, 10.0), min_size=1, max_size=40), st.integers(1, 8))
 def test_histories_are_bounded_rings_of_the_latest_updates(values: list[float], n: int) -> None:
     aggregator, emitter = wired(history_len=n)

@@ -195,6 +195,7 @@ class SanctumAggregator:
             device=p.device,
             started_at=event.timestamp,
         )
+        self._finished = False  # a resumed run starts again after its interrupted end
         for index in range(p.head_sizes.get("slot", 0)):
             self._slots.setdefault(index, SlotState(index=index))
         self._log_event(event)
@@ -273,6 +274,15 @@ class SanctumAggregator:
     def _handle_ppo_skipped(self, event: TelemetryEvent) -> None:
         p = event.payload
         assert isinstance(p, PPOUpdateSkipped)
+        for head in p.nonfinite:
+            if head in self._latches:  # counts cannot tell NaN from inf: latch as NaN
+                self._latches[head] = (True, self._latches[head][1])
+        if p.nonfinite:  # show the latch now, not only with the next completed update
+            heads = {
+                h: dataclasses.replace(stats, nan_latched=self._latches[h][0])
+                for h, stats in self._tamiyo.heads.items()
+            }
+            self._tamiyo = dataclasses.replace(self._tamiyo, heads=heads)
         self._advance_batches(p.batch)
         self._log_event(event)
 

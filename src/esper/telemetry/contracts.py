@@ -227,6 +227,7 @@ class TrainingStarted(Payload):
     n_envs: int
     device: str
     esper_version: str
+    resumed_from_update: int | None = None  # set when `esper ppo --resume` continues a run
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -360,6 +361,7 @@ class PPOUpdateSkipped(Payload):
     reason: str
     batch: int
     update_index: int
+    nonfinite: dict[str, int] = field(default_factory=dict)  # head -> non-finite samples
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -157,6 +157,7 @@ class TelemetryEmitter:
         device: str,
         head_names: tuple[str, ...] | list[str] = HEAD_NAMES,
         esper_version: str = __version__,
+        resumed_from_update: int | None = None,
     ) -> TrainingStarted:
         payload = TrainingStarted(
             config=dict(config),
@@ -167,8 +168,11 @@ class TelemetryEmitter:
             n_envs=n_envs,
             device=device,
             esper_version=esper_version,
+            resumed_from_update=resumed_from_update,
         )
         message = f"training started: {task}, {episodes_total} episodes on {n_envs} envs ({device})"
+        if resumed_from_update is not None:
+            message = f"training resumed at update {resumed_from_update}: {task} ({device})"
         self._emit(EventType.TRAINING_STARTED, payload, message)
         return payload
 
@@ -255,10 +259,15 @@ class TelemetryEmitter:
         self._emit(EventType.PPO_UPDATE_COMPLETED, payload, payload.summary(), batch=batch)
         return payload
 
-    def emit_ppo_skipped(self, *, reason: str, batch: int) -> PPOUpdateSkipped:
+    def emit_ppo_skipped(
+        self, *, reason: str, batch: int, nonfinite: Mapping[str, int] | None = None
+    ) -> PPOUpdateSkipped:
         """Publish a batch whose update applied no optimizer step (it uses up an index)."""
         payload = PPOUpdateSkipped(
-            reason=reason, batch=batch, update_index=self._take_update_index(None)
+            reason=reason,
+            batch=batch,
+            update_index=self._take_update_index(None),
+            nonfinite={h: int(n) for h, n in (nonfinite or {}).items() if n > 0},
         )
         message = f"update {payload.update_index} skipped (batch {batch}): {reason}"
         self._emit(EventType.PPO_UPDATE_SKIPPED, payload, message, severity="warning", batch=batch)
