@@ -12,15 +12,22 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from esper.checkpoint import CHECKPOINT_NAME
 from esper.config import CLIP_MODES, TASKS, ConfigError, TrainConfig, build_config, read_config_file
+from esper.telemetry.recorder import EVENTS_FILE
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
-EVENTS_FILE = "events.jsonl"
+#: Flags that are training settings (TrainConfig fields of the same name).
+SETTING_FLAGS = (
+    "episodes", "task", "envs", "episode_length", "slots", "epochs", "minibatches",
+    "clip", "clip_mode", "lr", "seed", "device", "fault",
+)  # fmt: skip
 
 
 class UsageError(Exception):
@@ -56,6 +63,11 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--run-dir", type=Path, help="where to record the run (default runs/<run-id>)")
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
     p.add_argument("--no-tui", action="store_true", help="run headless with a progress bar")
+    p.add_argument(
+        "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its checkpoint"
+    )
+    # Fault injection for tests and drills (HEAD=nan@FIRST[-LAST]); not for everyday use.
+    p.add_argument("--fault", help=argparse.SUPPRESS)
 
 
 def _esper_parser() -> argparse.ArgumentParser:
@@ -74,27 +86,14 @@ def make_run_id(now: datetime | None = None) -> str:
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults <- config file <- flags; raises ConfigError naming the bad value."""
     file_values = read_config_file(args.config) if args.config is not None else None
-    overrides: dict[str, Any] = {
-        "episodes": args.episodes,
-        "task": args.task,
-        "envs": args.envs,
-        "episode_length": args.episode_length,
-        "slots": args.slots,
-        "epochs": args.epochs,
-        "minibatches": args.minibatches,
-        "clip": args.clip,
-        "clip_mode": args.clip_mode,
-        "lr": args.lr,
-        "seed": args.seed,
-        "device": args.device,
-    }
+    overrides: dict[str, Any] = {name: getattr(args, name) for name in SETTING_FLAGS}
     return build_config(file_values, overrides)
 
 
 def prepare_run_dir(run_dir: Path | None, run_id: str) -> Path:
     """The run directory, created empty; refuses to write into an existing run."""
     path = run_dir if run_dir is not None else Path("runs") / run_id
-    if (path / EVENTS_FILE).exists():
+    if (path / EVENTS_FILE).exists() or (path / EVENTS_FILE).is_symlink():
         raise UsageError(f"{path} already holds a recorded run; choose another --run-dir")
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path} exists and is not a directory")
@@ -112,17 +111,64 @@ def _check_device(device: str) -> None:
         raise UsageError(f"--device {device} requested but no CUDA device is available")
 
 
+#: Flags a resumed run may change; everything else comes from its checkpoint.
+RESUME_FLAGS = frozenset({"episodes", "device"})
+
+
+def _given_settings(args: argparse.Namespace) -> set[str]:
+    """Names of the training settings given on the command line or in a config file."""
+    given = {name for name in SETTING_FLAGS if getattr(args, name) is not None}
+    return given | ({"config"} if args.config is not None else set())
+
+
+def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
+    """Check a `--resume` directory and rebuild its configuration from the checkpoint."""
+    run_dir: Path = args.resume
+    extra = _given_settings(args) - RESUME_FLAGS
+    if extra or args.run_dir is not None:
+        named = ", ".join(
+            f"--{n.replace('_', '-')}"
+            for n in sorted(extra | ({"run_dir"} if args.run_dir else set()))
+        )
+        raise UsageError(f"--resume takes its settings from the checkpoint; drop {named}")
+    if not run_dir.is_dir():
+        raise UsageError(f"no run directory at {run_dir}")
+    for name in (EVENTS_FILE, CHECKPOINT_NAME):
+        path = run_dir / name
+        if path.is_symlink() or not path.is_file():
+            raise UsageError(f"{run_dir} has no regular {name} to resume from")
+    from esper.trainer import load_resume_point
+
+    try:
+        point = load_resume_point(run_dir)
+        saved = dict(point.checkpoint["config"])
+    except Exception as exc:  # a damaged or foreign file: say which, never unpickle
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot resume from {run_dir / CHECKPOINT_NAME}: {reason}") from None
+    overrides = {name: getattr(args, name) for name in RESUME_FLAGS}
+    config = build_config(saved, overrides)
+    done = int(point.checkpoint["episodes_done"])
+    if done >= config.episodes:
+        raise UsageError(
+            f"{run_dir} already ran {done} of {config.episodes} episodes; "
+            f"pass --episodes N with N > {done} to train further"
+        )
+    return run_dir, config, point
+
+
 def run_ppo(args: argparse.Namespace) -> int:
     """`esper ppo`: train, recording every event; headless or with the live dashboard."""
+    resume = None
     try:
-        config = config_from_args(args)
-    except ConfigError as exc:
-        _fail("esper ppo", str(exc))
-    run_id = make_run_id()
-    try:
-        run_dir = prepare_run_dir(args.run_dir, run_id)
+        if args.resume is not None:
+            run_dir, config, resume = resume_settings(args)
+            run_id = run_dir.resolve().name
+        else:
+            config = config_from_args(args)
+            run_id = make_run_id()
+            run_dir = prepare_run_dir(args.run_dir, run_id)
         _check_device(config.device)
-    except UsageError as exc:
+    except (ConfigError, UsageError) as exc:
         _fail("esper ppo", str(exc))
 
     from esper.telemetry.emitter import TelemetryEmitter
@@ -132,63 +178,84 @@ def run_ppo(args: argparse.Namespace) -> int:
 
     hub = TelemetryHub()
     hub.add_backend(RunRecorder(run_dir, config=config.to_dict(), run_id=run_id))
-    emitter = TelemetryEmitter(hub, run_id=run_id)
+    emitter = TelemetryEmitter(
+        hub,
+        run_id=run_id,
+        start_update_index=0 if resume is None else resume.start_update_index,
+        start_seq=0 if resume is None else resume.next_seq,
+    )
     use_tui = not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty()
+    stop = threading.Event()
+    trainer = Trainer(config, emitter, run_dir, stop=stop, resume=resume)
     if use_tui:
-        return _run_with_dashboard(config, emitter, hub, run_dir)
+        return _run_with_dashboard(trainer, hub)
 
     from esper.console import ConsoleBackend
 
-    console = ConsoleBackend(config.episodes)
+    console = ConsoleBackend(config.episodes, completed=trainer.episodes_done)
     hub.add_backend(console)
-    trainer = Trainer(config, emitter, run_dir)
-    try:
-        result = trainer.run()
-    except Exception:
-        hub.close()
-        traceback.print_exc()
-        print(f"esper ppo: training failed; telemetry kept in {run_dir}", file=sys.stderr)
-        return 1
+    outcome = _train(trainer)
     hub.close()
-    console.console.print(
-        f"{'Interrupted' if result.interrupted else 'Finished'}: {result.episodes} episodes, "
-        f"{result.updates} PPO updates in {result.wall_seconds:.1f} s. Run directory: {run_dir}"
-    )
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    if outcome.result is not None:
+        r = outcome.result
+        console.console.print(
+            f"{'Interrupted' if r.interrupted else 'Finished'}: {r.episodes} episodes, "
+            f"{r.updates} PPO updates in {r.wall_seconds:.1f} s. Run directory: {run_dir}"
+        )
+    return _exit_code(outcome, run_dir)
 
 
-def _run_with_dashboard(config: TrainConfig, emitter: Any, hub: Any, run_dir: Path) -> int:
+@dataclass
+class _Outcome:
+    """How `Trainer.run` ended: a result, or the error and its traceback text."""
+
+    result: Any = None
+    error: BaseException | None = None
+    traceback: str = ""
+
+
+def _train(trainer: Any) -> _Outcome:
+    try:
+        return _Outcome(result=trainer.run())
+    except Exception as exc:
+        return _Outcome(error=exc, traceback=traceback.format_exc())
+
+
+def _exit_code(outcome: _Outcome, run_dir: Path) -> int:
+    """0 done, 130 interrupted, 1 failed (traceback only for unexpected errors)."""
+    from esper.trainer import TrainingError
+
+    if outcome.error is None:
+        return EXIT_INTERRUPTED if outcome.result.interrupted else 0
+    if not isinstance(outcome.error, TrainingError):
+        print(outcome.traceback, file=sys.stderr, end="")
+    print(f"esper ppo: training failed: {outcome.error}", file=sys.stderr)
+    print(f"esper ppo: telemetry and checkpoint kept in {run_dir}", file=sys.stderr)
+    return 1
+
+
+def _run_with_dashboard(trainer: Any, hub: Any) -> int:
     """Train in a worker thread while Sanctum runs in the foreground on this terminal."""
     from esper.sanctum.aggregator import SanctumAggregator, SanctumBackend
     from esper.sanctum.app import SanctumApp
-    from esper.trainer import Trainer
 
     aggregator = SanctumAggregator()
     hub.add_backend(SanctumBackend(aggregator))
-    stop = threading.Event()
-    trainer = Trainer(config, emitter, run_dir, stop=stop)
-    outcome: dict[str, Any] = {}
+    outcome = _Outcome()
 
     def work() -> None:
-        try:
-            outcome["result"] = trainer.run()
-        except BaseException as exc:  # shown in the TUI, re-raised below after the screen
-            outcome["error"] = exc
-            outcome["traceback"] = traceback.format_exc()
+        nonlocal outcome
+        outcome = _train(trainer)
 
     thread = threading.Thread(target=work, name="esper-trainer", daemon=True)
     thread.start()
-    SanctumApp(aggregator.snapshot).run()
-    stop.set()
+    SanctumApp(aggregator.snapshot).run()  # a failure shows in the header until q
+    trainer.stop.set()
     thread.join()
     hub.close()
-    if "error" in outcome:
-        print(outcome["traceback"], file=sys.stderr)
-        print(f"esper ppo: training failed; telemetry kept in {run_dir}", file=sys.stderr)
-        return 1
-    result = outcome["result"]
-    print(f"Run directory: {run_dir}")
-    return EXIT_INTERRUPTED if result.interrupted else 0
+    if outcome.result is not None:
+        print(f"Run directory: {trainer.run_dir}")
+    return _exit_code(outcome, trainer.run_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

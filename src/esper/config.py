@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from esper.actions import HEAD_NAMES
 from esper.tasks import TASKS
 
 CLIP_MODES: tuple[str, ...] = ("per_head", "joint")
@@ -52,6 +53,9 @@ class TrainConfig:
     max_bad_updates: int = 5
     seed: int = 0
     device: str = "cpu"
+    #: Fault injection for tests and drills: "HEAD=nan@FIRST[-LAST]" (or inf) makes that
+    #: head's logits non-finite in every minibatch of updates FIRST..LAST (batch indices).
+    fault: str | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -63,6 +67,37 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class FaultSpec:
+    """A parsed `fault` setting: which head goes non-finite, with what, in which updates."""
+
+    head: str
+    value: float
+    first: int
+    last: int
+
+    def active(self, batch: int) -> bool:
+        return self.first <= batch <= self.last
+
+
+def parse_fault(text: str) -> FaultSpec:
+    """Parse "HEAD=nan@3" or "HEAD=inf@3-5"; raises ConfigError saying what is expected."""
+    expected = f"fault must look like HEAD=nan@FIRST[-LAST] (or inf), got {text!r}"
+    head, sep, rest = text.partition("=")
+    kind, sep2, span = rest.partition("@")
+    if not (sep and sep2) or head not in HEAD_NAMES or kind.lower() not in ("nan", "inf"):
+        raise ConfigError(expected)
+    first_text, _, last_text = span.partition("-")
+    try:
+        first = int(first_text)
+        last = int(last_text) if last_text else first
+    except ValueError:
+        raise ConfigError(expected) from None
+    if first < 0 or last < first:
+        raise ConfigError(expected)
+    return FaultSpec(head=head, value=float(kind.lower()), first=first, last=last)
 
 
 def _positive_int(cfg: TrainConfig, name: str) -> None:
@@ -105,6 +140,10 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError(f"seed must be a whole number >= 0, got {cfg.seed!r}")
+    if cfg.fault is not None:
+        if not isinstance(cfg.fault, str):
+            raise ConfigError(f"fault must be a string, got {cfg.fault!r}")
+        parse_fault(cfg.fault)
     if not isinstance(cfg.device, str) or cfg.device.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device must be cpu, cuda[:N] or mps, got {cfg.device!r}")
 

@@ -56,7 +56,9 @@ class ConsoleBackend:
 
     synchronous = True
 
-    def __init__(self, episodes_total: int, console: Console | None = None) -> None:
+    def __init__(
+        self, episodes_total: int, console: Console | None = None, completed: int = 0
+    ) -> None:
         self.console = console or Console(stderr=False)
         self._progress = Progress(
             TextColumn("[bold]episodes"),
@@ -66,7 +68,7 @@ class ConsoleBackend:
             console=self.console,
             transient=True,
         )
-        self._task = self._progress.add_task("episodes", total=episodes_total)
+        self._task = self._progress.add_task("episodes", total=episodes_total, completed=completed)
         self.last_update: PPOUpdatePayload | None = None
         self._progress.start()
 

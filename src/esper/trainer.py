@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from esper.actions import HEAD_NAMES, head_sizes
-from esper.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from esper.config import TrainConfig
+from esper.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from esper.config import TrainConfig, parse_fault
 from esper.environment import MorphogeneticEnv
-from esper.ppo import PPOAgent, PPOConfig
+from esper.ppo import PPOAgent, PPOConfig, RatioExplosionReport
 from esper.rollout import collect_batch
+from esper.telemetry.contracts import EventType
 from esper.telemetry.emitter import TelemetryEmitter
+from esper.telemetry.recorder import EVENTS_FILE, read_events
+
+UPDATE_EVENTS = frozenset({EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED})
 
 
 class TrainingError(RuntimeError):
@@ -62,8 +68,44 @@ def episode_seeds(base_seed: int, first_episode: int, count: int) -> list[int]:
     return [base_seed * 1_000_003 + first_episode + i for i in range(count)]
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a resumed run picks up: checkpoint state and the numbering to continue."""
+
+    checkpoint: dict[str, Any]
+    next_seq: int
+    start_update_index: int
+
+
+def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
+    """Read a run's checkpoint and event log and work out how to continue it.
+
+    The checkpoint may hold one update whose event the kill prevented (`pending`); if the
+    log already has that update it is dropped, otherwise it will be emitted on resume.
+    """
+    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=map_location)
+    last_seq = -1
+    logged: set[int] = set()
+    for event in read_events(run_dir / EVENTS_FILE):
+        last_seq = max(last_seq, event.seq)
+        index = getattr(event.payload, "update_index", None)
+        if event.event_type in UPDATE_EVENTS and index is not None:
+            logged.add(int(index))
+    pending = state.get("pending")
+    if pending is not None and int(pending["update_index"]) in logged:
+        state = {**state, "pending": None}
+        pending = None
+    start = int(pending["update_index"]) if pending else int(state["next_update_index"])
+    return ResumePoint(checkpoint=state, next_seq=last_seq + 1, start_update_index=start)
+
+
 class Trainer:
-    """Runs `config.episodes` episodes in batches of parallel envs, one PPO update each."""
+    """Runs `config.episodes` episodes in batches of parallel envs, one PPO update each.
+
+    After each update the checkpoint is written *before* the update's event: a kill in
+    between leaves the event pending in the checkpoint, and `--resume` emits it then, so
+    every completed update appears in the log exactly once.
+    """
 
     def __init__(
         self,
@@ -71,11 +113,13 @@ class Trainer:
         emitter: TelemetryEmitter,
         run_dir: Path,
         stop: threading.Event | None = None,
+        resume: ResumePoint | None = None,
     ) -> None:
         self.config = config
         self.emitter = emitter
         self.run_dir = run_dir
         self.stop = stop or threading.Event()
+        self.fault = parse_fault(config.fault) if config.fault else None
         torch.manual_seed(config.seed)
         self.envs: list[MorphogeneticEnv] = [
             MorphogeneticEnv(
@@ -97,8 +141,20 @@ class Trainer:
         self.updates_done = 0
         self.batch = 0
         self._bad_updates = 0
+        self._pending: dict[str, Any] | None = None
+        self._resume = resume
+        if resume is not None:
+            self._restore(resume.checkpoint)
 
-    def _on_step(self, env_index: int, step: int, info: dict) -> None:
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.agent.load_state_dict(state["agent"])
+        self.episodes_done = int(state["episodes_done"])
+        self.updates_done = int(state["updates_done"])
+        self.batch = int(state["batch"])
+        self._bad_updates = int(state.get("bad_updates", 0))
+        self._pending = state.get("pending")
+
+    def _on_step(self, env_index: int, step: int, info: dict[str, Any]) -> None:
         for change in info.get("lifecycle_events", ()):
             self.emitter.emit_seed_lifecycle(
                 env_index=env_index,
@@ -130,43 +186,62 @@ class Trainer:
                 episode=self.episodes_done + i,
                 batch=self.batch,
             )
+        faulty = self.fault is not None and self.fault.active(self.batch)
+        if faulty:
+            assert self.fault is not None
+            self.agent.policy.inject_nonfinite = {self.fault.head: self.fault.value}
+        try:
+            metrics = self.agent.update(buffer)
+        finally:
+            self.agent.policy.inject_nonfinite = None
+        self._pending = {
+            "metrics": metrics,
+            "batch": self.batch,
+            "update_index": self.emitter.next_update_index,
+            "mean_return": float(np.mean([ep["return"] for ep in episodes])),
+            "host_accuracy": float(np.mean([ep["final_accuracy"] for ep in episodes])),
+            "explosion": _explosion_dict(self.agent.last_explosion),
+        }
         self.episodes_done += n
-        metrics = self.agent.update(buffer)
-        mean_return = float(np.mean([ep["return"] for ep in episodes]))
-        accuracy = float(np.mean([ep["final_accuracy"] for ep in episodes]))
-        self._report_update(metrics, mean_return, accuracy)
         self.batch += 1
+        bad = metrics["minibatches_skipped"] > 0
+        self._bad_updates = self._bad_updates + 1 if bad else 0
+        if metrics["minibatches_run"] - metrics["minibatches_skipped"] > 0:
+            self.updates_done += 1
         self._save_checkpoint()
+        self._emit_pending()
+        if self._bad_updates >= self.config.max_bad_updates:
+            raise TrainingError(
+                f"{self._bad_updates} consecutive PPO updates had non-finite values "
+                f"(limit max_bad_updates={self.config.max_bad_updates}); stopping"
+            )
 
-    def _report_update(self, metrics: dict[str, float], mean_return: float, acc: float) -> None:
-        """Emit the update, or a skipped-update event when no minibatch could step."""
+    def _emit_pending(self) -> None:
+        """Emit the last update's events (skipped, or completed plus any explosion)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        metrics: dict[str, float] = pending["metrics"]
+        batch = int(pending["batch"])
         applied = metrics["minibatches_run"] - metrics["minibatches_skipped"]
         if applied <= 0:
-            self._bad_updates += 1
+            nonfinite = {h: int(metrics.get(f"head_{h}_nonfinite", 0)) for h in HEAD_NAMES}
             self.emitter.emit_ppo_skipped(
-                reason=(f"all {int(metrics['minibatches_run'])} minibatches had non-finite values"),
-                batch=self.batch,
+                reason=f"all {int(metrics['minibatches_run'])} minibatches had non-finite values",
+                batch=batch,
+                nonfinite=nonfinite,
             )
-            if self._bad_updates >= self.config.max_bad_updates:
-                raise TrainingError(
-                    f"{self._bad_updates} consecutive PPO updates were non-finite; stopping"
-                )
             return
-        self._bad_updates = 0
         payload = self.emitter.emit_ppo_update(
-            metrics, batch=self.batch, mean_return=mean_return, host_accuracy=acc
+            metrics,
+            batch=batch,
+            mean_return=pending["mean_return"],
+            host_accuracy=pending["host_accuracy"],
         )
-        self.updates_done += 1
-        report = self.agent.last_explosion
+        report = pending["explosion"]
         if report is not None:
             self.emitter.emit_ratio_explosion(
-                update_index=payload.update_index,
-                joint_ratio_max=report.joint_ratio_max,
-                worst_log_ratios=dict(report.worst_log_ratios),
-                shares=dict(report.shares),
-                driver=report.driver,
-                hidden_by_heads=report.hidden_by_heads,
-                batch=self.batch,
+                update_index=payload.update_index, batch=batch, **report
             )
 
     def _save_checkpoint(self) -> None:
@@ -177,15 +252,17 @@ class Trainer:
                 "episodes_done": self.episodes_done,
                 "updates_done": self.updates_done,
                 "batch": self.batch,
+                "bad_updates": self._bad_updates,
+                "next_update_index": self.emitter.next_update_index
+                + (1 if self._pending is not None else 0),
+                "pending": self._pending,
                 "config": self.config.to_dict(),
             },
         )
 
-    def run(self) -> TrainResult:
-        """Train to the end, to `stop`, or to Ctrl-C; always leaves telemetry complete."""
+    def _start(self) -> None:
+        """Announce the run; a resumed run first emits an update its kill left pending."""
         cfg = self.config
-        start = time.perf_counter()
-        interrupted = False
         self.emitter.emit_training_started(
             config=cfg.to_dict(),
             task=cfg.task,
@@ -194,8 +271,17 @@ class Trainer:
             episodes_total=cfg.episodes,
             n_envs=cfg.envs,
             device=cfg.device,
+            resumed_from_update=None if self._resume is None else self.emitter.next_update_index,
         )
+        self._emit_pending()
+
+    def run(self) -> TrainResult:
+        """Train to the end, to `stop`, or to Ctrl-C; always leaves telemetry complete."""
+        cfg = self.config
+        start = time.perf_counter()
+        interrupted = False
         try:
+            self._start()
             while self.episodes_done < cfg.episodes:
                 if self.stop.is_set():
                     interrupted = True
@@ -204,10 +290,9 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
         except BaseException as exc:
-            import traceback
-
             self.emitter.emit_training_failed(
-                error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=None if isinstance(exc, TrainingError) else traceback.format_exc(),
             )
             raise
         wall = time.perf_counter() - start
@@ -220,3 +305,16 @@ class Trainer:
             interrupted=interrupted,
         )
         return TrainResult(self.episodes_done, self.updates_done, wall, interrupted)
+
+
+def _explosion_dict(report: RatioExplosionReport | None) -> dict[str, Any] | None:
+    """The explosion report as plain data, so a checkpoint can carry it unpickled."""
+    if report is None:
+        return None
+    return {
+        "joint_ratio_max": float(report.joint_ratio_max),
+        "worst_log_ratios": {h: float(v) for h, v in report.worst_log_ratios.items()},
+        "shares": {h: float(v) for h, v in report.shares.items()},
+        "driver": report.driver,
+        "hidden_by_heads": bool(report.hidden_by_heads),
+    }

@@ -106,20 +106,35 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.run_id = run_id if run_id is not None else self.run_dir.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(
-            self.run_dir / RUN_FILE,
-            {
-                "run_id": self.run_id,
-                "started_at": clock(),
-                "versions": library_versions(),
-                "config": json_value(config, "config"),
-            },
-        )
+        self._write_run_info(config, clock())
         self._lock = threading.Lock()
-        self._file = open(self.events_path, "a", encoding="utf-8")  # noqa: SIM115 (owned)
+        # O_NOFOLLOW: a symlink planted as events.jsonl must not make us append elsewhere.
+        self._file = open(  # noqa: SIM115 (owned until close)
+            self.events_path, "a", encoding="utf-8", opener=_open_append_no_follow
+        )
         if self._file.tell() > 0 and not _ends_with_newline(self.events_path):
             self._file.write("\n")
             self._file.flush()
+
+    def _write_run_info(self, config: Mapping[str, Any], now: float) -> None:
+        """Write run.json; a resumed run keeps the original and records when it resumed."""
+        path = self.run_dir / RUN_FILE
+        info: dict[str, Any] = {
+            "run_id": self.run_id,
+            "started_at": now,
+            "versions": library_versions(),
+            "config": json_value(config, "config"),
+        }
+        if path.is_file() and not path.is_symlink():
+            try:
+                previous = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                previous = None
+            if isinstance(previous, dict):
+                resumed = previous.get("resumed_at")
+                history = resumed if isinstance(resumed, list) else []
+                info = {**previous, "resumed_at": [*history, now]}
+        write_json_atomic(path, info)
 
     @property
     def events_path(self) -> Path:
@@ -143,6 +158,11 @@ class RunRecorder:
         self.flush()
         with self._lock:
             self._file.close()
+
+
+def _open_append_no_follow(path: str, flags: int) -> int:
+    """`open()` opener that refuses to follow a symlink at the final path component."""
+    return os.open(path, flags | os.O_NOFOLLOW, 0o644)
 
 
 def _ends_with_newline(path: Path) -> bool:
