@@ -6,6 +6,12 @@ run replayed from `events.jsonl` give equal snapshots. Every history is a bounde
 memory does not grow with the length of the run. `snapshot()` may be called from another
 thread (the TUI's) while events arrive; both sides take the same lock.
 
+An update event only records its payload, appends to the histories and folds the
+latches; the `TamiyoState` (eight `HeadStats` and the history tuples) is built when a
+snapshot asks for it and kept until the next PPO event. Events arrive far more often
+than the dashboard polls, so copying 9 x `history_len` floats per event (as building
+the state per event would) dominated the ingest cost.
+
 Decisions the widgets rely on:
 
 - Per-head NaN/Inf latches stay set for the rest of the run. A head latches NaN when its
@@ -28,7 +34,8 @@ import dataclasses
 import math
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from pathlib import Path
 
 from esper.actions import HEAD_NAMES
@@ -88,12 +95,55 @@ _COPIED_PPO_FIELDS: tuple[str, ...] = (
 )
 
 
+#: Payload field names of each head's statistics, spelled once (not per event).
+_HEAD_FIELDS: dict[str, dict[str, str]] = {
+    head: {
+        stat: f"head_{head}_{stat}"
+        for stat in (
+            "ratio_max",
+            "ratio_min",
+            "clip_fraction",
+            "entropy",
+            "approx_kl",
+            "relevant",
+            "nonfinite",
+        )
+    }
+    for head in HEAD_NAMES
+}
+#: One C-level read of a stat for all eight heads, in HEAD_NAMES order.
+_ALL_HEADS: dict[str, Callable[[PPOUpdatePayload], tuple[float, ...]]] = {
+    stat: attrgetter(*(_HEAD_FIELDS[h][stat] for h in HEAD_NAMES))
+    for stat in ("ratio_max", "ratio_min", "nonfinite")
+}
+
+
 def nonfinite_latches(ratio_max: float, ratio_min: float, nonfinite: int) -> tuple[bool, bool]:
     """(NaN seen, Inf seen) for one head in one update; see the module docstring."""
-    values = (ratio_max, ratio_min)
-    nan = nonfinite > 0 or any(math.isnan(v) for v in values)
-    inf = any(math.isinf(v) for v in values)
+    nan = nonfinite > 0 or math.isnan(ratio_max) or math.isnan(ratio_min)
+    inf = math.isinf(ratio_max) or math.isinf(ratio_min)
     return nan, inf
+
+
+def _head_stats(
+    p: PPOUpdatePayload | None, head: str, latches: tuple[bool, bool], history: deque[float]
+) -> HeadStats:
+    """One head's stats from the latest update (defaults before any), with its latches."""
+    nan, inf = latches
+    if p is None:
+        return HeadStats(nan_latched=nan, inf_latched=inf, ratio_max_history=tuple(history))
+    names = _HEAD_FIELDS[head]
+    return HeadStats(
+        ratio_min=getattr(p, names["ratio_min"]),
+        clip_fraction=getattr(p, names["clip_fraction"]),
+        entropy=getattr(p, names["entropy"]),
+        approx_kl=getattr(p, names["approx_kl"]),
+        relevant=getattr(p, names["relevant"]),
+        nonfinite=getattr(p, names["nonfinite"]),
+        nan_latched=nan,
+        inf_latched=inf,
+        ratio_max_history=tuple(history),
+    )
 
 
 def _mean(values: deque[float]) -> float | None:
@@ -118,8 +168,12 @@ class SanctumAggregator:
         self._finished = False
         self._failed = False
         self._failure: str | None = None
-        self._tamiyo = TamiyoState()
-        self._ratio_history = {h: deque[float](maxlen=history_len) for h in HEAD_NAMES}
+        self._ppo: PPOUpdatePayload | None = None  # the latest completed update
+        self._ppo_batch: int | None = None
+        self._ppo_time: float | None = None
+        self._ppo_count = 0
+        self._tamiyo: TamiyoState | None = TamiyoState()  # None: rebuild on the next snapshot
+        self._histories = [deque[float](maxlen=history_len) for _ in HEAD_NAMES]  # ratio max
         self._joint_history = deque[float](maxlen=history_len)
         self._latches = {h: (False, False) for h in HEAD_NAMES}
         self._episodes = EpisodeStats()
@@ -160,6 +214,7 @@ class SanctumAggregator:
     def snapshot(self) -> SanctumSnapshot:
         """An immutable copy of the current state, safe to keep and read from any thread."""
         with self._lock:
+            tamiyo = self._tamiyo_state()
             return SanctumSnapshot(
                 run=self._run,
                 progress=Progress(
@@ -170,7 +225,7 @@ class SanctumAggregator:
                     failed=self._failed,
                     failure=self._failure,
                 ),
-                tamiyo=dataclasses.replace(self._tamiyo, heads=dict(self._tamiyo.heads)),
+                tamiyo=dataclasses.replace(tamiyo, heads=dict(tamiyo.heads)),
                 episodes=self._episodes,
                 slots=tuple(self._slots[i] for i in sorted(self._slots)),
                 events=tuple(self._log),
@@ -227,45 +282,56 @@ class SanctumAggregator:
         )
         self._log_event(event)
 
+    def _tamiyo_state(self) -> TamiyoState:
+        """The policy state of the latest PPO events, built once per change."""
+        if self._tamiyo is None:
+            p = self._ppo
+            heads = {
+                h: _head_stats(p, h, self._latches[h], history)
+                for h, history in zip(HEAD_NAMES, self._histories, strict=True)
+            }
+            if p is None:  # only latches from skipped updates so far
+                self._tamiyo = TamiyoState(heads=heads)
+            else:
+                self._tamiyo = TamiyoState(
+                    **{f"head_{h}_ratio_max": p.head(h, "ratio_max") for h in HEAD_NAMES},
+                    **{name: getattr(p, name) for name in _COPIED_PPO_FIELDS},
+                    heads=heads,
+                    ppo_data_received=True,
+                    ppo_updates_count=self._ppo_count,
+                    last_update_index=p.update_index,
+                    last_update_batch=self._ppo_batch,
+                    last_update_time=self._ppo_time,
+                    joint_ratio_max_history=tuple(self._joint_history),
+                )
+        return self._tamiyo
+
     def _handle_ppo_update(self, event: TelemetryEvent) -> None:
         p = event.payload
         assert isinstance(p, PPOUpdatePayload)
-        heads = {h: self._update_head(p, h) for h in HEAD_NAMES}
+        ratio_max = _ALL_HEADS["ratio_max"](p)
+        ratio_min = _ALL_HEADS["ratio_min"](p)
+        nonfinite = _ALL_HEADS["nonfinite"](p)
+        # A healthy update (every ratio finite, no count) latches nothing: skip the fold.
+        if any(nonfinite) or not all(map(math.isfinite, ratio_max + ratio_min)):
+            self._fold_latches(ratio_max, ratio_min, nonfinite)
+        for history, value in zip(self._histories, ratio_max, strict=True):
+            history.append(value)
         self._joint_history.append(p.joint_ratio_max)
-        self._tamiyo = TamiyoState(
-            **{f"head_{h}_ratio_max": p.head(h, "ratio_max") for h in HEAD_NAMES},
-            **{name: getattr(p, name) for name in _COPIED_PPO_FIELDS},
-            heads=heads,
-            ppo_data_received=True,
-            ppo_updates_count=self._tamiyo.ppo_updates_count + 1,
-            last_update_index=p.update_index,
-            last_update_batch=event.batch,
-            last_update_time=event.timestamp,
-            joint_ratio_max_history=tuple(self._joint_history),
-        )
+        self._ppo, self._ppo_batch, self._ppo_time = p, event.batch, event.timestamp
+        self._ppo_count += 1
+        self._tamiyo = None
         self._advance_batches(event.batch)
         self._log_event(event)
 
-    def _update_head(self, p: PPOUpdatePayload, head: str) -> HeadStats:
-        """One head's stats from an update, its history appended and latches folded in."""
-        ratio_max, ratio_min = p.head(head, "ratio_max"), p.head(head, "ratio_min")
-        nonfinite = p.head(head, "nonfinite")
-        nan, inf = nonfinite_latches(ratio_max, ratio_min, nonfinite)
-        was_nan, was_inf = self._latches[head]
-        self._latches[head] = (was_nan or nan, was_inf or inf)
-        history = self._ratio_history[head]
-        history.append(ratio_max)
-        return HeadStats(
-            ratio_min=ratio_min,
-            clip_fraction=p.head(head, "clip_fraction"),
-            entropy=p.head(head, "entropy"),
-            approx_kl=p.head(head, "approx_kl"),
-            relevant=p.head(head, "relevant"),
-            nonfinite=nonfinite,
-            nan_latched=was_nan or nan,
-            inf_latched=was_inf or inf,
-            ratio_max_history=tuple(history),
-        )
+    def _fold_latches(
+        self, ratio_max: Sequence[float], ratio_min: Sequence[float], nonfinite: Sequence[int]
+    ) -> None:
+        """Fold one update's per-head values (HEAD_NAMES order) into the run's latches."""
+        for head, hi, lo, count in zip(HEAD_NAMES, ratio_max, ratio_min, nonfinite, strict=True):
+            nan, inf = nonfinite_latches(hi, lo, count)
+            was_nan, was_inf = self._latches[head]
+            self._latches[head] = (was_nan or nan, was_inf or inf)
 
     def _advance_batches(self, batch: int | None) -> None:
         if batch is not None:
@@ -278,11 +344,7 @@ class SanctumAggregator:
             if head in self._latches:  # counts cannot tell NaN from inf: latch as NaN
                 self._latches[head] = (True, self._latches[head][1])
         if p.nonfinite:  # show the latch now, not only with the next completed update
-            heads = {
-                h: dataclasses.replace(stats, nan_latched=self._latches[h][0])
-                for h, stats in self._tamiyo.heads.items()
-            }
-            self._tamiyo = dataclasses.replace(self._tamiyo, heads=heads)
+            self._tamiyo = None
         self._advance_batches(p.batch)
         self._log_event(event)
 
