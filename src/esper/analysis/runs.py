@@ -1,0 +1,409 @@
+"""A recorded run as tidy tables: the one loading step `report`, `query` and exporters share.
+
+`load_run` reads `events.jsonl` with the project's tolerant reader (a damaged line is
+skipped and counted in `Run.stats`, never fatal) and files every event into typed,
+row-per-thing tables:
+
+- `updates`: one row per completed PPO update, a column per `PPOUpdatePayload` field
+  (per head: `head_{h}_ratio_max` then the `PER_HEAD_STATS`), plus `ratio_max_product`;
+- `episodes`: one row per `EPISODE_COMPLETED`;
+- `explosions`: one row per `RATIO_EXPLOSION`, its per-head dicts flattened to
+  `head_{h}_share` / `head_{h}_log_ratio` and its `summary()` line kept;
+- `events`: every event's envelope (type, seq, time, message), whatever its type.
+
+Values are exactly the payloads' (no rescaling, the neutral 1.0 of an irrelevant head
+included), so a query gives the numbers the aggregator shows. `measured` is where the
+"no relevant sample is no measurement" rule lives for consumers that plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esper.actions import HEAD_NAMES
+from esper.analysis import AnalysisError
+from esper.telemetry.contracts import (
+    PER_HEAD_STATS,
+    EpisodeCompleted,
+    EventType,
+    Payload,
+    PPOUpdatePayload,
+    RatioExplosion,
+    TelemetryEvent,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingStarted,
+)
+from esper.telemetry.recorder import EVENTS_FILE, ReadStats, read_events
+
+#: Per-head statistics that only mean something when the head had relevant samples
+#: (`head_{h}_relevant > 0`); otherwise they hold the neutral defaults. Entropy is taken
+#: over every sample, relevant or not, so it is always a measurement.
+RELEVANCE_GATED_STATS: tuple[str, ...] = ("ratio_max", "ratio_min", "clip_fraction", "approx_kl")
+#: The per-head statistics of an update, in column order.
+HEAD_STATS: tuple[str, ...] = ("ratio_max", *PER_HEAD_STATS)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One typed column: `type` is float, int, bool or str; `nullable` allows None."""
+
+    name: str
+    type: type
+    nullable: bool = False
+
+
+@dataclass(frozen=True)
+class Table:
+    """Rows of equal shape under named, typed columns (row-major, as events arrive)."""
+
+    name: str
+    columns: tuple[Column, ...]
+    rows: list[tuple[Any, ...]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns)
+
+    def column(self, name: str) -> list[Any]:
+        """All values of column `name`, in row order."""
+        try:
+            index = self.names.index(name)
+        except ValueError:
+            raise KeyError(f"{self.name} has no column {name!r}") from None
+        return [row[index] for row in self.rows]
+
+
+def concat(tables: Sequence[Table]) -> Table:
+    """The rows of same-schema tables one after another (several runs into one view)."""
+    first = tables[0]
+    if any(t.columns != first.columns for t in tables):
+        raise ValueError(f"{first.name}: tables to concatenate must share their columns")
+    return Table(first.name, first.columns, [row for t in tables for row in t.rows])
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+def _column(name: str, hint: Any) -> Column:
+    """A Column from a payload annotation (`X` or `X | None` with X a scalar type)."""
+    if typing.get_origin(hint) in (types.UnionType, typing.Union):
+        (inner,) = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return Column(name, inner, nullable=True)
+    return Column(name, hint)
+
+
+def payload_columns(cls: type[Payload], names: Iterable[str]) -> tuple[Column, ...]:
+    """Typed columns for the named scalar fields of a payload class, in the given order."""
+    hints = typing.get_type_hints(cls)
+    return tuple(_column(name, hints[name]) for name in names)
+
+
+def _update_field_order() -> tuple[str, ...]:
+    """PPOUpdatePayload fields, each head's statistics together, then the update-wide ones."""
+    per_head = [f"head_{h}_{s}" for h in HEAD_NAMES for s in HEAD_STATS]
+    fields = [f.name for f in dataclasses.fields(PPOUpdatePayload)]
+    rest = [n for n in fields if n not in per_head and n != "update_index"]
+    return (*per_head, *rest)
+
+
+UPDATE_FIELDS = _update_field_order()
+EPISODE_FIELDS = tuple(f.name for f in dataclasses.fields(EpisodeCompleted))
+
+_RUN_ID = Column("run_id", str)
+_SEQ = Column("seq", int)
+_TIMESTAMP = Column("timestamp", float)
+_BATCH = Column("batch", int, nullable=True)
+
+UPDATE_COLUMNS: tuple[Column, ...] = (
+    _RUN_ID,
+    Column("update_index", int),
+    _BATCH,
+    _SEQ,
+    _TIMESTAMP,
+    *payload_columns(PPOUpdatePayload, UPDATE_FIELDS),
+    Column("ratio_max_product", float),
+)
+EPISODE_COLUMNS: tuple[Column, ...] = (
+    _RUN_ID,
+    Column("episode", int, nullable=True),
+    _BATCH,
+    _SEQ,
+    _TIMESTAMP,
+    *payload_columns(EpisodeCompleted, EPISODE_FIELDS),
+)
+EXPLOSION_COLUMNS: tuple[Column, ...] = (
+    _RUN_ID,
+    Column("update_index", int),
+    _BATCH,
+    _SEQ,
+    _TIMESTAMP,
+    Column("joint_ratio_max", float),
+    Column("driver", str),
+    Column("hidden_by_heads", bool),
+    Column("summary", str),
+    *(Column(f"head_{h}_share", float, nullable=True) for h in HEAD_NAMES),
+    *(Column(f"head_{h}_log_ratio", float, nullable=True) for h in HEAD_NAMES),
+)
+EVENT_COLUMNS: tuple[Column, ...] = (
+    _RUN_ID,
+    _SEQ,
+    _TIMESTAMP,
+    Column("event_type", str),
+    Column("severity", str),
+    Column("episode", int, nullable=True),
+    _BATCH,
+    Column("message", str),
+)
+
+
+# --------------------------------------------------------------------------- derived values
+
+
+def ratio_max_product(payload: PPOUpdatePayload) -> float:
+    """Product of the relevant heads' ratio maxima (1.0 when no head was relevant).
+
+    What per-head clipping lets the joint ratio reach if every head's extreme fell on one
+    sample: with every maximum >= 1 it bounds `joint_ratio_max` from above, and a joint
+    close to it means the heads moved together.
+    """
+    return math.prod(
+        payload.head(h, "ratio_max") for h in HEAD_NAMES if payload.head(h, "relevant") > 0
+    )
+
+
+def measured(updates: Table, head: str, stat: str) -> list[float]:
+    """Head `head`'s `stat` per update, NaN where it was not measured (no relevant sample).
+
+    For plotting: a neutral 1.0 drawn as a point would look like a healthy reading.
+    """
+    values = updates.column(f"head_{head}_{stat}")
+    if stat not in RELEVANCE_GATED_STATS:
+        return [float(v) for v in values]
+    relevant = updates.column(f"head_{head}_relevant")
+    return [float(v) if n > 0 else math.nan for v, n in zip(values, relevant, strict=True)]
+
+
+def unique_labels(labels: Sequence[str]) -> list[str]:
+    """`labels` with repeats numbered ("a", "a (2)"), so runs stay apart in a comparison."""
+    seen: dict[str, int] = {}
+    out = []
+    for label in labels:
+        seen[label] = seen.get(label, 0) + 1
+        out.append(label if seen[label] == 1 else f"{label} ({seen[label]})")
+    return out
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Run:
+    """One recorded run: where it is, what it was, and its events as tables."""
+
+    run_dir: Path
+    run_id: str
+    label: str
+    task: str | None
+    status: str  # finished, interrupted, failed, or unfinished (running or cut short)
+    updates: Table
+    episodes: Table
+    explosions: Table
+    events: Table
+    stats: ReadStats
+
+    @property
+    def lines_skipped(self) -> int:
+        """Damaged or torn lines of `events.jsonl` the reader passed over."""
+        return self.stats.skipped
+
+
+class _RunBuilder:
+    """Files events into row lists; one handler per event type that has a table."""
+
+    def __init__(self) -> None:
+        self.run_id: str | None = None
+        self.task: str | None = None
+        self.status = "unfinished"
+        self.updates: list[tuple[Any, ...]] = []
+        self.episodes: list[tuple[Any, ...]] = []
+        self.explosions: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self._handlers: dict[EventType, Callable[[TelemetryEvent], None]] = {
+            EventType.TRAINING_STARTED: self._started,
+            EventType.PPO_UPDATE_COMPLETED: self._update,
+            EventType.EPISODE_COMPLETED: self._episode,
+            EventType.RATIO_EXPLOSION: self._explosion,
+            EventType.TRAINING_FINISHED: self._finished,
+            EventType.TRAINING_FAILED: self._failed,
+        }
+
+    def add(self, event: TelemetryEvent) -> None:
+        if self.run_id is None:
+            self.run_id = event.run_id
+        self.events.append(
+            (
+                event.run_id,
+                event.seq,
+                event.timestamp,
+                event.event_type.value,
+                event.severity,
+                event.episode,
+                event.batch,
+                event.message,
+            )
+        )
+        handler = self._handlers.get(event.event_type)
+        if handler is not None:
+            handler(event)
+
+    def _started(self, event: TelemetryEvent) -> None:
+        assert isinstance(event.payload, TrainingStarted)
+        self.task = event.payload.task
+
+    def _update(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, PPOUpdatePayload)
+        self.updates.append(
+            (
+                event.run_id,
+                p.update_index,
+                event.batch,
+                event.seq,
+                event.timestamp,
+                *(getattr(p, name) for name in UPDATE_FIELDS),
+                ratio_max_product(p),
+            )
+        )
+
+    def _episode(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, EpisodeCompleted)
+        self.episodes.append(
+            (
+                event.run_id,
+                event.episode,
+                event.batch,
+                event.seq,
+                event.timestamp,
+                *(getattr(p, name) for name in EPISODE_FIELDS),
+            )
+        )
+
+    def _explosion(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, RatioExplosion)
+        self.explosions.append(
+            (
+                event.run_id,
+                p.update_index,
+                event.batch,
+                event.seq,
+                event.timestamp,
+                p.joint_ratio_max,
+                p.driver,
+                p.hidden_by_heads,
+                p.summary(),
+                *(p.shares.get(h) for h in HEAD_NAMES),
+                *(p.worst_log_ratios.get(h) for h in HEAD_NAMES),
+            )
+        )
+
+    def _finished(self, event: TelemetryEvent) -> None:
+        assert isinstance(event.payload, TrainingFinished)
+        self.status = "interrupted" if event.payload.interrupted else "finished"
+
+    def _failed(self, event: TelemetryEvent) -> None:
+        assert isinstance(event.payload, TrainingFailed)
+        self.status = "failed"
+
+
+def events_path(path: Path | str) -> Path:
+    """The `events.jsonl` of a run directory (or the file itself); AnalysisError if absent."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.is_dir():
+        raise AnalysisError(f"no run directory at {path}")
+    events = path / EVENTS_FILE
+    if not events.is_file():
+        raise AnalysisError(f"{path} holds no {EVENTS_FILE}; is it an esper run directory?")
+    return events
+
+
+def load_run(path: Path | str, label: str | None = None) -> Run:
+    """Read one run (its directory or its `events.jsonl`) into tables; see the module doc."""
+    events = events_path(path)
+    run_dir = events.parent
+    stats = ReadStats()
+    builder = _RunBuilder()
+    try:
+        for event in read_events(events, stats=stats):
+            builder.add(event)
+    except OSError as exc:
+        raise AnalysisError(f"cannot read {events}: {exc.strerror or exc}") from None
+    name = run_dir.resolve().name
+    return Run(
+        run_dir=run_dir,
+        run_id=builder.run_id or name,
+        label=label or name,
+        task=builder.task,
+        status=builder.status,
+        updates=Table("ppo_updates", UPDATE_COLUMNS, builder.updates),
+        episodes=Table("episodes", EPISODE_COLUMNS, builder.episodes),
+        explosions=Table("explosions", EXPLOSION_COLUMNS, builder.explosions),
+        events=Table("events", EVENT_COLUMNS, builder.events),
+        stats=stats,
+    )
+
+
+RUN_COLUMNS: tuple[Column, ...] = (
+    _RUN_ID,
+    Column("label", str),
+    Column("run_dir", str),
+    Column("task", str, nullable=True),
+    Column("status", str),
+    Column("updates", int),
+    Column("episodes", int),
+    Column("explosions", int),
+    Column("events", int),
+    Column("lines_skipped", int),
+)
+
+
+def runs_table(runs: Sequence[Run]) -> Table:
+    """One row per run: identity, outcome and counts, damaged lines included."""
+    rows = [
+        (
+            r.run_id,
+            r.label,
+            str(r.run_dir),
+            r.task,
+            r.status,
+            len(r.updates),
+            len(r.episodes),
+            len(r.explosions),
+            len(r.events),
+            r.lines_skipped,
+        )
+        for r in runs
+    ]
+    return Table("runs", RUN_COLUMNS, rows)
+
+
+def load_runs(paths: Sequence[Path | str]) -> list[Run]:
+    """Several runs, labelled by directory name (repeats numbered), for side-by-side use."""
+    if not paths:
+        raise AnalysisError("name at least one RUN_DIR")
+    names = [events_path(p).parent.resolve().name for p in paths]
+    return [load_run(p, label) for p, label in zip(paths, unique_labels(names), strict=True)]
