@@ -290,3 +290,14 @@ def test_missing_matplotlib_names_the_extra(
     assert main(["report", str(run_dir), "--out", str(tmp_path / "r.html")]) == 2
     assert "pip install 'esper[report]'" in one_error_line(capsys, "report")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_a_run_without_updates_renders_and_says_so(tmp_path: Path) -> None:
+    with TelemetryHub([RunRecorder(tmp_path, config={})]) as hub:
+        TelemetryEmitter(hub, "fresh").emit_training_started(
+            config={}, task="digits", head_sizes={}, episodes_total=4, n_envs=2, device="cpu"
+        )
+    assert main(["report", str(tmp_path)]) == 0
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    assert "no PPO updates yet" in page and "No ratio explosions recorded." in page
+    assert "<td>unfinished</td>" in page and "<td>digits</td>" in page

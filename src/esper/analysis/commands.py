@@ -175,10 +175,13 @@ def add_analysis_commands(subparsers: Any) -> None:
         help="render a recorded run (or several side by side) to HTML or PNG",
         description="Render recorded runs to one self-contained HTML page (or a PNG).",
     )
-    report.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    report.add_argument(
+        "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="recorded run directory"
+    )
     report.add_argument(
         "--out",
         type=Path,
+        metavar="FILE",
         help=f"output file (default RUN_DIR/{REPORT_HTML}; needed for several runs)",
     )
     report.add_argument("--png", action="store_true", help="write a PNG instead of HTML")
@@ -187,13 +190,16 @@ def add_analysis_commands(subparsers: Any) -> None:
     query = subparsers.add_parser(
         "query",
         help="run SQL (DuckDB) over recorded runs",
+        usage="%(prog)s [-h] [--csv | --json] [--schema] RUN_DIR [RUN_DIR ...] SQL",
         description=(
             "SQL over recorded runs. Tables: ppo_updates (one row per PPO update, a column "
             "per statistic, e.g. head_slot_ratio_max), episodes, explosions, events, runs. "
             "--schema lists every column."
         ),
     )
-    query.add_argument("items", nargs="+", metavar="RUN_DIR [RUN_DIR ...] SQL")
+    query.add_argument(
+        "items", nargs="+", metavar="RUN_DIR|SQL", help="run directories, then the SQL (last)"
+    )
     formats = query.add_mutually_exclusive_group()
     formats.add_argument(
         "--csv", dest="format", action="store_const", const="csv", help="print CSV"

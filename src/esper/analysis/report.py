@@ -275,6 +275,39 @@ def _column_title(run: Run) -> str:
     return f"{run.label}{task} ({run.status})"
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """Y limits shared by a row across runs, so columns compare at a glance."""
+
+    ratio: tuple[float, float]
+    joint: tuple[float, float]
+
+
+def _decorate(ax: Axes, panel: Panel) -> None:
+    ax.set_title(panel.title, loc="left", fontsize=9)
+    ax.set_ylabel(panel.ylabel, fontsize=8)
+    ax.set_xlabel("PPO update" if panel.over_updates else "episode", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _draw_panel(ax: Axes, panel: Panel, run: Run, column: int, limits: _Limits) -> None:
+    match panel.key:
+        case "ratio_max":
+            _ratio_panel(ax, run, column, limits.ratio)
+        case "joint":
+            _joint_panel(ax, run, column, limits.joint)
+        case "return":
+            _episode_panel(ax, run, column, "episode_return")
+        case "accuracy":
+            _episode_panel(ax, run, column, "final_accuracy")
+        case stat:
+            _per_head(ax, run, column, stat)
+    if not len(run.updates if panel.over_updates else run.episodes):
+        ax.set_xlim(0, 1)  # integer ticks on an empty axis, not -0.045 ... 0.045
+
+
 def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure:
     """The report figure: a column per run, a row per panel (plus explosions if asked)."""
     if not runs:
@@ -282,17 +315,19 @@ def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure
     n_runs = len(runs)
     width, height = figure_size(n_runs, explosion_text)
     fig = Figure(figsize=(width, height), dpi=DPI)
-    ratio_limits = log_limits(
-        v for r in runs for h in HEAD_NAMES for v in measured(r.updates, h, "ratio_max")
-    )
-    joint_limits = log_limits(
-        (
-            v
-            for r in runs
-            for c in ("joint_ratio_max", "ratio_max_product")
-            for v in r.updates.column(c)
+    limits = _Limits(
+        ratio=log_limits(
+            v for r in runs for h in HEAD_NAMES for v in measured(r.updates, h, "ratio_max")
         ),
-        span=(1.0 / (2 * JOINT_WARNING), 2 * JOINT_WARNING),
+        joint=log_limits(
+            (
+                v
+                for r in runs
+                for c in ("joint_ratio_max", "ratio_max_product")
+                for v in r.updates.column(c)
+            ),
+            span=(1.0 / (2 * JOINT_WARNING), 2 * JOINT_WARNING),
+        ),
     )
     title_y = 1.0 - (HEADER_HEIGHT - 0.2) / height
     for col, run in enumerate(runs):
@@ -307,18 +342,8 @@ def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure
         )
         axes = [fig.add_axes(rect) for rect in column_rects(col, n_runs, explosion_text)]
         for ax, panel in zip(axes, PANELS, strict=False):
-            ax.set_title(panel.title, loc="left", fontsize=9)
-            ax.set_ylabel(panel.ylabel, fontsize=8)
-            ax.set_xlabel("PPO update" if panel.over_updates else "episode", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.grid(True, alpha=0.3)
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        _ratio_panel(axes[0], run, col, ratio_limits)
-        _joint_panel(axes[1], run, col, joint_limits)
-        for ax, stat in zip(axes[2:5], ("entropy", "approx_kl", "clip_fraction"), strict=True):
-            _per_head(ax, run, col, stat)
-        _episode_panel(axes[5], run, col, "episode_return")
-        _episode_panel(axes[6], run, col, "final_accuracy")
+            _decorate(ax, panel)
+            _draw_panel(ax, panel, run, col, limits)
         if not len(run.updates):
             axes[0].text(0.5, 0.5, "no PPO updates yet", transform=axes[0].transAxes, ha="center")
         if explosion_text:

@@ -1,0 +1,235 @@
+"""`esper query` and the tables under it: the same numbers as the aggregator, by SQL."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+from test_report import (
+    EXPLOSION_JOINT,
+    EXPLOSION_UPDATE,
+    N_ENVS,
+    N_EVENTS,
+    N_UPDATES,
+    NAN_AT,
+    one_error_line,
+    ratio_max,
+    record_synthetic_run,
+)
+
+from esper.actions import HEAD_NAMES
+from esper.analysis import AnalysisError
+from esper.analysis.commands import main
+from esper.analysis.runs import HEAD_STATS, load_run, load_runs, ratio_max_product, unique_labels
+from esper.sanctum.aggregator import aggregate_file
+from esper.telemetry.contracts import PPOUpdatePayload
+from esper.telemetry.recorder import EVENTS_FILE
+
+query = pytest.importorskip("esper.analysis.query")  # needs the `query` extra (duckdb)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return record_synthetic_run(tmp_path_factory.mktemp("query") / "run-a")
+
+
+@pytest.fixture(scope="module")
+def con(run_dir: Path) -> object:
+    return query.connect(load_runs([run_dir]))
+
+
+def sql(con: object, text: str) -> list[tuple[object, ...]]:
+    return query.execute(con, text)[1]
+
+
+def json_query(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str, object]]:
+    assert main(["query", *args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def assert_latest_matches_aggregator(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The latest update's per-head ratio max and joint, by SQL, equal the dashboard's."""
+    columns = [f"head_{h}_ratio_max" for h in HEAD_NAMES] + ["joint_ratio_max"]
+    (row,) = json_query(
+        capsys,
+        str(run_dir),
+        f"SELECT {', '.join(columns)} FROM ppo_updates ORDER BY update_index DESC LIMIT 1",
+    )
+    tamiyo = aggregate_file(run_dir / EVENTS_FILE).tamiyo
+    assert tamiyo.ppo_data_received
+    for name in columns:
+        assert row[name] == getattr(tamiyo, name), name
+
+
+def test_query_gives_the_aggregators_numbers(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert_latest_matches_aggregator(run_dir, capsys)
+
+
+def test_tables_have_a_column_per_head_statistic(con: object) -> None:
+    columns: dict[str, set[str]] = {}
+    for table, column, _type in query.schema(con):
+        columns.setdefault(table, set()).add(column)
+    assert set(columns) == {"ppo_updates", "episodes", "explosions", "events", "runs"}
+    expected = {f"head_{h}_{s}" for h in HEAD_NAMES for s in HEAD_STATS}
+    assert expected <= columns["ppo_updates"]
+    assert {"run_id", "update_index", "batch", "timestamp", "joint_ratio_max"} <= columns[
+        "ppo_updates"
+    ]
+    assert {f"head_{h}_share" for h in HEAD_NAMES} <= columns["explosions"]
+    assert {"event_type", "seq", "timestamp", "run_id", "message"} <= columns["events"]
+
+
+def test_row_counts_and_values_by_formula(con: object) -> None:
+    counts = sql(
+        con,
+        "SELECT (SELECT count(*) FROM ppo_updates), (SELECT count(*) FROM episodes), "
+        "(SELECT count(*) FROM explosions), (SELECT count(*) FROM events)",
+    )
+    assert counts == [(N_UPDATES, N_UPDATES * N_ENVS, 1, N_EVENTS)]
+    rows = sql(con, "SELECT update_index, head_slot_ratio_max FROM ppo_updates ORDER BY 1")
+    assert rows == [(k, ratio_max(k, "slot")) for k in range(N_UPDATES)]
+    assert sql(con, "SELECT sum(episode_return), max(episode) FROM episodes") == [
+        (pytest.approx(sum(0.25 * e - 0.5 for e in range(8))), 7)
+    ]
+
+
+def test_nan_stays_nan_and_absent_stays_null(con: object) -> None:
+    update, head = NAN_AT
+    (row,) = sql(
+        con,
+        f"SELECT head_{head}_ratio_max IS NULL, isnan(head_{head}_ratio_max), "
+        f"head_{head}_nonfinite, ratio_max_product FROM ppo_updates WHERE update_index = {update}",
+    )
+    assert row[:3] == (False, True, 1) and math.isnan(row[3])
+    assert sql(con, "SELECT update_index FROM ppo_updates WHERE mean_return IS NULL") == [(0,)]
+
+
+def test_explosions_are_flattened_per_head(con: object) -> None:
+    (row,) = sql(
+        con,
+        "SELECT update_index, joint_ratio_max, driver, hidden_by_heads, head_slot_share, "
+        "head_slot_log_ratio, head_tempo_share, summary FROM explosions",
+    )
+    # Shares of the positive log-ratios 0.3 (op), 0.9 (slot), 0.1 (blueprint): slot 0.9/1.3.
+    assert row[:6] == (
+        EXPLOSION_UPDATE,
+        EXPLOSION_JOINT,
+        "slot",
+        True,
+        pytest.approx(0.9 / 1.3),
+        0.9,
+    )
+    assert row[6] is None  # tempo took no part in the sample
+    assert row[7].startswith(f"update {EXPLOSION_UPDATE}: joint 3.00 driven by slot (69%)")
+
+
+def test_ratio_max_product_counts_only_relevant_heads() -> None:
+    payload = PPOUpdatePayload(
+        update_index=0,
+        head_op_ratio_max=1.2,
+        head_op_relevant=5,
+        head_slot_ratio_max=1.5,
+        head_slot_relevant=2,
+        head_style_ratio_max=7.0,  # not relevant: left out
+    )
+    assert ratio_max_product(payload) == pytest.approx(1.8)
+    assert ratio_max_product(PPOUpdatePayload(update_index=0)) == 1.0
+
+
+def test_two_runs_in_one_query(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = record_synthetic_run(tmp_path / "run-b", run_id="other")
+    rows = json_query(
+        capsys,
+        str(run_dir),
+        str(other),
+        "SELECT run_id, count(*) AS n FROM ppo_updates GROUP BY run_id ORDER BY run_id",
+    )
+    assert rows == [{"run_id": "other", "n": N_UPDATES}, {"run_id": "synthetic", "n": N_UPDATES}]
+
+
+def test_csv_round_trips_floats_exactly(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", str(run_dir), "SELECT head_op_ratio_max FROM ppo_updates", "--csv"]) == 0
+    header, *rows = csv.reader(io.StringIO(capsys.readouterr().out))
+    assert header == ["head_op_ratio_max"]
+    assert [float(r[0]) for r in rows] == [ratio_max(k, "op") for k in range(N_UPDATES)]
+
+
+def test_table_output_lists_rows(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", str(run_dir), "SELECT driver FROM explosions"]) == 0
+    out = capsys.readouterr().out
+    assert "driver" in out and "slot" in out and "1 row" in out
+
+
+def test_bad_sql_is_one_line_and_exit_2(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", str(run_dir), "SELEC * FROM ppo_updates"]) == 2
+    assert "syntax error" in one_error_line(capsys, "query")
+    assert main(["query", str(run_dir), "SELECT * FROM no_such_table"]) == 2
+    assert "no_such_table" in one_error_line(capsys, "query")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["SELECT 1"], "give RUN_DIR"),
+        (["/nonexistent/run", "SELECT 1"], "no run directory at /nonexistent/run"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    args: list[str], fragment: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["query", *args]) == 2
+    assert fragment in one_error_line(capsys, "query")
+
+
+def test_missing_duckdb_names_the_extra(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "duckdb", None)
+    assert main(["query", str(run_dir), "SELECT 1"]) == 2
+    assert "pip install 'esper[query]'" in one_error_line(capsys, "query")
+
+
+def test_damaged_lines_are_skipped_and_counted(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    lines = (run_dir / EVENTS_FILE).read_bytes().splitlines(keepends=True)
+    garbage = [b"{not json\n", b'{"event_type": "PPO_UPDATE_COMPLETED"}\n', b"\xff\xfe\n"]
+    torn = b'{"event_type":"EPISODE_COMP'
+    (damaged / EVENTS_FILE).write_bytes(b"".join(lines[:5] + garbage + lines[5:]) + torn)
+    run = load_run(damaged)
+    assert run.lines_skipped == 4 and run.stats.torn_tail
+    assert repr(run.updates.rows) == repr(load_run(run_dir).updates.rows)  # NaN != NaN
+    assert_latest_matches_aggregator(damaged, capsys)
+    assert main(["query", str(damaged), "SELECT lines_skipped FROM runs", "--csv"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["lines_skipped", "4"]
+    assert "4 damaged line(s)" in captured.err
+
+
+def test_labels_of_repeated_runs_are_numbered() -> None:
+    assert unique_labels(["a", "b", "a", "a"]) == ["a", "b", "a (2)", "a (3)"]
+    with pytest.raises(AnalysisError):
+        load_runs([])
+
+
+def test_a_real_training_run_queries_like_the_aggregator(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One short real run (torch): the payloads PPOAgent writes load and match too."""
+    cli = pytest.importorskip("esper.cli")
+    run_dir = tmp_path / "real"
+    args = ["ppo", "--task", "spirals", "--episodes", "2", "--episode-length", "3", "--no-tui"]
+    assert cli.main([*args, "--run-dir", str(run_dir)]) == 0
+    capsys.readouterr()
+    assert_latest_matches_aggregator(run_dir, capsys)
