@@ -2,10 +2,46 @@
 
 from __future__ import annotations
 
-from rich.console import RenderableType
+import dataclasses
+from typing import ClassVar
+
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
+from rich.measure import Measurement
+from rich.segment import Segment
+from rich.text import Text
 from textual.widgets import Static
 
 from esper.sanctum.schema import SanctumSnapshot
+
+
+def _height_free(options: ConsoleOptions) -> ConsoleOptions:
+    """`options` with the offered height left out (the cache key of `RenderedOnce`)."""
+    return dataclasses.replace(options, height=None, max_height=0)
+
+
+class RenderedOnce:
+    """A Rich renderable whose lines depend on the width only, rendered once per width.
+
+    Textual draws an auto-height panel twice per refresh, at one width: once to count its
+    lines (layout) and once to paint them. Wrapping the panel's content here serves the
+    second pass from the first; the segments are the very ones the content yields. Not for
+    content that fits itself to the height it is offered.
+    """
+
+    def __init__(self, renderable: RenderableType) -> None:
+        self.renderable = renderable
+        self._key: ConsoleOptions | None = None
+        self._segments: list[Segment] = []
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement.get(console, options, self.renderable)
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        key = _height_free(options)
+        if key != self._key:
+            self._segments = list(console.render(self.renderable, options))
+            self._key = key
+        yield from self._segments
 
 
 class SnapshotPanel(Static):
@@ -13,7 +49,11 @@ class SnapshotPanel(Static):
 
     Subclasses implement `render_snapshot`; the widget only stores the snapshot and
     redraws, so every panel can be tested by rendering a snapshot without a running app.
+    A subclass whose content depends on the width alone sets `WIDTH_ONLY` so that each
+    redraw renders it once, not twice (see `RenderedOnce`).
     """
+
+    WIDTH_ONLY: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -23,7 +63,7 @@ class SnapshotPanel(Static):
         classes: str | None = None,
     ) -> None:
         self.snapshot = snapshot if snapshot is not None else SanctumSnapshot()
-        super().__init__(self.render_snapshot(self.snapshot), id=id, classes=classes)
+        super().__init__(self._content(), id=id, classes=classes)
 
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         """The panel's content for `snapshot`."""
@@ -36,6 +76,12 @@ class SnapshotPanel(Static):
         self.snapshot = snapshot
         self.redraw()
 
+    def _content(self) -> RenderableType:
+        content = self.render_snapshot(self.snapshot)
+        if self.WIDTH_ONLY and not isinstance(content, (str, Text)):
+            return RenderedOnce(content)
+        return content
+
     def redraw(self) -> None:
         """Rebuild the content from the stored snapshot (e.g. after view options change)."""
-        self.update(self.render_snapshot(self.snapshot))
+        self.update(self._content())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.text import Text
@@ -39,19 +39,24 @@ def event_line(entry: EventLogEntry, started_at: float | None) -> Text:
 
 
 class TailLines:
-    """Rich renderable of one-line Texts that keeps the last ones fitting the height.
+    """Rich renderable of one-line entries that keeps the last ones fitting the height.
 
     The log grows at the bottom; a fixed-height panel must drop the oldest lines, which
-    plain cropping would keep.
+    plain cropping would keep. Lines are made only for the entries shown: the log holds
+    `EVENT_LOG_LEN` entries and a panel shows a dozen, on every frame.
     """
 
-    def __init__(self, lines: Sequence[Text]) -> None:
-        self.lines = lines
+    def __init__(
+        self, entries: Sequence[EventLogEntry], line: Callable[[EventLogEntry], Text]
+    ) -> None:
+        self.entries = entries
+        self.line = line
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         height = options.height
-        shown = self.lines if height is None else self.lines[len(self.lines) - height :]
-        yield from shown
+        shown = self.entries if height is None else self.entries[len(self.entries) - height :]
+        for entry in shown:
+            yield self.line(entry)
 
 
 def render_events(snapshot: SanctumSnapshot) -> RenderableType:
@@ -59,7 +64,7 @@ def render_events(snapshot: SanctumSnapshot) -> RenderableType:
     if not snapshot.events:
         return Text("no events yet", style=NO_DATA)
     started = snapshot.run.started_at
-    return TailLines([event_line(entry, started) for entry in snapshot.events])
+    return TailLines(snapshot.events, lambda entry: event_line(entry, started))
 
 
 class EventLogPanel(SnapshotPanel):

@@ -141,6 +141,8 @@ def render_header(snapshot: SanctumSnapshot, view: HeaderView) -> RenderableType
 class SanctumHeader(SnapshotPanel):
     """Run id, task, episode x/N, PPO updates, elapsed, episodes/s and run state."""
 
+    WIDTH_ONLY = True
+
     def __init__(
         self,
         snapshot: SanctumSnapshot | None = None,

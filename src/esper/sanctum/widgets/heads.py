@@ -199,6 +199,7 @@ class ActionHeadsPanel(SnapshotPanel):
     """Per-head entropy, ratio max/min, clip fraction and state (TELE-151)."""
 
     BORDER_TITLE = "Action heads"
+    WIDTH_ONLY = True
 
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_action_heads(snapshot)

@@ -20,12 +20,11 @@ from esper.sanctum.widgets.heads import head_stats
 from esper.sanctum.widgets.style import (
     JOINT_WARNING,
     RATIO_BAR_FULL,
-    TailText,
+    TailSparkline,
     fmt_ratio,
     joint_ratio_color,
     no_value,
     ratio_color,
-    ratio_sparkline,
 )
 
 
@@ -48,7 +47,7 @@ def history_row(
     worst = worst_ratio(values)
     if worst is None:
         return no_value(), no_value()
-    spark = TailText(ratio_sparkline(values, full_at, color))
+    spark = TailSparkline(values, full_at, color)
     return spark, Text(fmt_ratio(worst), style=color(worst))
 
 
@@ -71,6 +70,7 @@ class RatioHistoryPanel(SnapshotPanel):
     """Ratio max of every head and of the joint over the recent updates."""
 
     BORDER_TITLE = "Ratio max history"
+    WIDTH_ONLY = True
 
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_ratio_history(snapshot)

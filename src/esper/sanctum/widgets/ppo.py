@@ -69,6 +69,7 @@ class PPOHealthPanel(SnapshotPanel):
     """Joint ratio max with its own bands, KL, clip fraction, losses and update bookkeeping."""
 
     BORDER_TITLE = "PPO health"
+    WIDTH_ONLY = True
 
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_ppo_health(snapshot)

@@ -96,6 +96,7 @@ class SlotsPanel(SnapshotPanel):
     """Stage, blueprint and alpha of each slot, plus episode outcomes."""
 
     BORDER_TITLE = "Host"
+    WIDTH_ONLY = True
 
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_slots(snapshot)

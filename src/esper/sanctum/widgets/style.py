@@ -6,6 +6,7 @@ threshold can be tested with known answers and every panel colours a value the s
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -199,10 +200,17 @@ def ratio_sparkline(
     full_at: float = RATIO_BAR_FULL,
     color: Callable[[float | None], str] = ratio_color,
 ) -> Text:
-    """A sparkline whose every cell carries its own value's health colour."""
-    text = Text()
-    for v, char in zip(values, sparkline(values, full_at), strict=True):
-        text.append(char, style=color(v))
+    """A sparkline whose every cell carries its own value's health colour.
+
+    Neighbouring cells of one colour share a span (the picture is the same): a history is
+    mostly one colour, and Rich and Textual pay per span on every redraw of nine rows.
+    """
+    text = Text(sparkline(values, full_at))
+    start = 0
+    for style, run in itertools.groupby(map(color, values)):
+        end = start + sum(1 for _ in run)
+        text.stylize(style, start, end)
+        start = end
     return text
 
 
@@ -223,3 +231,27 @@ class TailText:
         width = options.max_width
         tail = self.text[-width:] if len(self.text) > width else self.text
         yield tail.copy()
+
+
+class TailSparkline:
+    """`TailText(ratio_sparkline(values, ...))`, with only the visible cells ever built.
+
+    A history usually holds more values than the panel is wide; colouring all of them and
+    then slicing the Text (a split at every span) cost most of a frame.
+    """
+
+    def __init__(
+        self,
+        values: Sequence[float],
+        full_at: float = RATIO_BAR_FULL,
+        color: Callable[[float | None], str] = ratio_color,
+    ) -> None:
+        self.values, self.full_at, self.color = values, full_at, color
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(min(1, len(self.values)), max(1, len(self.values)))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        width = options.max_width
+        shown = self.values[-width:] if len(self.values) > width else self.values
+        yield ratio_sparkline(shown, self.full_at, self.color)
