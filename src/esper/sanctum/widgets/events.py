@@ -54,7 +54,9 @@ class TailLines:
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         height = options.height
-        shown = self.entries if height is None else self.entries[len(self.entries) - height :]
+        shown = (
+            self.entries if height is None else self.entries[max(0, len(self.entries) - height) :]
+        )
         for entry in shown:
             yield self.line(entry)
 
