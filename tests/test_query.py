@@ -227,9 +227,16 @@ def test_a_real_training_run_queries_like_the_aggregator(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """One short real run (torch): the payloads PPOAgent writes load and match too."""
-    cli = pytest.importorskip("esper.cli")
+    torch = pytest.importorskip("torch")
+    from esper import cli
+
     run_dir = tmp_path / "real"
     args = ["ppo", "--task", "spirals", "--episodes", "2", "--episode-length", "3", "--no-tui"]
-    assert cli.main([*args, "--run-dir", str(run_dir)]) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny run: threads only contend with the other test worker
+    try:
+        assert cli.main([*args, "--run-dir", str(run_dir)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     capsys.readouterr()
     assert_latest_matches_aggregator(run_dir, capsys)

@@ -54,6 +54,9 @@ MARGIN_LEFT = 0.85
 MARGIN_RIGHT = 0.25
 GAP_ABOVE = 0.3
 GAP_BELOW = 0.55
+#: Points per series up to which each point gets a marker of MARKER_SIZE.
+MARKER_LIMIT = 200
+MARKER_SIZE = 2.5
 #: Explosions listed under each column of a PNG (the HTML table lists them all).
 MAX_LISTED_EXPLOSIONS = 6
 #: The default log-scale span of ratio panels, widened to fit the data.
@@ -143,6 +146,12 @@ def band_spans(
     ]
 
 
+def marker_size(points: int) -> float:
+    """Markers show single points (a series cut by gaps) while there are few; past
+    MARKER_LIMIT they only cost time and file size (one SVG element each)."""
+    return MARKER_SIZE if points <= MARKER_LIMIT else 0.0
+
+
 def log_ticks(limits: tuple[float, float], marks: Iterable[float]) -> list[float]:
     """Ticks of a log ratio axis: the band edges and 1, plus every power of ten, in range."""
     lo, hi = limits
@@ -197,7 +206,7 @@ def _per_head(ax: Axes, run: Run, column: int, stat: str) -> None:
             x,
             measured(run.updates, head, stat),
             marker="o",
-            ms=2.5,
+            ms=marker_size(len(x)),
             lw=1.2,
             color=HEAD_COLOURS[head],
             label=head,
@@ -229,13 +238,14 @@ def _joint_panel(ax: Axes, run: Run, column: int, limits: tuple[float, float]) -
     joint = (1.0 / JOINT_HEALTHY, JOINT_HEALTHY)
     _draw_bands(ax, joint, (1.0 / JOINT_WARNING, JOINT_WARNING), limits)
     x = run.updates.column("update_index")
-    (line,) = ax.plot(x, run.updates.column("joint_ratio_max"), "k-o", ms=3, label="joint max")
+    ms = marker_size(len(x))
+    (line,) = ax.plot(x, run.updates.column("joint_ratio_max"), "k-o", ms=ms, label="joint max")
     line.set_gid(f"run{column}-joint_ratio_max")
     (line,) = ax.plot(
         x,
         run.updates.column("ratio_max_product"),
         "--s",
-        ms=2.5,
+        ms=ms,
         color="0.45",
         label="product of head maxima",
     )
@@ -255,7 +265,8 @@ def _joint_panel(ax: Axes, run: Run, column: int, limits: tuple[float, float]) -
 
 
 def _episode_panel(ax: Axes, run: Run, column: int, field: str) -> None:
-    (line,) = ax.plot(episode_axis(run), run.episodes.column(field), "-o", ms=2.5, color="C9")
+    x = episode_axis(run)
+    (line,) = ax.plot(x, run.episodes.column(field), "-o", ms=marker_size(len(x)), color="C9")
     line.set_gid(f"run{column}-{field}")
 
 
