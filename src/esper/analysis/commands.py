@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from esper.analysis import AnalysisError, require_extra
 from esper.analysis.runs import Run, load_runs
@@ -54,7 +54,9 @@ def _note_skipped(prog: str, runs: Sequence[Run]) -> None:
 # --------------------------------------------------------------------------- report
 
 
-def report_target(run_dirs: Sequence[Path], out: Path | None, png: bool) -> tuple[Path, str]:
+def report_target(
+    run_dirs: Sequence[Path], out: Path | None, png: bool
+) -> tuple[Path, Literal["html", "png"]]:
     """Where the report goes and as what ("html" or "png").
 
     One run: `RUN_DIR/report.html` (or `report.png` with --png) unless --out says. Several
@@ -76,11 +78,11 @@ def report_target(run_dirs: Sequence[Path], out: Path | None, png: bool) -> tupl
 def run_report(args: argparse.Namespace) -> int:
     """`esper report`: render the runs' report and say where it went."""
     runs = load_runs(args.run_dirs)
-    out, fmt = report_target(args.run_dirs, args.out, args.png)
+    out, fmt = report_target([r.run_dir for r in runs], args.out, args.png)
     require_extra("matplotlib", "report")
     from esper.analysis.report import write_report
 
-    write_report(runs, out, fmt)  # type: ignore[arg-type]
+    write_report(runs, out, fmt)
     _note_skipped("esper report", runs)
     counts = "; ".join(
         f"{r.label}: {len(r.updates)} updates, {len(r.episodes)} episodes, "
@@ -170,24 +172,24 @@ def run_query(args: argparse.Namespace) -> int:
 
 def add_analysis_commands(subparsers: Any) -> None:
     """Register `report` and `query` on the `esper` sub-parsers (each sets `handler`)."""
-    report = subparsers.add_parser(
+    report_parser = subparsers.add_parser(
         "report",
         help="render a recorded run (or several side by side) to HTML or PNG",
         description="Render recorded runs to one self-contained HTML page (or a PNG).",
     )
-    report.add_argument(
+    report_parser.add_argument(
         "run_dirs", nargs="+", type=Path, metavar="RUN_DIR", help="recorded run directory"
     )
-    report.add_argument(
+    report_parser.add_argument(
         "--out",
         type=Path,
         metavar="FILE",
         help=f"output file (default RUN_DIR/{REPORT_HTML}; needed for several runs)",
     )
-    report.add_argument("--png", action="store_true", help="write a PNG instead of HTML")
-    report.set_defaults(handler=_guarded("esper report", run_report))
+    report_parser.add_argument("--png", action="store_true", help="write a PNG instead of HTML")
+    report_parser.set_defaults(handler=_guarded("esper report", run_report))
 
-    query = subparsers.add_parser(
+    query_parser = subparsers.add_parser(
         "query",
         help="run SQL (DuckDB) over recorded runs",
         usage="%(prog)s [-h] [--csv | --json] [--schema] RUN_DIR [RUN_DIR ...] SQL",
@@ -197,20 +199,20 @@ def add_analysis_commands(subparsers: Any) -> None:
             "--schema lists every column."
         ),
     )
-    query.add_argument(
+    query_parser.add_argument(
         "items", nargs="+", metavar="RUN_DIR|SQL", help="run directories, then the SQL (last)"
     )
-    formats = query.add_mutually_exclusive_group()
+    formats = query_parser.add_mutually_exclusive_group()
     formats.add_argument(
         "--csv", dest="format", action="store_const", const="csv", help="print CSV"
     )
     formats.add_argument(
         "--json", dest="format", action="store_const", const="json", help="print a JSON array"
     )
-    query.add_argument(
+    query_parser.add_argument(
         "--schema", action="store_true", help="list the tables and their columns (no SQL)"
     )
-    query.set_defaults(handler=_guarded("esper query", run_query), format="table")
+    query_parser.set_defaults(handler=_guarded("esper query", run_query), format="table")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
