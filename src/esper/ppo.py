@@ -10,6 +10,11 @@ but its optimizer step is cancelled through Adam's `found_inf` (the mechanism
 `torch.amp.GradScaler` uses with fused Adam) and its statistics are masked out. The price
 is the compute of the minibatches after an early stop; the gain is exactly one
 device->host transfer per update, the stacked metrics tensor at the end.
+
+The ratio statistics are reduced once per update, over the log-ratios of all its
+minibatches concatenated, not once per minibatch: on small minibatches an update is
+kernel-launch bound, and per-minibatch reductions were most of what the per-head
+telemetry cost.
 """
 
 from __future__ import annotations
@@ -29,9 +34,12 @@ from esper.actions import HEAD_NAMES
 from esper.policy import N_HEADS, N_OPS, TamiyoPolicy
 from esper.ratio_stats import (
     HeadRatioStats,
+    LogRatios,
     RatioExplosionReport,
+    concat_log_ratios,
     explain_explosion,
     head_ratio_stats,
+    joint_ratio_max,
     log_ratios,
 )
 
@@ -371,7 +379,7 @@ class PPOAgent:
             torch.randperm(n_samples, generator=self._perm_gen, device=self.device)
             for _ in range(cfg.epochs)
         ]
-        parts: list[HeadRatioStats] = []
+        parts: list[LogRatios] = []
         tally = _Tally()
         epoch_active: list[Tensor] = []
         active = torch.ones((), dtype=torch.bool, device=self.device)
@@ -380,12 +388,17 @@ class PPOAgent:
             for perm in perms:
                 epoch_active.append(active)
                 for index in perm.split(mb_size):
-                    mb_stats, active = self._minibatch(data.select(index), active, tally)
-                    parts.append(mb_stats)
+                    mb_ratios, active = self._minibatch(data.select(index), active, tally)
+                    parts.append(mb_ratios)
         finally:
             vars(self.optimizer).pop("found_inf", None)
-        stats = HeadRatioStats.combine(parts)
-        names, tensor = self._metric_tensor(stats, tally, torch.stack(epoch_active), data, buffer)
+        ratios = concat_log_ratios(parts)
+        stats = HeadRatioStats.from_log_ratios(
+            ratios, cfg.clip_eps, HEAD_NAMES, per_head=cfg.head_stats
+        )
+        names, tensor = self._metric_tensor(
+            stats, ratios, tally, torch.stack(epoch_active), data, buffer
+        )
         values = tensor.tolist()  # the single device->host transfer of the update
         metrics = dict(zip(names, values, strict=True))
         worst = {h: metrics.pop(f"_worst_log_ratio_{h}") for h in HEAD_NAMES}
@@ -396,10 +409,10 @@ class PPOAgent:
         )
         return metrics
 
-    def _minibatch(self, mb: Batch, active: Tensor, tally: _Tally) -> tuple[HeadRatioStats, Tensor]:
+    def _minibatch(self, mb: Batch, active: Tensor, tally: _Tally) -> tuple[LogRatios, Tensor]:
         """One minibatch: loss, backward, a step unless stopped or non-finite, statistics.
 
-        Returns the minibatch's ratio statistics (empty once the update stopped) and
+        Returns the minibatch's log-ratios (none used once the update stopped) and
         whether the update is still active after it, both on the device.
         """
         cfg = self.config
@@ -408,9 +421,6 @@ class PPOAgent:
         )
         # Masking relevance by `active` empties the statistics of a stopped update.
         ratios = log_ratios(log_probs.detach(), mb.old_log_probs, relevant & active)
-        mb_stats = HeadRatioStats.from_log_ratios(
-            ratios, cfg.clip_eps, HEAD_NAMES, per_head=cfg.head_stats
-        )
         advantages = mb.advantages
         if cfg.normalize_advantage and advantages.shape[0] > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -432,7 +442,7 @@ class PPOAgent:
             joint_kl.sum() > 1.5 * cfg.target_kl * joint_count if cfg.target_kl else False
         )
         limit = cfg.joint_ratio_limit
-        limit_trip = active & (mb_stats.joint_max > limit if limit else False)
+        limit_trip = active & (joint_ratio_max(ratios) > limit if limit else False)
         step = active & finite & ~kl_trip & ~limit_trip
         self.optimizer.found_inf = (~step).to(torch.float32)
         self.optimizer.step()
@@ -455,15 +465,13 @@ class PPOAgent:
             "entropy_samples": (one * n, counted),
             "head_entropy": (entropies.sum(dim=0), counted),
         }
-        if cfg.head_stats:
-            head_kl = torch.special.expm1(ratios.log_ratio) - ratios.log_ratio
-            entries["head_kl"] = (head_kl.sum(dim=0), always)
         tally.record(entries)
-        return mb_stats, active & ~kl_trip & ~limit_trip
+        return ratios, active & ~kl_trip & ~limit_trip
 
     def _metric_tensor(
         self,
         stats: HeadRatioStats,
+        ratios: LogRatios,
         tally: _Tally,
         epoch_active: Tensor,
         data: Batch,
@@ -501,7 +509,8 @@ class PPOAgent:
         if self.config.head_stats:
             names += [f"head_{h}_entropy" for h in HEAD_NAMES]
             names += [f"head_{h}_approx_kl" for h in HEAD_NAMES]
-            parts += [entropy, mean(sums["head_kl"], stats.relevant_count)]
+            head_kl = torch.special.expm1(ratios.log_ratio) - ratios.log_ratio  # 0 where unused
+            parts += [entropy, mean(head_kl.sum(dim=0, dtype=torch.float64), stats.relevant_count)]
         names += list(scalars)
         parts.append(torch.stack([v.to(torch.float64).reshape(()) for v in scalars.values()]))
         return names, torch.cat([p.to(torch.float64) for p in parts])
