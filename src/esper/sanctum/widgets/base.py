@@ -49,8 +49,11 @@ class SnapshotPanel(Static):
 
     Subclasses implement `render_snapshot`; the widget only stores the snapshot and
     redraws, so every panel can be tested by rendering a snapshot without a running app.
-    A subclass whose content depends on the width alone sets `WIDTH_ONLY` so that each
-    redraw renders it once, not twice (see `RenderedOnce`).
+    A subclass names the part of the snapshot it draws in `drawn`: a new snapshot whose
+    drawn part is unchanged (a live dashboard polls four times a second, and most polls bring
+    only lifecycle events) is stored without a redraw. A subclass whose content depends on
+    the width alone sets `WIDTH_ONLY` so that each redraw renders it once, not twice (see
+    `RenderedOnce`).
     """
 
     WIDTH_ONLY: ClassVar[bool] = False
@@ -69,12 +72,18 @@ class SnapshotPanel(Static):
         """The panel's content for `snapshot`."""
         raise NotImplementedError
 
+    def drawn(self, snapshot: SanctumSnapshot) -> object:
+        """Everything of `snapshot` that `render_snapshot` reads (compared by ==)."""
+        return snapshot
+
     def update_snapshot(self, snapshot: SanctumSnapshot) -> None:
-        """Show `snapshot`; a snapshot already shown (same object) costs nothing."""
+        """Show `snapshot`; one whose drawn part equals the one shown costs a comparison."""
         if snapshot is self.snapshot:
             return
+        unchanged = self.drawn(snapshot) == self.drawn(self.snapshot)
         self.snapshot = snapshot
-        self.redraw()
+        if not unchanged:
+            self.redraw()
 
     def _content(self) -> RenderableType:
         content = self.render_snapshot(self.snapshot)

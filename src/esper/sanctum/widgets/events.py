@@ -74,5 +74,8 @@ class EventLogPanel(SnapshotPanel):
 
     BORDER_TITLE = "Events"
 
+    def drawn(self, snapshot: SanctumSnapshot) -> object:
+        return snapshot.events, snapshot.run.started_at
+
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_events(snapshot)

@@ -43,3 +43,6 @@ class StatusFooter(SnapshotPanel):
 
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_footer(snapshot, self.keys)
+
+    def drawn(self, snapshot: SanctumSnapshot) -> object:
+        return snapshot.events_read, snapshot.lines_skipped, snapshot.drops

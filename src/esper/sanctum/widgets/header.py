@@ -157,6 +157,10 @@ class SanctumHeader(SnapshotPanel):
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_header(snapshot, self.view)
 
+    def drawn(self, snapshot: SanctumSnapshot) -> object:
+        t = snapshot.tamiyo
+        return snapshot.run, snapshot.progress, t.ppo_updates_count, snapshot.events_read
+
     def update_snapshot(self, snapshot: SanctumSnapshot, view: HeaderView | None = None) -> None:
         """Show `snapshot` under `view` (the clock moves even when the snapshot does not)."""
         if view is not None and view != self.view:

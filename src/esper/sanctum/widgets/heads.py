@@ -201,5 +201,8 @@ class ActionHeadsPanel(SnapshotPanel):
     BORDER_TITLE = "Action heads"
     WIDTH_ONLY = True
 
+    def drawn(self, snapshot: SanctumSnapshot) -> object:
+        return snapshot.tamiyo, snapshot.progress.batches_done  # the latter for staleness
+
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_action_heads(snapshot)

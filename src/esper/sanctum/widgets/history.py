@@ -72,5 +72,8 @@ class RatioHistoryPanel(SnapshotPanel):
     BORDER_TITLE = "Ratio max history"
     WIDTH_ONLY = True
 
+    def drawn(self, snapshot: SanctumSnapshot) -> object:
+        return snapshot.tamiyo
+
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_ratio_history(snapshot)

@@ -71,5 +71,8 @@ class PPOHealthPanel(SnapshotPanel):
     BORDER_TITLE = "PPO health"
     WIDTH_ONLY = True
 
+    def drawn(self, snapshot: SanctumSnapshot) -> object:
+        return snapshot.tamiyo
+
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_ppo_health(snapshot)

@@ -98,5 +98,8 @@ class SlotsPanel(SnapshotPanel):
     BORDER_TITLE = "Host"
     WIDTH_ONLY = True
 
+    def drawn(self, snapshot: SanctumSnapshot) -> object:
+        return snapshot.slots, snapshot.episodes
+
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_slots(snapshot)
