@@ -272,12 +272,20 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
             seed.probe_alpha = lc.alpha_target if lc.stage == Stage.TRAINING else None
 
     def _contribution(self, slot: int) -> float:
-        """Validation accuracy with the seed at its probe alpha minus with it switched off."""
+        """Validation accuracy with the seed at its probe alpha minus with it switched off.
+
+        Once a seed blends, its probe alpha is its own alpha: the host as just evaluated
+        (`self._acc`), so only the evaluation without it is run.
+        """
         lc = self._slots[slot]
+        seed = self._host.seeds[slot]
         probe = lc.alpha_target if lc.stage in ISOLATED_STAGES else lc.alpha
-        if self._host.seeds[slot] is None or probe == 0.0:
+        if seed is None or probe == 0.0:
             return 0.0
-        _, with_seed = self._host.evaluate(self._x_val, self._y_val, {slot: probe})
+        if probe == seed.alpha:
+            with_seed = self._acc
+        else:
+            _, with_seed = self._host.evaluate(self._x_val, self._y_val, {slot: probe})
         _, without = self._host.evaluate(self._x_val, self._y_val, {slot: 0.0})
         return with_seed - without
 
