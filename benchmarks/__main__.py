@@ -1,0 +1,109 @@
+"""`python -m benchmarks [--quick]`: every benchmark, one table of ratios, latest.json.
+
+Sections run in a fixed order in one process (the memory run in its own child process),
+with torch pinned to one thread. The JSON holds one top-level key per figure (its median),
+then per figure its spread and target, the raw measurements of each section, the machine
+and the load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import memory, sanctum_load, telemetry_overhead, versus_sb3
+from benchmarks.common import Row, Section, load_average, machine_info, pin_threads
+
+RESULTS = Path(__file__).parent / "results" / "latest.json"
+SECTIONS: dict[str, Callable[[bool], Section]] = {
+    "telemetry_overhead": telemetry_overhead.run,
+    "versus_sb3": versus_sb3.run,
+    "sanctum_load": sanctum_load.run,
+    "memory": memory.run,
+}
+
+
+def _figure(value: float) -> str:
+    """Rates with thousands separators, ratios with three decimals, times with one."""
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def results_table(rows: Sequence[Row], title: str) -> Table:
+    """The one table printed: each figure's median, spread, target and verdict."""
+    table = Table(title=title, title_justify="left")
+    for column in ("key (latest.json)", "median", "IQR", "min–max", "target", ""):
+        table.add_column(column, justify="left" if column.startswith("key") else "right")
+    for row in rows:
+        v = row.value
+        target = ""
+        if row.target is not None:
+            target = ("≥ " if row.higher_is_better else "≤ ") + _figure(row.target)
+        verdict = {True: "[green]met[/]", False: "[red]MISSED[/]", None: ""}[row.met]
+        table.add_row(
+            row.key,
+            f"{_figure(v.median)} {row.unit}",
+            f"{_figure(v.q1)}–{_figure(v.q3)}",
+            f"{_figure(v.min)}–{_figure(v.max)}",
+            target,
+            verdict,
+        )
+    return table
+
+
+def report(
+    sections: Sequence[Section], quick: bool, wall: float, load: dict[str, Any]
+) -> dict[str, Any]:
+    """The latest.json document."""
+    rows = [row for section in sections for row in section.rows]
+    return {
+        **{row.key: row.value.median for row in rows},
+        "figures": {row.key: row.as_dict() for row in rows},
+        "raw": {section.name: section.raw for section in sections},
+        "mode": "quick" if quick else "full",
+        "command": "python -m benchmarks" + (" --quick" if quick else ""),
+        "wall_seconds": round(wall, 1),
+        "load_average": load,
+        "machine": machine_info(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (under 2 minutes)")
+    parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
+    parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    args = parser.parse_args(argv)
+    pin_threads(1)
+    console = Console(width=max(Console().width, 110))
+    load = {"before": load_average()}
+    start = time.perf_counter()
+    sections = []
+    for name in args.only or SECTIONS:
+        with console.status(f"benchmark {name}…"):
+            section_start = time.perf_counter()
+            sections.append(SECTIONS[name](args.quick))
+        console.log(f"{name}: {time.perf_counter() - section_start:.1f} s")
+    wall = time.perf_counter() - start
+    load["after"] = load_average()
+    document = report(sections, args.quick, wall, load)
+    mode = "quick" if args.quick else "full"
+    title = f"esper benchmarks ({mode}, {wall:.0f} s; load {load['before']} -> {load['after']})"
+    console.print(results_table([r for s in sections for r in s.rows], title))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    console.print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,232 @@
+"""Sanctum under load: aggregator ingest rate and the time to draw one dashboard frame.
+
+The event stream is synthetic but built by the real `TelemetryEmitter` (so payloads are
+validated exactly as in a run) from a seeded generator: per batch, `LIFECYCLE_PER_UPDATE`
+seed-lifecycle and episode events, then one PPO update carrying every per-head field.
+Building the events is not timed; `SanctumAggregator.handle_event` is, in thread CPU
+time, as is a dashboard frame (see `frame_times`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from benchmarks.common import Row, Section, cpu_clock, interleaved, spread, timed
+
+INGEST_TARGET = 50_000.0  # events per second
+FRAME_TARGET_MS = 50.0
+HISTORY_UPDATES = 10_000
+#: Terminal sizes of the frame benchmark; the first (that of `sanctum --screenshot`) is
+#: the headline figure.
+FRAME_SIZES: tuple[tuple[int, int], ...] = ((120, 40), (160, 50))
+#: Lifecycle and episode events per PPO update in the mixed stream.
+LIFECYCLE_PER_UPDATE = 50
+N_ENVS = 2
+STAGES = ("DORMANT", "GERMINATED", "TRAINING", "BLENDING", "HOLDING", "FOSSILIZED", "KILLED")
+BLUEPRINTS = ("LINEAR", "MLP", "WIDE_MLP", "LOW_RANK", "NORM")
+
+
+class EventList(list[Any]):
+    """An emitter sink that keeps every event, in order."""
+
+    def publish(self, event: Any) -> None:
+        self.append(event)
+
+
+def update_metrics(rng: np.random.Generator, drift: npt.NDArray[np.float64]) -> dict[str, float]:
+    """A plausible `PPOAgent.update()` metrics dict: every payload field, ratios near 1.
+
+    Each head's ratio max wanders away from 1 and back (`drift`, one value per head, is
+    advanced in place as a mean-reverting walk): PPO ratios drift from update to update
+    rather than jump, and that is what the history sparklines draw.
+    """
+    from esper.actions import HEAD_NAMES
+
+    drift *= 0.9
+    drift += rng.normal(0.0, 0.04, size=drift.shape)
+    shift = np.abs(drift)
+    per_head = {
+        "ratio_max": 1.0 + shift,
+        "ratio_min": 1.0 - shift / 2,
+        "clip_fraction": rng.uniform(0.0, 0.3, size=shift.shape),
+        "entropy": rng.uniform(0.2, 1.0, size=shift.shape),
+        "approx_kl": rng.uniform(0.0, 0.02, size=shift.shape),
+        "relevant": rng.integers(1, 50, size=shift.shape).astype(np.float64),
+        "nonfinite": np.zeros_like(shift),
+    }
+    metrics = {
+        f"head_{head}_{stat}": value
+        for stat, values in per_head.items()
+        for head, value in zip(HEAD_NAMES, values.tolist(), strict=True)
+    }
+    scalars = rng.uniform(0.0, 1.0, size=4)
+    return metrics | {
+        "joint_ratio_max": 1.0 + float(shift.sum()),
+        "approx_kl": float(per_head["approx_kl"].mean()),
+        "clip_fraction": float(per_head["clip_fraction"].mean()),
+        "policy_loss": float(scalars[0] - 0.5),
+        "value_loss": float(scalars[1]),
+        "entropy": float(per_head["entropy"].mean()),
+        "explained_variance": float(2 * scalars[2] - 1),
+        "grad_norm": float(scalars[3] / 2),
+        "epochs_run": 4.0,
+        "minibatches_run": 16.0,
+        "minibatches_skipped": 0.0,
+        "early_stopped": 0.0,
+        "intervened": 0.0,
+    }
+
+
+def event_stream(updates: int, per_update: int, seed: int = 0) -> list[Any]:
+    """TRAINING_STARTED, then per batch `per_update` lifecycle/episode events and an update."""
+    from esper.actions import head_sizes
+    from esper.telemetry.emitter import TelemetryEmitter
+
+    rng = np.random.default_rng(seed)
+    drift = np.zeros(len(head_sizes(3)))
+    sink = EventList()
+    ticks = itertools.count(1_700_000_000)
+    emitter = TelemetryEmitter(sink, "bench", clock=lambda: float(next(ticks)))
+    emitter.emit_training_started(
+        config={},
+        task="spirals",
+        head_sizes=head_sizes(3),
+        episodes_total=updates * N_ENVS,
+        n_envs=N_ENVS,
+        device="cpu",
+    )
+    for batch in range(updates):
+        for k in range(per_update):
+            env = int(rng.integers(N_ENVS))
+            if k % 25 == 24:  # an episode ends every 25 events, like a 25-epoch episode
+                emitter.emit_episode_completed(
+                    env_index=env,
+                    episode_return=float(rng.normal()),
+                    final_accuracy=float(rng.uniform()),
+                    seeds_grown=int(rng.integers(3)),
+                    seeds_fossilized=int(rng.integers(2)),
+                    seeds_killed=int(rng.integers(2)),
+                    length=25,
+                    batch=batch,
+                )
+                continue
+            src, dst = rng.choice(len(STAGES), size=2, replace=False)
+            emitter.emit_seed_lifecycle(
+                env_index=env,
+                slot=int(rng.integers(3)),
+                from_stage=STAGES[src],
+                to_stage=STAGES[dst],
+                blueprint=str(rng.choice(BLUEPRINTS)),
+                alpha=float(rng.uniform()),
+                batch=batch,
+            )
+        emitter.emit_ppo_update(update_metrics(rng, drift), batch=batch, mean_return=0.0)
+    return sink
+
+
+def ingest_seconds(events: list[Any]) -> float:
+    """Seconds for a fresh aggregator to fold `events`."""
+    from esper.sanctum.aggregator import SanctumAggregator
+
+    aggregator = SanctumAggregator()
+    handle = aggregator.handle_event
+
+    def fold() -> None:
+        for event in events:
+            handle(event)
+
+    return timed(fold, cpu_clock)()
+
+
+async def frame_times(events: list[Any], frames: int, size: tuple[int, int]) -> list[float]:
+    """CPU seconds per dashboard frame: `update_snapshot` of a new snapshot plus the repaint.
+
+    The aggregator has folded `events` (the history) first; each frame folds one more
+    update so every snapshot differs (panels skip a snapshot they already show).
+    `pilot.pause()` lets the app lay out and repaint, then idles until the process is
+    quiet; the app's thread CPU time counts the work and not that idle wait.
+    """
+    from esper.sanctum.aggregator import SanctumAggregator
+    from esper.sanctum.app import SanctumApp
+
+    aggregator = SanctumAggregator()
+    for event in events:
+        aggregator.handle_event(event)
+    extra = event_stream(frames + 1, 0, seed=1)[1:]  # the first frame warms up, untimed
+    app = SanctumApp(aggregator.snapshot, refresh_interval=3600.0, clock=lambda: 1.8e9)
+    seconds: list[float] = []
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        for event in extra:
+            aggregator.handle_event(event)
+            snapshot = aggregator.snapshot()
+            start = cpu_clock()
+            app.update_snapshot(snapshot)
+            await pilot.pause()
+            seconds.append(cpu_clock() - start)
+    return seconds[1:]
+
+
+def run(quick: bool) -> Section:
+    """Ingest rates of the mixed and the update-only stream, and the frame time."""
+    updates = 400 if quick else 2_000
+    rounds = 5 if quick else 9
+    mixed = event_stream(updates, LIFECYCLE_PER_UPDATE)
+    ppo_only = event_stream(updates * 5, 0)
+    samples = interleaved(
+        {"mixed": lambda: ingest_seconds(mixed), "ppo_only": lambda: ingest_seconds(ppo_only)},
+        rounds,
+        repeats=2,
+    )
+    rates = {
+        "mixed": spread(samples["mixed"]).inverted(len(mixed)),
+        "ppo_only": spread(samples["ppo_only"]).inverted(len(ppo_only)),
+    }
+    history = event_stream(HISTORY_UPDATES, 0)
+    frames = {
+        size: spread(asyncio.run(frame_times(history, 10 if quick else 30, size))).scaled(1e3)
+        for size in FRAME_SIZES
+    }
+    rows = [
+        Row(
+            "sanctum_ingest_events_per_s",
+            f"Sanctum ingest, 1 update per {LIFECYCLE_PER_UPDATE} lifecycle/episode events",
+            rates["mixed"],
+            "events/s",
+            INGEST_TARGET,
+        ),
+        Row(
+            "sanctum_ppo_update_ingest_events_per_s",
+            "Sanctum ingest, PPO updates only",
+            rates["ppo_only"],
+            "events/s",
+            INGEST_TARGET,
+        ),
+    ]
+    for size, frame_ms in frames.items():
+        cols, lines = size
+        rows.append(
+            Row(
+                "sanctum_frame_ms" + ("" if size == FRAME_SIZES[0] else f"_{cols}x{lines}"),
+                f"Sanctum frame CPU, {cols}x{lines}, {HISTORY_UPDATES} updates of history",
+                frame_ms,
+                "ms",
+                FRAME_TARGET_MS,
+                higher_is_better=False,
+            )
+        )
+    raw = {
+        "mixed_events": len(mixed),
+        "ppo_only_events": len(ppo_only),
+        "rounds": rounds,
+        "mixed_events_per_s": rates["mixed"].as_dict(),
+        "ppo_only_events_per_s": rates["ppo_only"].as_dict(),
+        "history_updates": HISTORY_UPDATES,
+        **{f"frame_ms_{c}x{r}": ms.as_dict() for (c, r), ms in frames.items()},
+    }
+    return Section("sanctum_load", rows, raw)
