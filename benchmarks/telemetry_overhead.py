@@ -85,7 +85,7 @@ def run(quick: bool) -> Section:
     sizes = (
         {"default": DEFAULT_ENVS} if quick else {"default": DEFAULT_ENVS, "wide": 4 * DEFAULT_ENVS}
     )
-    results = {name: measure(n_envs, 12 if quick else 30) for name, n_envs in sizes.items()}
+    results = {name: measure(n_envs, 10 if quick else 30) for name, n_envs in sizes.items()}
     rows = [
         Row(
             "telemetry_overhead_ratio" + ("" if name == "default" else f"_{name}"),

@@ -360,7 +360,7 @@ def run(quick: bool) -> Section:
     host is smallest, so the extra seeds our masked policy grows weigh most there.
     """
     tasks = ("digits",) if quick else ("digits", "spirals")
-    batches, rounds = (3, 3) if quick else (4, 10)
+    batches, rounds = (2, 3) if quick else (4, 10)
     loops = {task: measure_loop(Setup(task), batches, rounds) for task in tasks}
     update = measure_update(Setup("spirals"), 8 if quick else 25)
     rows = [
