@@ -26,6 +26,9 @@ Decisions the widgets rely on:
   `RETURN_MEAN_WINDOW` episodes, `return_history` the last `history_len`.
 - `SanctumSnapshot.drops` sums, over backends, the latest cumulative count of events
   each lost (dropped on a full queue or failed on).
+- `SanctumSnapshot.workers` holds each env worker's latest WORKER_STATUS; a
+  WORKER_RESTARTED marks the worker alive with its new restart count at once. Statuses
+  go to the event log only for a dead worker, restarts always.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from esper.sanctum.schema import (
     SanctumSnapshot,
     SlotState,
     TamiyoState,
+    WorkerState,
 )
 from esper.telemetry.contracts import (
     EpisodeCompleted,
@@ -62,6 +66,8 @@ from esper.telemetry.contracts import (
     TelemetryEvent,
     TrainingFailed,
     TrainingStarted,
+    WorkerRestarted,
+    WorkerStatus,
 )
 from esper.telemetry.recorder import ReadStats, read_events
 
@@ -77,6 +83,8 @@ _NEXT_BATCH_EVENTS: frozenset[EventType] = frozenset(
         EventType.SEED_LIFECYCLE,
         EventType.PPO_UPDATE_COMPLETED,
         EventType.PPO_UPDATE_SKIPPED,
+        EventType.WORKER_STATUS,
+        EventType.WORKER_RESTARTED,
     }
 )
 _UPDATE_EVENTS = frozenset({EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED})
@@ -184,6 +192,7 @@ class SanctumAggregator:
         self._events_read = 0
         self._lines_skipped = 0
         self._lost: dict[str, int] = {}
+        self._workers: dict[int, WorkerState] = {}
         self._handlers: dict[EventType, Callable[[TelemetryEvent], None]] = {
             EventType.TRAINING_STARTED: self._handle_training_started,
             EventType.EPISODE_COMPLETED: self._handle_episode_completed,
@@ -192,6 +201,8 @@ class SanctumAggregator:
             EventType.PPO_UPDATE_SKIPPED: self._handle_ppo_skipped,
             EventType.RATIO_EXPLOSION: self._handle_ratio_explosion,
             EventType.TELEMETRY_DROPS: self._handle_drops,
+            EventType.WORKER_STATUS: self._handle_worker_status,
+            EventType.WORKER_RESTARTED: self._handle_worker_restarted,
             EventType.TRAINING_FINISHED: self._handle_finished,
             EventType.TRAINING_FAILED: self._handle_failed,
         }
@@ -232,6 +243,7 @@ class SanctumAggregator:
                 events_read=self._events_read,
                 lines_skipped=self._lines_skipped,
                 drops=sum(self._lost.values()),
+                workers=tuple(self._workers[w] for w in sorted(self._workers)),
             )
 
     # ------------------------------------------------------------------ handlers
@@ -357,6 +369,28 @@ class SanctumAggregator:
         p = event.payload
         assert isinstance(p, TelemetryDrops)
         self._lost[p.backend] = max(self._lost.get(p.backend, 0), p.dropped + p.failed)
+        self._log_event(event)
+
+    def _handle_worker_status(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, WorkerStatus)
+        self._workers[p.worker] = WorkerState(
+            worker=p.worker,
+            backend=p.backend,
+            alive=p.alive,
+            restarts=p.restarts,
+            envs=p.envs,
+            steps_per_second=p.steps_per_second,
+            batch=event.batch,
+        )
+        if not p.alive:
+            self._log_event(event)
+
+    def _handle_worker_restarted(self, event: TelemetryEvent) -> None:
+        p = event.payload
+        assert isinstance(p, WorkerRestarted)
+        known = self._workers.get(p.worker, WorkerState(worker=p.worker, backend=p.backend))
+        self._workers[p.worker] = dataclasses.replace(known, alive=True, restarts=p.restarts)
         self._log_event(event)
 
     def _handle_finished(self, event: TelemetryEvent) -> None:

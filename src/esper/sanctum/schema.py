@@ -139,6 +139,19 @@ class EventLogEntry:
 
 
 @dataclass(frozen=True)
+class WorkerState:
+    """One env worker as last reported (WORKER_STATUS, WORKER_RESTARTED)."""
+
+    worker: int
+    backend: str = ""
+    alive: bool = True
+    restarts: int = 0
+    envs: int = 0
+    steps_per_second: float | None = None  # None until its first status
+    batch: int | None = None  # the batch of its latest status
+
+
+@dataclass(frozen=True)
 class SanctumSnapshot:
     """Everything the dashboard draws, frozen at one moment."""
 
@@ -151,6 +164,7 @@ class SanctumSnapshot:
     events_read: int = 0
     lines_skipped: int = 0  # malformed lines the reader passed over
     drops: int = 0  # events a live backend dropped, as reported by the hub
+    workers: tuple[WorkerState, ...] = ()  # env workers, by worker id
 
     @property
     def is_stale(self) -> bool:

@@ -40,6 +40,8 @@ class EventType(StrEnum):
     PPO_UPDATE_SKIPPED = "PPO_UPDATE_SKIPPED"
     RATIO_EXPLOSION = "RATIO_EXPLOSION"
     TELEMETRY_DROPS = "TELEMETRY_DROPS"
+    WORKER_STATUS = "WORKER_STATUS"
+    WORKER_RESTARTED = "WORKER_RESTARTED"
     TRAINING_FINISHED = "TRAINING_FINISHED"
     TRAINING_FAILED = "TRAINING_FAILED"
 
@@ -241,6 +243,7 @@ class EpisodeCompleted(Payload):
     seeds_fossilized: int
     seeds_killed: int
     length: int
+    worker: int | None = None  # the worker that stepped the env (None in older logs)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -253,6 +256,7 @@ class SeedLifecycle(Payload):
     to_stage: str
     blueprint: str | None
     alpha: float
+    worker: int | None = None  # the worker that stepped the env (None in older logs)
 
 
 #: The per-head statistics other than ratio max (TELE-151, spelled out below): name ->
@@ -404,6 +408,38 @@ class TelemetryDrops(Payload):
 
 
 @dataclass(frozen=True, kw_only=True)
+class WorkerStatus(Payload):
+    """One env worker after a batch's rollout: one event per worker per batch.
+
+    `steps_per_second` is the env steps the worker took over the rollout's wall time
+    (acting in the driver included), so the workers' rates add up to the run's.
+    """
+
+    worker: int
+    backend: str  # "inprocess" | "processes" | "ray"
+    alive: bool
+    restarts: int  # replacements of this worker so far in the run
+    envs: int  # envs this worker steps
+    steps: int  # env steps it took in the batch
+    steps_per_second: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerRestarted(Payload):
+    """A lost env worker (dead, or silent past its timeout) was replaced.
+
+    Its envs were restored by replaying their episodes (same seeds, same actions), so the
+    batch goes on with the same numbers; `replayed_steps` is what the replay cost.
+    """
+
+    worker: int
+    backend: str
+    reason: str
+    restarts: int  # replacements of this worker so far, this one included
+    replayed_steps: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class TrainingFinished(Payload):
     """The run ended without an exception: done, or stopped early by the operator."""
 
@@ -431,6 +467,8 @@ PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
     EventType.PPO_UPDATE_SKIPPED: PPOUpdateSkipped,
     EventType.RATIO_EXPLOSION: RatioExplosion,
     EventType.TELEMETRY_DROPS: TelemetryDrops,
+    EventType.WORKER_STATUS: WorkerStatus,
+    EventType.WORKER_RESTARTED: WorkerRestarted,
     EventType.TRAINING_FINISHED: TrainingFinished,
     EventType.TRAINING_FAILED: TrainingFailed,
 }

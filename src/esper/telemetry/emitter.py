@@ -32,6 +32,8 @@ from esper.telemetry.contracts import (
     TrainingFailed,
     TrainingFinished,
     TrainingStarted,
+    WorkerRestarted,
+    WorkerStatus,
 )
 
 
@@ -188,6 +190,7 @@ class TelemetryEmitter:
         length: int,
         episode: int | None = None,
         batch: int | None = None,
+        worker: int | None = None,
     ) -> EpisodeCompleted:
         payload = EpisodeCompleted(
             env_index=env_index,
@@ -197,6 +200,7 @@ class TelemetryEmitter:
             seeds_fossilized=seeds_fossilized,
             seeds_killed=seeds_killed,
             length=length,
+            worker=worker,
         )
         message = (
             f"env {env_index} episode done: return {episode_return:.3f}, "
@@ -216,6 +220,7 @@ class TelemetryEmitter:
         alpha: float,
         episode: int | None = None,
         batch: int | None = None,
+        worker: int | None = None,
     ) -> SeedLifecycle:
         payload = SeedLifecycle(
             env_index=env_index,
@@ -224,6 +229,7 @@ class TelemetryEmitter:
             to_stage=to_stage,
             blueprint=blueprint,
             alpha=alpha,
+            worker=worker,
         )
         message = f"env {env_index} slot {slot}: {from_stage} -> {to_stage}" + (
             f" ({blueprint})" if blueprint else ""
@@ -322,6 +328,59 @@ class TelemetryEmitter:
             f" (last error: {last_error})" if last_error else ""
         )
         self._emit(EventType.TELEMETRY_DROPS, payload, message, severity="warning")
+        return payload
+
+    def emit_worker_status(
+        self,
+        *,
+        worker: int,
+        backend: str,
+        alive: bool,
+        restarts: int,
+        envs: int,
+        steps: int,
+        steps_per_second: float,
+        batch: int | None = None,
+    ) -> WorkerStatus:
+        """Publish one env worker's state after a rollout; a dead worker is a warning."""
+        payload = WorkerStatus(
+            worker=worker,
+            backend=backend,
+            alive=alive,
+            restarts=restarts,
+            envs=envs,
+            steps=steps,
+            steps_per_second=steps_per_second,
+        )
+        state = f"{steps_per_second:.1f} env steps/s" if alive else "DEAD"
+        message = f"worker {worker} ({backend}, {envs} envs): {state}, {restarts} restarts"
+        severity: Severity = "info" if alive else "warning"
+        self._emit(EventType.WORKER_STATUS, payload, message, severity=severity, batch=batch)
+        return payload
+
+    def emit_worker_restarted(
+        self,
+        *,
+        worker: int,
+        backend: str,
+        reason: str,
+        restarts: int,
+        replayed_steps: int,
+        batch: int | None = None,
+    ) -> WorkerRestarted:
+        """Publish the replacement of a lost env worker (always a warning)."""
+        payload = WorkerRestarted(
+            worker=worker,
+            backend=backend,
+            reason=reason,
+            restarts=restarts,
+            replayed_steps=replayed_steps,
+        )
+        message = (
+            f"worker {worker} ({backend}) lost ({reason}); replaced and "
+            f"{replayed_steps} env steps replayed (restart {restarts})"
+        )
+        self._emit(EventType.WORKER_RESTARTED, payload, message, severity="warning", batch=batch)
         return payload
 
     def emit_training_finished(

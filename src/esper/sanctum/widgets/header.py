@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.text import Text
 
-from esper.sanctum.schema import SanctumSnapshot
+from esper.sanctum.schema import SanctumSnapshot, WorkerState
 from esper.sanctum.widgets.base import SnapshotPanel
-from esper.sanctum.widgets.style import CRITICAL, HEALTHY, NO_DATA, WARNING, fmt_duration
+from esper.sanctum.widgets.style import (
+    CRITICAL,
+    HEALTHY,
+    NO_DATA,
+    NO_VALUE,
+    WARNING,
+    fmt_duration,
+)
 
 #: A live run with no event for this long is flagged: the trainer may have stalled or died.
 IDLE_AFTER_S = 10.0
+#: Up to this many env workers are shown one by one; more are summarised (range, dead ones).
+WORKERS_LISTED = 6
+#: At most this many dead workers are named in the summary.
+DEAD_NAMED = 8
 _SEPARATOR = Text(" │ ", style=NO_DATA)
 
 
@@ -117,6 +129,41 @@ class FieldLine:
             yield line
 
 
+def worker_field(worker: WorkerState) -> Text:
+    """One worker: its env steps/s over the latest batch, or that it is dead (red)."""
+    if not worker.alive:
+        return Text(f"w{worker.worker} dead", style=f"bold {CRITICAL}")
+    rate = NO_VALUE if worker.steps_per_second is None else f"{worker.steps_per_second:.1f}"
+    return Text(f"w{worker.worker} {rate} steps/s", style=WARNING if worker.restarts else "")
+
+
+def worker_fields(workers: Sequence[WorkerState]) -> list[Text]:
+    """Header fields for the env workers; none for a single worker (nothing to compare)."""
+    if len(workers) < 2:
+        return []
+    alive = sum(w.alive for w in workers)
+    everyone = alive == len(workers)
+    fields = [
+        Text(f"workers {alive}/{len(workers)} alive", style=HEALTHY if everyone else CRITICAL)
+    ]
+    rates = [w.steps_per_second for w in workers if w.alive and w.steps_per_second is not None]
+    if len(workers) <= WORKERS_LISTED:
+        fields += [worker_field(w) for w in workers]
+    else:
+        if rates:
+            fields.append(Text(f"{min(rates):.1f}–{max(rates):.1f} steps/s per worker"))
+        dead = [f"w{w.worker}" for w in workers if not w.alive]
+        if dead:
+            more = "…" if len(dead) > DEAD_NAMED else ""
+            fields.append(Text(f"dead: {', '.join(dead[:DEAD_NAMED])}{more}", style=CRITICAL))
+    if rates:
+        fields.append(Text(f"total {sum(rates):.1f} steps/s"))
+    restarts = sum(w.restarts for w in workers)
+    if restarts:
+        fields.append(Text(f"{restarts} restart{'s' if restarts > 1 else ''}", style=WARNING))
+    return fields
+
+
 def render_header(snapshot: SanctumSnapshot, view: HeaderView) -> RenderableType:
     """One line (wrapping on narrow terminals) of run state, identity and progress."""
     run, progress = snapshot.run, snapshot.progress
@@ -134,12 +181,13 @@ def render_header(snapshot: SanctumSnapshot, view: HeaderView) -> RenderableType
         Text(f"PPO updates {snapshot.tamiyo.ppo_updates_count}"),
         Text(f"elapsed {fmt_duration(elapsed)}" if elapsed is not None else "elapsed —"),
         Text(f"{rate:.2f} ep/s" if rate is not None else "— ep/s"),
+        *worker_fields(snapshot.workers),
     ]
     return FieldLine([field for field in fields if field.plain], _SEPARATOR)
 
 
 class SanctumHeader(SnapshotPanel):
-    """Run id, task, episode x/N, PPO updates, elapsed, episodes/s and run state."""
+    """Run id, task, episode x/N, PPO updates, elapsed, episodes/s, run state, workers."""
 
     WIDTH_ONLY = True
 
@@ -159,7 +207,13 @@ class SanctumHeader(SnapshotPanel):
 
     def drawn(self, snapshot: SanctumSnapshot) -> object:
         t = snapshot.tamiyo
-        return snapshot.run, snapshot.progress, t.ppo_updates_count, snapshot.events_read
+        return (
+            snapshot.run,
+            snapshot.progress,
+            t.ppo_updates_count,
+            snapshot.events_read,
+            snapshot.workers,
+        )
 
     def update_snapshot(self, snapshot: SanctumSnapshot, view: HeaderView | None = None) -> None:
         """Show `snapshot` under `view` (the clock moves even when the snapshot does not)."""
