@@ -7,6 +7,7 @@ so mistakes are reported instantly and `sanctum` never loads torch at all.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import secrets
 import sys
 import threading
@@ -18,7 +19,15 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from esper.checkpoint import CHECKPOINT_NAME
-from esper.config import CLIP_MODES, TASKS, ConfigError, TrainConfig, build_config, read_config_file
+from esper.config import (
+    BACKENDS,
+    CLIP_MODES,
+    TASKS,
+    ConfigError,
+    TrainConfig,
+    build_config,
+    read_config_file,
+)
 from esper.telemetry.recorder import EVENTS_FILE
 
 EXIT_USAGE = 2
@@ -26,7 +35,7 @@ EXIT_INTERRUPTED = 130
 #: Flags that are training settings (TrainConfig fields of the same name).
 SETTING_FLAGS = (
     "episodes", "task", "envs", "episode_length", "slots", "epochs", "minibatches",
-    "clip", "clip_mode", "lr", "seed", "device", "fault",
+    "clip", "clip_mode", "lr", "seed", "device", "fault", "backend", "workers", "ray_address",
 )  # fmt: skip
 
 
@@ -60,6 +69,13 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--lr", type=float, help="learning rate (default 3e-4)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="torch device: cpu (default), cuda, cuda:N")
+    p.add_argument("--backend", choices=BACKENDS, help="where the envs step (default inprocess)")
+    p.add_argument(
+        "--workers", type=int, help="worker processes or Ray actors (default: one per env)"
+    )
+    p.add_argument(
+        "--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local one)"
+    )
     p.add_argument("--run-dir", type=Path, help="where to record the run (default runs/<run-id>)")
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
     p.add_argument("--no-tui", action="store_true", help="run headless with a progress bar")
@@ -104,6 +120,12 @@ def prepare_run_dir(run_dir: Path | None, run_id: str) -> Path:
     return path
 
 
+def _check_ray(config: TrainConfig) -> None:
+    """The ray backend needs the optional extra; say so before any worker starts."""
+    if config.backend == "ray" and importlib.util.find_spec("ray") is None:
+        raise UsageError("--backend ray needs Ray, which is not installed: install esper[ray]")
+
+
 def _check_device(device: str) -> None:
     import torch
 
@@ -111,8 +133,9 @@ def _check_device(device: str) -> None:
         raise UsageError(f"--device {device} requested but no CUDA device is available")
 
 
-#: Flags a resumed run may change; everything else comes from its checkpoint.
-RESUME_FLAGS = frozenset({"episodes", "device"})
+#: Flags a resumed run may change; everything else comes from its checkpoint. Where the
+#: envs step changes the wall time only, so a resumed run may move to other workers.
+RESUME_FLAGS = frozenset({"episodes", "device", "backend", "workers", "ray_address"})
 
 
 def _given_settings(args: argparse.Namespace) -> set[str]:
@@ -146,6 +169,8 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"cannot resume from {run_dir / CHECKPOINT_NAME}: {reason}") from None
     overrides = {name: getattr(args, name) for name in RESUME_FLAGS}
+    if args.backend is not None:  # another backend starts from its own worker defaults
+        saved = {k: v for k, v in saved.items() if k not in ("workers", "ray_address")}
     config = build_config(saved, overrides)
     done = int(point.checkpoint["episodes_done"])
     if done >= config.episodes:
@@ -163,8 +188,10 @@ def run_ppo(args: argparse.Namespace) -> int:
         if args.resume is not None:
             run_dir, config, resume = resume_settings(args)
             run_id = run_dir.resolve().name
+            _check_ray(config)
         else:
             config = config_from_args(args)
+            _check_ray(config)  # before the run directory exists: nothing is left behind
             run_id = make_run_id()
             run_dir = prepare_run_dir(args.run_dir, run_id)
         _check_device(config.device)

@@ -17,6 +17,8 @@ from esper.actions import HEAD_NAMES
 from esper.tasks import TASKS
 
 CLIP_MODES: tuple[str, ...] = ("per_head", "joint")
+#: Where the envs step (esper.runners): this process, local worker processes, Ray actors.
+BACKENDS: tuple[str, ...] = ("inprocess", "processes", "ray")
 
 
 class ConfigError(ValueError):
@@ -28,7 +30,8 @@ class TrainConfig:
     """Everything a training run is started with; recorded verbatim in run.json.
 
     `episodes` counts episodes in total over all parallel envs; one PPO update follows
-    each batch of `envs` episodes (the last batch may be smaller).
+    each batch of `envs` episodes (the last batch may be smaller). `backend`, `workers`
+    and `ray_address` say where the envs step; they change the wall time, not the numbers.
     """
 
     task: str = "digits"
@@ -53,6 +56,11 @@ class TrainConfig:
     max_bad_updates: int = 5
     seed: int = 0
     device: str = "cpu"
+    backend: str = "inprocess"
+    #: Worker processes or Ray actors the envs are spread over (default: one per env).
+    workers: int | None = None
+    #: Address of a running Ray cluster (backend "ray"); default: start a local one.
+    ray_address: str | None = None
     #: Fault injection for tests and drills: "HEAD=nan@FIRST[-LAST]" (or inf) makes that
     #: head's logits non-finite in every minibatch of updates FIRST..LAST (batch indices).
     fault: str | None = None
@@ -64,6 +72,13 @@ class TrainConfig:
     def batches(self) -> int:
         """Number of PPO updates the run will do."""
         return -(-self.episodes // self.envs)
+
+    @property
+    def n_workers(self) -> int:
+        """Workers the envs are spread over: 1 in process, else `workers` or one per env."""
+        if self.backend == "inprocess":
+            return 1
+        return self.workers if self.workers is not None else self.envs
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -146,6 +161,29 @@ def validate(cfg: TrainConfig) -> None:
         parse_fault(cfg.fault)
     if not isinstance(cfg.device, str) or cfg.device.split(":")[0] not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"device must be cpu, cuda[:N] or mps, got {cfg.device!r}")
+    _validate_backend(cfg)
+
+
+def _validate_backend(cfg: TrainConfig) -> None:
+    """`backend`, `workers` and `ray_address` must agree with each other and with `envs`."""
+    if cfg.backend not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
+    if cfg.workers is not None:
+        _positive_int(cfg, "workers")
+        if cfg.backend == "inprocess" and cfg.workers != 1:
+            raise ConfigError(
+                f"workers={cfg.workers} needs backend processes or ray "
+                "(inprocess steps every env in this process)"
+            )
+        if cfg.workers > cfg.envs:
+            raise ConfigError(
+                f"workers ({cfg.workers}) must be <= envs ({cfg.envs}): a worker steps whole envs"
+            )
+    if cfg.ray_address is not None:
+        if not isinstance(cfg.ray_address, str) or not cfg.ray_address.strip():
+            raise ConfigError(f"ray_address must be a non-empty string, got {cfg.ray_address!r}")
+        if cfg.backend != "ray":
+            raise ConfigError(f"ray_address needs backend ray, got backend {cfg.backend!r}")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

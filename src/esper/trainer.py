@@ -2,10 +2,14 @@
 
 This is the only place that knows both PPO internals and telemetry: it turns the
 agent's metrics dict into events and never lets a downstream consumer see a tensor.
+It also picks where the envs step (`config.backend`, see `esper.runners`); what workers
+report (lifecycle changes, episode outcomes, restarts, throughput) is emitted here,
+tagged with the worker, through the same emitter as everything else.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import traceback
@@ -19,9 +23,17 @@ import torch
 from esper.actions import HEAD_NAMES, head_sizes
 from esper.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from esper.config import TrainConfig, parse_fault
-from esper.environment import MorphogeneticEnv
+from esper.environment import MorphogeneticEnv, observation_layout
 from esper.ppo import PPOAgent, PPOConfig, RatioExplosionReport
 from esper.rollout import collect_batch
+from esper.runners import (
+    EnvRunner,
+    FactoredEnv,
+    InProcessRunner,
+    RestartNotice,
+    WorkerError,
+    make_runner,
+)
 from esper.telemetry.contracts import EventType
 from esper.telemetry.emitter import TelemetryEmitter
 from esper.telemetry.recorder import EVENTS_FILE, read_events
@@ -61,6 +73,11 @@ def ppo_config(cfg: TrainConfig) -> PPOConfig:
         joint_ratio_limit=cfg.joint_ratio_limit,
         hidden=cfg.hidden,
     )
+
+
+def observation_size(n_slots: int) -> int:
+    """Length of the env's observation vector, known without building an env."""
+    return sum(size for _, size, _, _ in observation_layout(n_slots))
 
 
 def episode_seeds(base_seed: int, first_episode: int, count: int) -> list[int]:
@@ -105,6 +122,9 @@ class Trainer:
     After each update the checkpoint is written *before* the update's event: a kill in
     between leaves the event pending in the checkpoint, and `--resume` emits it then, so
     every completed update appears in the log exactly once.
+
+    The env runner starts with the first batch and stops when `run` returns. With the
+    in-process backend it steps `self.envs`, which a caller may wrap before `run`.
     """
 
     def __init__(
@@ -121,17 +141,20 @@ class Trainer:
         self.stop = stop or threading.Event()
         self.fault = parse_fault(config.fault) if config.fault else None
         torch.manual_seed(config.seed)
-        self.envs: list[MorphogeneticEnv] = [
-            MorphogeneticEnv(
-                task=config.task,
-                n_slots=config.slots,
-                episode_length=config.episode_length,
-                device=config.device,
-            )
-            for _ in range(config.envs)
-        ]
+        self._make_env = functools.partial(
+            MorphogeneticEnv,
+            task=config.task,
+            n_slots=config.slots,
+            episode_length=config.episode_length,
+            device=config.device,
+        )
+        in_process = config.backend == "inprocess"
+        self.envs: list[FactoredEnv] = (
+            [self._make_env() for _ in range(config.envs)] if in_process else []
+        )
+        self.runner: EnvRunner | None = None
         self.agent = PPOAgent(
-            obs_dim=self.envs[0].obs_dim,
+            obs_dim=observation_size(config.slots),
             head_sizes=head_sizes(config.slots),
             config=ppo_config(config),
             device=config.device,
@@ -154,10 +177,60 @@ class Trainer:
         self._bad_updates = int(state.get("bad_updates", 0))
         self._pending = state.get("pending")
 
+    def _open_runner(self) -> EnvRunner:
+        """The runner for the configured backend, started on first use."""
+        if self.runner is None:
+            cfg = self.config
+            self.runner = (
+                InProcessRunner(self.envs)
+                if cfg.backend == "inprocess"
+                else make_runner(
+                    cfg.backend,
+                    [self._make_env] * cfg.envs,
+                    cfg.n_workers,
+                    ray_address=cfg.ray_address,
+                    on_restart=self._on_worker_restart,
+                )
+            )
+        return self.runner
+
+    def close(self) -> None:
+        """Stop the env workers, if any were started; idempotent."""
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.close()
+
+    def _worker_of(self, env_index: int) -> int | None:
+        return None if self.runner is None else self.runner.worker_of(env_index)
+
+    def _on_worker_restart(self, notice: RestartNotice) -> None:
+        self.emitter.emit_worker_restarted(
+            worker=notice.worker,
+            backend=notice.backend,
+            reason=notice.reason,
+            restarts=notice.restarts,
+            replayed_steps=notice.replayed_steps,
+            batch=self.batch,
+        )
+
+    def _emit_worker_status(self, runner: EnvRunner) -> None:
+        for info in runner.status():
+            self.emitter.emit_worker_status(
+                worker=info.worker,
+                backend=runner.backend,
+                alive=info.alive,
+                restarts=info.restarts,
+                envs=info.envs,
+                steps=info.steps,
+                steps_per_second=info.steps_per_second,
+                batch=self.batch,
+            )
+
     def _on_step(self, env_index: int, step: int, info: dict[str, Any]) -> None:
         for change in info.get("lifecycle_events", ()):
             self.emitter.emit_seed_lifecycle(
                 env_index=env_index,
+                worker=self._worker_of(env_index),
                 slot=int(change["slot"]),
                 from_stage=str(change["from_stage"]),
                 to_stage=str(change["to_stage"]),
@@ -171,12 +244,14 @@ class Trainer:
         cfg = self.config
         n = min(cfg.envs, cfg.episodes - self.episodes_done)
         seeds = episode_seeds(cfg.seed, self.episodes_done, n)
+        runner = self._open_runner()
         buffer, episodes = collect_batch(
-            self.agent, self.envs[:n], cfg.episode_length, seeds, on_step=self._on_step
+            self.agent, runner, cfg.episode_length, seeds, on_step=self._on_step
         )
         for i, ep in enumerate(episodes):
             self.emitter.emit_episode_completed(
                 env_index=i,
+                worker=runner.worker_of(i),
                 episode_return=float(ep["return"]),
                 final_accuracy=float(ep["final_accuracy"]),
                 seeds_grown=int(ep["seeds_grown"]),
@@ -186,6 +261,7 @@ class Trainer:
                 episode=self.episodes_done + i,
                 batch=self.batch,
             )
+        self._emit_worker_status(runner)
         faulty = self.fault is not None and self.fault.active(self.batch)
         if faulty:
             assert self.fault is not None
@@ -275,18 +351,24 @@ class Trainer:
         )
         self._emit_pending()
 
+    def _train(self) -> bool:
+        """Batches until the run is done (False) or `stop` is set (True)."""
+        try:
+            while self.episodes_done < self.config.episodes:
+                if self.stop.is_set():
+                    return True
+                self._run_batch()
+        except WorkerError as exc:  # an infrastructure failure: one line, no traceback
+            raise TrainingError(f"environment workers failed: {exc}") from exc
+        return False
+
     def run(self) -> TrainResult:
         """Train to the end, to `stop`, or to Ctrl-C; always leaves telemetry complete."""
-        cfg = self.config
         start = time.perf_counter()
         interrupted = False
         try:
             self._start()
-            while self.episodes_done < cfg.episodes:
-                if self.stop.is_set():
-                    interrupted = True
-                    break
-                self._run_batch()
+            interrupted = self._train()
         except KeyboardInterrupt:
             interrupted = True
         except BaseException as exc:
@@ -295,6 +377,8 @@ class Trainer:
                 traceback=None if isinstance(exc, TrainingError) else traceback.format_exc(),
             )
             raise
+        finally:
+            self.close()
         wall = time.perf_counter() - start
         self._save_checkpoint()
         self.emitter.emit_training_finished(
