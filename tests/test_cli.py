@@ -139,3 +139,23 @@ def test_existing_run_is_never_overwritten(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "already holds a recorded run" in proc.stderr
     assert (run_dir / "events.jsonl").read_text() == '{"keep": true}\n'
+
+
+def test_esper_report_and_query_through_the_real_cli(
+    recorded_run: tuple[Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    run_dir, _ = recorded_run
+    out = tmp_path / "report.html"
+    proc = run_cli("esper", "report", str(run_dir), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    html = out.read_text()
+    assert all(head in html for head in HEAD_NAMES)
+    sql = "SELECT update_index, head_slot_ratio_max FROM ppo_updates ORDER BY update_index"
+    proc = run_cli("esper", "query", str(run_dir), sql, "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    recorded = [e["data"] for e in events if e["event_type"] == "PPO_UPDATE_COMPLETED"]
+    assert [r["head_slot_ratio_max"] for r in rows] == [d["head_slot_ratio_max"] for d in recorded]
+    proc = run_cli("esper", "query", str(run_dir), "SELEC nonsense", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1

@@ -18,6 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
+from esper.analysis import AnalysisError
+from esper.analysis.commands import add_analysis_commands
+from esper.analysis.exporters import make_exporters
 from esper.checkpoint import CHECKPOINT_NAME
 from esper.config import (
     BACKENDS,
@@ -80,6 +83,17 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
     p.add_argument("--no-tui", action="store_true", help="run headless with a progress bar")
     p.add_argument(
+        "--tensorboard",
+        type=Path,
+        metavar="DIR",
+        help="also write TensorBoard scalars to DIR/<run-id> (esper[tensorboard])",
+    )
+    p.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log an offline W&B run into the run directory (esper[wandb])",
+    )
+    p.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its checkpoint"
     )
     # Fault injection for tests and drills (HEAD=nan@FIRST[-LAST]); not for everyday use.
@@ -90,6 +104,7 @@ def _esper_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="esper", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _ppo_parser(sub)
+    add_analysis_commands(sub)
     return parser
 
 
@@ -204,7 +219,13 @@ def run_ppo(args: argparse.Namespace) -> int:
     from esper.trainer import Trainer
 
     hub = TelemetryHub()
+    try:
+        exporters = make_exporters(args.tensorboard, args.wandb, run_dir, config.to_dict())
+    except AnalysisError as exc:
+        _fail("esper ppo", str(exc))
     hub.add_backend(RunRecorder(run_dir, config=config.to_dict(), run_id=run_id))
+    for backend in exporters:
+        hub.add_backend(backend)
     emitter = TelemetryEmitter(
         hub,
         run_id=run_id,
@@ -290,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _esper_parser().parse_args(argv)
     if args.command == "ppo":
         return run_ppo(args)
-    raise AssertionError(f"unhandled command {args.command}")  # argparse rejects others
+    return int(args.handler(args))  # analysis commands: report, query
 
 
 # ---------------------------------------------------------------- sanctum
