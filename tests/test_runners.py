@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,7 @@ from esper.runners import (
     WorkerError,
     WorkerLost,
     WorkerPoolRunner,
+    unreachable_address,
     worker_envs,
 )
 from esper.sanctum.aggregator import SanctumAggregator
@@ -340,6 +342,15 @@ def test_a_ray_run_survives_a_killed_actor_with_the_same_numbers(
     restarted = payloads(events, EventType.WORKER_RESTARTED)
     assert [(p["worker"], p["backend"], p["restarts"]) for p in restarted] == [(1, "ray", 1)]
     assert {s["backend"] for s in payloads(events, EventType.WORKER_STATUS)} == {"ray"}
+
+
+def test_a_ray_address_is_probed_before_ray_retries_it_forever() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        assert unreachable_address(f"127.0.0.1:{port}") is None
+        assert unreachable_address(f"ray://127.0.0.1:{port}") is None
+    assert unreachable_address(f"127.0.0.1:{port}") == "Connection refused"  # closed now
+    assert unreachable_address("auto") is None  # Ray answers these itself, at once
 
 
 # ------------------------------------------------------------------ configuration and CLI

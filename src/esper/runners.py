@@ -41,6 +41,7 @@ import multiprocessing.context
 import os
 import secrets
 import signal
+import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -737,6 +738,26 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+#: Seconds to wait for a TCP connection to a Ray cluster's address before giving up.
+CONNECT_TIMEOUT = 10.0
+
+
+def unreachable_address(address: str, timeout: float = CONNECT_TIMEOUT) -> str | None:
+    """Why a "[ray://]host:port" address takes no TCP connection, or None if it does.
+
+    `ray.init` retries an unreachable cluster without end, so the address is probed
+    first. Other forms ("auto", "local") are left to Ray, which answers them at once.
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
 class RayRunner(WorkerPoolRunner):
     """Envs on Ray actors, one actor per worker (1 CPU each).
 
@@ -760,13 +781,19 @@ class RayRunner(WorkerPoolRunner):
         self._owns_ray = not ray.is_initialized()
         if self._owns_ray:
             workers = len(factories) if n_workers is None else n_workers
-            ray.init(
-                address=address,
-                num_cpus=None if address else max(workers, os.cpu_count() or 1),
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level=logging.ERROR,
-            )
+            if address is not None and (unreachable := unreachable_address(address)):
+                raise WorkerError(f"cannot reach the Ray cluster at {address}: {unreachable}")
+            try:
+                ray.init(
+                    address=address,
+                    num_cpus=None if address else max(workers, os.cpu_count() or 1),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    logging_level=logging.ERROR,
+                )
+            except Exception as exc:  # unreachable address, no local resources, ...
+                where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+                raise WorkerError(f"cannot start {where}: {_first_line(exc)}") from exc
         self._actor_class = ray.remote(num_cpus=1, max_restarts=0)(WorkerEnvGroup)
         try:
             super().__init__(factories, n_workers, **kw)
