@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import memory, sanctum_load, telemetry_overhead, versus_sb3
+from benchmarks import memory, sanctum_load, scaling, telemetry_overhead, versus_sb3
 from benchmarks.common import Row, Section, load_average, machine_info, pin_threads
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -27,6 +27,7 @@ SECTIONS: dict[str, Callable[[bool], Section]] = {
     "versus_sb3": versus_sb3.run,
     "sanctum_load": sanctum_load.run,
     "memory": memory.run,
+    "scaling": scaling.run,
 }
 
 
