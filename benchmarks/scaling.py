@@ -173,8 +173,9 @@ def _rows(result: dict[str, Any]) -> list[Row]:
 
 def run(quick: bool) -> Section:
     """Episodes/s per backend with 1 and 2 workers, the 2-over-1 speed-ups, efficiencies."""
-    with_ray = importlib.util.find_spec("ray") is not None
-    result = measure(rounds=4 if quick else 12, with_ray=with_ray)
+    # --quick leaves Ray out: starting a local Ray instance alone costs ~20 s of its budget.
+    with_ray = not quick and importlib.util.find_spec("ray") is not None
+    result = measure(rounds=3 if quick else 12, with_ray=with_ray)
     raw = {
         **result,
         "episodes_per_second": {k: v.as_dict() for k, v in result["episodes_per_second"].items()},
