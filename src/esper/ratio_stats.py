@@ -6,7 +6,8 @@ the joint ratio escapes while every head looks healthy.
 
 Everything here is reducible (max, min, sums of counts), stays on the tensor's device and
 never synchronises with the host, so PPO can fold the statistics of every minibatch of
-every epoch and pay for a single device->host transfer per update (`metric_tensor`).
+every epoch and pay for a single device->host transfer per update (`reading_tensor`, then
+`read` turns the host values into the typed per-head records of `esper.telemetry.heads`).
 Ratios are taken against the log-probs stored at rollout time, over the samples where a
 head was causally relevant. A relevant sample whose new or old log-prob is not finite is
 counted in `nonfinite` and left out of every other statistic, so one NaN never poisons a max.
@@ -14,6 +15,7 @@ counted in `nonfinite` and left out of every other statistic, so one NaN never p
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -21,14 +23,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-#: Log-ratios are clamped to +-20 before exp: exp(88) overflows float32, and exp(20)
-#: (about 4.9e8) already says the policy diverged.
-LOG_RATIO_CLAMP = 20.0
-#: Reported for a head (or the joint) with no sample: "no policy change". Consumers tell
-#: it from a measured 1.0 by `head_{h}_relevant == 0`.
-NEUTRAL_RATIO = 1.0
-#: Per-head metric suffixes, in the order `metric_tensor` lays them out.
-HEAD_METRICS: tuple[str, ...] = ("ratio_max", "ratio_min", "clip_fraction", "relevant", "nonfinite")
+from esper.telemetry.heads import (
+    HEAD_STATS,
+    LOG_RATIO_CLAMP,
+    NEUTRAL_RATIO,
+    ExplosionReport,
+    HeadStats,
+    explain_explosion,
+)
 
 
 class LogRatios(NamedTuple):
@@ -85,13 +87,32 @@ def joint_ratio_max(lr: LogRatios) -> Tensor:
     return torch.where(lr.joint_valid, joint, torch.zeros_like(joint)).amax()
 
 
+@dataclass(frozen=True)
+class RatioReading:
+    """The host values of a `HeadRatioStats`: typed per-head records and the joint."""
+
+    heads: dict[str, HeadStats]
+    joint_ratio_max: float
+    joint_clip_fraction: float
+    worst_log_ratios: dict[str, float]  # per head, at the sample of the largest joint ratio
+
+    def explosion(self, clip_eps: float, threshold: float) -> ExplosionReport | None:
+        """The explosion report when the joint ratio max exceeds `threshold`, else None."""
+        if not self.joint_ratio_max > threshold:
+            return None
+        return explain_explosion(
+            self.heads, self.joint_ratio_max, self.worst_log_ratios, clip_eps
+        )
+
+
 @dataclass(frozen=True, eq=False)
 class HeadRatioStats:
     """Reducible ratio statistics of one or more minibatches, as device tensors.
 
-    The empty value (`empty`) is the identity of `merge`: ratio max 0 (every ratio is at
-    least exp(-20)), ratio min +inf, counts 0. `to_metrics` maps "no sample" to 1.0.
-    With `per_head=False` only the joint fields are computed (the overhead benchmark).
+    The empty value (`empty`) is the identity of `combine`: ratio max 0 (every ratio is at
+    least exp(-20)), ratio min +inf, sums and counts 0; `reading_tensor` maps "no sample"
+    to the neutral 1.0. Entropies come from the caller (the policy knows its
+    distributions): summed nats per head over `entropy_count` samples.
     """
 
     head_names: tuple[str, ...]
@@ -100,11 +121,13 @@ class HeadRatioStats:
     clip_count: Tensor  # [H] int64, |ratio - 1| > clip_eps
     relevant_count: Tensor  # [H] int64, relevant samples with finite log-probs
     nonfinite_count: Tensor  # [H] int64, relevant samples left out as NaN/+-inf
+    kl_sum: Tensor  # [H] float64, sum of (r - 1) - log r over the relevant samples
+    entropy_sum: Tensor  # [H] float64, nats summed over entropy_count samples
+    entropy_count: Tensor  # [] float64, samples whose entropies were summed
     joint_max: Tensor  # [] max joint ratio, 0 when joint_count == 0
     joint_count: Tensor  # [] int64, samples that entered the joint
     joint_clip_count: Tensor  # [] int64, |joint ratio - 1| > clip_eps
     worst_log_ratio: Tensor  # [H] per-head clamped log-ratios at the joint max (0 if irrelevant)
-    per_head: bool = True
 
     @classmethod
     def empty(
@@ -112,11 +135,11 @@ class HeadRatioStats:
         head_names: Sequence[str],
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
-        per_head: bool = True,
     ) -> HeadRatioStats:
-        """The identity of `merge`: statistics of no sample at all."""
+        """The identity of `combine`: statistics of no sample at all."""
         n = len(head_names)
         zeros = torch.zeros(n, dtype=dtype, device=device)
+        sums = torch.zeros(n, dtype=torch.float64, device=device)
         count = torch.zeros(n, dtype=torch.int64, device=device)
         scalar_count = torch.zeros((), dtype=torch.int64, device=device)
         return cls(
@@ -126,11 +149,13 @@ class HeadRatioStats:
             clip_count=count,
             relevant_count=count,
             nonfinite_count=count,
+            kl_sum=sums,
+            entropy_sum=sums,
+            entropy_count=torch.zeros((), dtype=torch.float64, device=device),
             joint_max=torch.zeros((), dtype=dtype, device=device),
             joint_count=scalar_count,
             joint_clip_count=scalar_count,
             worst_log_ratio=zeros,
-            per_head=per_head,
         )
 
     @classmethod
@@ -139,42 +164,52 @@ class HeadRatioStats:
         lr: LogRatios,
         clip_eps: float,
         head_names: Sequence[str],
-        per_head: bool = True,
+        entropy_sum: Tensor | None = None,
+        entropy_count: Tensor | None = None,
     ) -> HeadRatioStats:
         """Reduce one batch of `log_ratios` to its statistics (no host synchronisation)."""
         n_samples, n_heads = lr.log_ratio.shape
         if n_heads != len(head_names):
             raise ValueError(f"{n_heads} heads in the tensors but {len(head_names)} names")
         log_ratio = lr.log_ratio.detach()
+        device = log_ratio.device
+        entropy_sum = (
+            torch.zeros(n_heads, dtype=torch.float64, device=device)
+            if entropy_sum is None
+            else entropy_sum.detach().to(torch.float64)
+        )
+        entropy_count = (
+            torch.zeros((), dtype=torch.float64, device=device)
+            if entropy_count is None
+            else entropy_count.detach().to(torch.float64).reshape(())
+        )
         if n_samples == 0:
-            return cls.empty(head_names, log_ratio.device, log_ratio.dtype, per_head)
+            empty = cls.empty(head_names, device, log_ratio.dtype)
+            return dataclasses.replace(
+                empty, entropy_sum=entropy_sum, entropy_count=entropy_count
+            )
         joint = torch.exp(lr.joint_log_ratio.detach())
         joint_ranked = torch.where(lr.joint_valid, joint, torch.zeros_like(joint))
         worst = torch.argmax(joint_ranked).reshape(1)
         # log_ratio is 0 on unused heads; the joint_valid factor zeroes a non-joint sample.
         worst_row = log_ratio.index_select(0, worst) * lr.joint_valid.index_select(0, worst)
-        if per_head:
-            ratio = torch.exp(log_ratio)
-            head_fields = {
-                "ratio_max": torch.where(lr.used, ratio, torch.zeros_like(ratio)).amax(dim=0),
-                "ratio_min": torch.where(lr.used, ratio, torch.full_like(ratio, torch.inf)).amin(
-                    dim=0
-                ),
-                "clip_count": (lr.used & ((ratio - 1.0).abs() > clip_eps)).sum(dim=0),
-                "relevant_count": lr.used.sum(dim=0),
-                "nonfinite_count": lr.nonfinite.sum(dim=0),
-            }
-        else:
-            identity = cls.empty(head_names, log_ratio.device, log_ratio.dtype, per_head)
-            head_fields = {name: getattr(identity, name) for name in _HEAD_FIELDS}
+        ratio = torch.exp(log_ratio)
+        # (r - 1) - log r is 0 where the head is unused (log_ratio 0 there).
+        kl = torch.special.expm1(log_ratio) - log_ratio
         return cls(
             head_names=tuple(head_names),
+            ratio_max=torch.where(lr.used, ratio, torch.zeros_like(ratio)).amax(dim=0),
+            ratio_min=torch.where(lr.used, ratio, torch.full_like(ratio, torch.inf)).amin(dim=0),
+            clip_count=(lr.used & ((ratio - 1.0).abs() > clip_eps)).sum(dim=0),
+            relevant_count=lr.used.sum(dim=0),
+            nonfinite_count=lr.nonfinite.sum(dim=0),
+            kl_sum=kl.sum(dim=0, dtype=torch.float64),
+            entropy_sum=entropy_sum,
+            entropy_count=entropy_count,
             joint_max=joint_ranked.index_select(0, worst).squeeze(0),
             joint_count=lr.joint_valid.sum(),
             joint_clip_count=(lr.joint_valid & ((joint - 1.0).abs() > clip_eps)).sum(),
             worst_log_ratio=worst_row.squeeze(0),
-            per_head=per_head,
-            **head_fields,
         )
 
     @classmethod
@@ -185,11 +220,10 @@ class HeadRatioStats:
         relevant: Tensor,
         clip_eps: float,
         head_names: Sequence[str],
-        per_head: bool = True,
     ) -> HeadRatioStats:
         """Statistics of [N, H] new/old log-probs with an [N, H] bool relevance mask."""
         return cls.from_log_ratios(
-            log_ratios(new.detach(), old.detach(), relevant), clip_eps, head_names, per_head
+            log_ratios(new.detach(), old.detach(), relevant), clip_eps, head_names
         )
 
     @classmethod
@@ -197,14 +231,13 @@ class HeadRatioStats:
         """Merge any number of statistics in one reduction per field (max, min or sum).
 
         The worst-sample log-ratios follow the largest joint ratio (the first on a tie).
-        Folding a whole update's minibatches here costs a handful of kernels, not a
-        handful per minibatch.
+        This is also how workers or ranks merge: every field is a max, a min or a sum.
         """
         if not parts:
             raise ValueError("combine needs at least one HeadRatioStats")
         first = parts[0]
-        if any(p.head_names != first.head_names or p.per_head != first.per_head for p in parts):
-            raise ValueError("cannot merge statistics of different heads or modes")
+        if any(p.head_names != first.head_names for p in parts):
+            raise ValueError("cannot merge statistics of different heads")
 
         def stacked(name: str) -> Tensor:
             return torch.stack([getattr(p, name) for p in parts])
@@ -218,61 +251,85 @@ class HeadRatioStats:
             clip_count=stacked("clip_count").sum(dim=0),
             relevant_count=stacked("relevant_count").sum(dim=0),
             nonfinite_count=stacked("nonfinite_count").sum(dim=0),
+            kl_sum=stacked("kl_sum").sum(dim=0),
+            entropy_sum=stacked("entropy_sum").sum(dim=0),
+            entropy_count=stacked("entropy_count").sum(),
             joint_max=joint.amax(),
             joint_count=stacked("joint_count").sum(),
             joint_clip_count=stacked("joint_clip_count").sum(),
             worst_log_ratio=stacked("worst_log_ratio").index_select(0, worst).squeeze(0),
-            per_head=first.per_head,
         )
 
     def merge(self, other: HeadRatioStats) -> HeadRatioStats:
         """Combine with the statistics of other samples. Neither input changes."""
         return HeadRatioStats.combine([self, other])
 
-    def metric_names(self) -> tuple[str, ...]:
-        """Names of the entries of `metric_tensor`, in order."""
-        heads = (
-            [f"head_{h}_{m}" for m in HEAD_METRICS for h in self.head_names]
-            if self.per_head
-            else []
-        )
-        return (*heads, "joint_ratio_max")
+    @property
+    def reading_size(self) -> int:
+        """Length of `reading_tensor`: the head records, the worst sample, the joint."""
+        return (len(HEAD_STATS) + 1) * len(self.head_names) + 2
 
-    def metric_tensor(self) -> Tensor:
-        """Every reported metric as one float64 device tensor, for a single host transfer."""
-        parts: list[Tensor] = []
-        if self.per_head:
-            seen = self.relevant_count > 0
-            neutral = torch.full_like(self.ratio_max, NEUTRAL_RATIO)
-            parts += [
-                torch.where(seen, self.ratio_max, neutral),
-                torch.where(seen, self.ratio_min, neutral),
-                self.clip_count.double() / self.relevant_count.clamp(min=1),
-                self.relevant_count,
-                self.nonfinite_count,
-            ]
+    def reading_tensor(self, log_head_sizes: Tensor | None = None) -> Tensor:
+        """Every reported value as one float64 device tensor, for a single host transfer.
+
+        Layout: one [H] row per `HEAD_STATS` entry, the worst-sample log-ratios [H], the
+        joint ratio max and the joint clip fraction. Entropy is normalised here, once, by
+        ln(head size) when `log_head_sizes` is given (so 1 means uniform).
+        """
+        seen = self.relevant_count > 0
+        neutral = torch.full_like(self.ratio_max, NEUTRAL_RATIO)
+        relevant = self.relevant_count.clamp(min=1)
+        entropy = self.entropy_sum / self.entropy_count.clamp(min=1)
+        if log_head_sizes is not None:
+            sizes = log_head_sizes.to(entropy)
+            entropy = torch.where(sizes > 0, entropy / sizes.clamp(min=1e-12), 0.0)
+        rows = {
+            "ratio_max": torch.where(seen, self.ratio_max, neutral),
+            "ratio_min": torch.where(seen, self.ratio_min, neutral),
+            "clip_fraction": self.clip_count.double() / relevant,
+            "entropy": entropy,
+            "approx_kl": self.kl_sum / relevant,
+            "relevant": self.relevant_count,
+            "nonfinite": self.nonfinite_count,
+        }
         joint = torch.where(
             self.joint_count > 0, self.joint_max, torch.full_like(self.joint_max, NEUTRAL_RATIO)
         )
-        parts.append(joint.reshape(1))
-        return torch.cat([p.to(torch.float64) for p in parts])
+        joint_clip = self.joint_clip_count.double() / self.joint_count.clamp(min=1)
+        parts = [rows[stat] for stat in HEAD_STATS]
+        parts += [self.worst_log_ratio, joint.reshape(1), joint_clip.reshape(1)]
+        return torch.cat([p.to(torch.float64).reshape(-1) for p in parts])
 
-    def joint_clip_fraction(self) -> Tensor:
-        """Share of the joint samples whose joint ratio left [1 - eps, 1 + eps] (device 0-d)."""
-        return self.joint_clip_count.double() / self.joint_count.clamp(min=1)
+    def read(self, values: Sequence[float]) -> RatioReading:
+        """Typed records from the host copy of `reading_tensor` (pure; no tensor touched)."""
+        n = len(self.head_names)
+        if len(values) != self.reading_size:
+            raise ValueError(f"expected {self.reading_size} values, got {len(values)}")
+        rows = {stat: values[i * n : (i + 1) * n] for i, stat in enumerate(HEAD_STATS)}
+        heads = {
+            head: HeadStats(
+                ratio_max=rows["ratio_max"][i],
+                ratio_min=rows["ratio_min"][i],
+                clip_fraction=rows["clip_fraction"][i],
+                entropy=rows["entropy"][i],
+                approx_kl=rows["approx_kl"][i],
+                relevant=int(rows["relevant"][i]),
+                nonfinite=int(rows["nonfinite"][i]),
+            )
+            for i, head in enumerate(self.head_names)
+        }
+        offset = len(HEAD_STATS) * n
+        worst = dict(zip(self.head_names, values[offset : offset + n], strict=True))
+        return RatioReading(
+            heads=heads,
+            joint_ratio_max=values[offset + n],
+            joint_clip_fraction=values[offset + n + 1],
+            worst_log_ratios=worst,
+        )
 
-    def to_metrics(self) -> dict[str, float]:
-        """The metrics as host floats: the one device->host transfer of these statistics."""
-        return dict(zip(self.metric_names(), self.metric_tensor().tolist(), strict=True))
-
-
-_HEAD_FIELDS: tuple[str, ...] = (
-    "ratio_max",
-    "ratio_min",
-    "clip_count",
-    "relevant_count",
-    "nonfinite_count",
-)
+    def to_reading(self, log_head_sizes: Tensor | None = None) -> RatioReading:
+        """The statistics on the host: the one device->host transfer of these values."""
+        return self.read(self.reading_tensor(log_head_sizes).tolist())
 
 
 def head_ratio_stats(
@@ -304,57 +361,3 @@ def head_ratio_stats(
         dim=1,
     )
     return HeadRatioStats.from_tensors(new, old, rel, clip_eps, names)
-
-
-@dataclass(frozen=True)
-class RatioExplosionReport:
-    """Which heads drove a joint-ratio explosion, from the sample with the largest joint ratio.
-
-    `shares[h]` is |log-ratio of h| over the sum across relevant heads at that sample, so
-    the shares of a report sum to 1 (or are all 0 when no head moved). `hidden_by_heads` is
-    the case TELE-151 exists for: every head's ratio range lies inside the clip range while
-    the joint ratio does not.
-    """
-
-    joint_ratio_max: float
-    worst_log_ratios: dict[str, float]
-    shares: dict[str, float]
-    hidden_by_heads: bool
-    driver: str | None
-
-    def summary(self) -> str:
-        """One line for a console or log."""
-        lead = f"joint ratio max {self.joint_ratio_max:.3f}"
-        if self.driver is None:
-            return f"{lead}, no head moved"
-        hidden = "; every head inside the clip range" if self.hidden_by_heads else ""
-        return f"{lead}, driven by {self.driver} ({self.shares[self.driver]:.0%}){hidden}"
-
-
-def explain_explosion(
-    metrics: Mapping[str, float],
-    worst_log_ratios: Mapping[str, float],
-    clip_eps: float,
-) -> RatioExplosionReport:
-    """Attribute the joint ratio max of host `metrics` (`to_metrics` keys) to its heads.
-
-    `worst_log_ratios` maps each head to its log-ratio at the joint-max sample (0 where the
-    head was irrelevant), as in `HeadRatioStats.worst_log_ratio`.
-    """
-    joint = float(metrics["joint_ratio_max"])
-    magnitude = {h: abs(v) for h, v in worst_log_ratios.items()}
-    total = sum(magnitude.values())
-    shares = {h: (m / total if total > 0 else 0.0) for h, m in magnitude.items()}
-    driver = max(shares, key=lambda h: shares[h]) if total > 0 else None
-    low, high = 1.0 - clip_eps, 1.0 + clip_eps
-    heads_inside = all(
-        low <= metrics[f"head_{h}_ratio_min"] and metrics[f"head_{h}_ratio_max"] <= high
-        for h in worst_log_ratios
-    )
-    return RatioExplosionReport(
-        joint_ratio_max=joint,
-        worst_log_ratios=dict(worst_log_ratios),
-        shares=shares,
-        hidden_by_heads=heads_inside and not low <= joint <= high,
-        driver=driver,
-    )

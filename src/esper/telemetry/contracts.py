@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
+import traceback as tb
 import types
 import typing
 from collections.abc import Mapping
@@ -23,7 +23,18 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Literal, Self
 
-from esper.actions import HEAD_NAMES
+from esper.telemetry.heads import (
+    HEAD_COUNT_STATS,
+    HEAD_STATS,
+    UPDATE_SCALARS,
+    ExplosionReport,
+    HeadStats,
+    UpdateStats,
+    check_head_names,
+    flat_key,
+    heads_from_flat,
+    iter_flat_heads,
+)
 
 
 class ContractError(ValueError):
@@ -127,6 +138,7 @@ def _coerce(tp: Any, value: object, where: str) -> Any:
 
 
 _OPTIONAL_INT = int | None
+_OPTIONAL_FLOAT = float | None
 
 
 def _checked(tp: Any, value: object, where: str) -> Any:
@@ -165,7 +177,20 @@ class Payload:
     bool, str, `X | None`, `dict[str, X]`, `list[str]` and `dict` (free-form JSON).
     Validation also normalises: ints become floats in float fields and containers are
     copied, so a payload never aliases the caller's dicts.
+
+    Each payload knows its event type, its severity and its one-line message, so the
+    emitter has one entry point (`TelemetryEmitter.emit`) for every kind of event.
     """
+
+    EVENT_TYPE: ClassVar[EventType]
+
+    def severity(self) -> Severity:
+        """How loud the event is; most are information."""
+        return "info"
+
+    def summary(self) -> str:
+        """The event's one-line message (logs, console, the dashboard's event log)."""
+        raise NotImplementedError
 
     @classmethod
     @functools.cache
@@ -231,6 +256,31 @@ class TrainingStarted(Payload):
     esper_version: str
     resumed_from_update: int | None = None  # set when `esper ppo --resume` continues a run
 
+    EVENT_TYPE: ClassVar[EventType] = EventType.TRAINING_STARTED
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        try:
+            check_head_names(self.head_names)
+        except ValueError as exc:
+            raise ContractError(f"TrainingStarted.head_names: {exc}") from None
+        if set(self.head_sizes) != set(self.head_names):
+            raise ContractError(
+                f"TrainingStarted.head_sizes: heads {sorted(self.head_sizes)} differ from "
+                f"head_names {self.head_names}"
+            )
+
+    def summary(self) -> str:
+        if self.resumed_from_update is not None:
+            return (
+                f"training resumed at update {self.resumed_from_update}: "
+                f"{self.task} ({self.device})"
+            )
+        return (
+            f"training started: {self.task}, {self.episodes_total} episodes on "
+            f"{self.n_envs} envs ({self.device})"
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class EpisodeCompleted(Payload):
@@ -245,6 +295,14 @@ class EpisodeCompleted(Payload):
     length: int
     worker: int | None = None  # the worker that stepped the env (None in older logs)
 
+    EVENT_TYPE: ClassVar[EventType] = EventType.EPISODE_COMPLETED
+
+    def summary(self) -> str:
+        return (
+            f"env {self.env_index} episode done: return {self.episode_return:.3f}, "
+            f"accuracy {self.final_accuracy:.3f}"
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class SeedLifecycle(Payload):
@@ -258,104 +316,121 @@ class SeedLifecycle(Payload):
     alpha: float
     worker: int | None = None  # the worker that stepped the env (None in older logs)
 
+    EVENT_TYPE: ClassVar[EventType] = EventType.SEED_LIFECYCLE
 
-#: The per-head statistics other than ratio max (TELE-151, spelled out below): name ->
-#: (type, neutral default). `relevant` counts the samples where the head was causally
-#: used; 0 means the ratio fields are the neutral defaults, not measurements.
-PER_HEAD_STATS: dict[str, tuple[type, float | int]] = {
-    "ratio_min": (float, 1.0),
-    "clip_fraction": (float, 0.0),
-    "entropy": (float, 0.0),
-    "approx_kl": (float, 0.0),
-    "relevant": (int, 0),
-    "nonfinite": (int, 0),
+    def summary(self) -> str:
+        planted = f" ({self.blueprint})" if self.blueprint else ""
+        move = f"{self.from_stage} -> {self.to_stage}"
+        return f"env {self.env_index} slot {self.slot}: {move}{planted}"
+
+
+_HEAD_STAT_TYPES: dict[str, Any] = {
+    stat: (int if stat in HEAD_COUNT_STATS else float) for stat in HEAD_STATS
 }
+_UPDATE_SCALAR_TYPES: dict[str, Any] = {
+    name: tp for name, tp in typing.get_type_hints(UpdateStats).items() if name in UPDATE_SCALARS
+}
+_PPO_UPDATE_OWN = ("update_index", "mean_return", "host_accuracy")
 
-#: Base of PPOUpdatePayload holding `head_{h}_{stat}` for every head and PER_HEAD_STATS
-#: entry: 48 fields generated here, in this one place, so no head can be forgotten.
-_PPOPerHeadStats = dataclasses.make_dataclass(
-    "_PPOPerHeadStats",
-    [
-        (f"head_{head}_{stat}", tp, dataclasses.field(default=default))
-        for head in HEAD_NAMES
-        for stat, (tp, default) in PER_HEAD_STATS.items()
-    ],
-    bases=(Payload,),
-    frozen=True,
-    kw_only=True,
-)
+
+def _checked_heads(heads: object, where: str) -> dict[str, HeadStats]:
+    """The per-head records of an update as fresh `HeadStats`, every name and value checked.
+
+    Values are named by their edge key (`head_op_ratio_max`), as in the JSON line.
+    """
+    if not isinstance(heads, Mapping):
+        raise ContractError(f"{where}: expected a mapping of head name -> HeadStats")
+    try:
+        check_head_names(heads)
+    except ValueError as exc:
+        raise ContractError(f"{where}: {exc}") from None
+    out: dict[str, HeadStats] = {}
+    for head, record in heads.items():
+        if not isinstance(record, HeadStats):
+            raise ContractError(f"{where}[{head!r}]: expected HeadStats, got {_type_name(record)}")
+        out[head] = HeadStats(
+            *(
+                _checked(tp, getattr(record, stat), f"{where}: {flat_key(head, stat)}")
+                for stat, tp in _HEAD_STAT_TYPES.items()
+            )
+        )
+    return out
 
 
 @dataclass(frozen=True, kw_only=True)
-class PPOUpdatePayload(_PPOPerHeadStats):  # type: ignore[misc,valid-type]
-    """One PPO update's statistics, as returned by `PPOAgent.update()`.
+class PPOUpdatePayload(Payload):
+    """One PPO update's statistics: `UpdateStats` (a record per head, the joint, scalars).
 
     Ratios are against the log-probs stored at rollout time, maxima over the samples where
-    the head was causally relevant, across every epoch and minibatch of the update. The
-    eight `head_*_ratio_max` fields are the TELE-151 record and stay spelled out.
+    the head was causally relevant, across every epoch and minibatch of the update. On
+    disk the heads are flat TELE-151 fields (`head_op_ratio_max`, ...), head by head in the
+    run's order, next to the scalars; the explosion report travels as its own event.
     """
 
     update_index: int
-    head_op_ratio_max: float = 1.0
-    head_slot_ratio_max: float = 1.0
-    head_blueprint_ratio_max: float = 1.0
-    head_style_ratio_max: float = 1.0
-    head_tempo_ratio_max: float = 1.0
-    head_alpha_target_ratio_max: float = 1.0
-    head_alpha_speed_ratio_max: float = 1.0
-    head_alpha_curve_ratio_max: float = 1.0
-    joint_ratio_max: float = 1.0
-    approx_kl: float = 0.0
-    clip_fraction: float = 0.0
-    policy_loss: float = 0.0
-    value_loss: float = 0.0
-    entropy: float = 0.0
-    explained_variance: float = 0.0
-    grad_norm: float = 0.0
-    epochs_run: int = 0
-    minibatches_run: int = 0
-    minibatches_skipped: int = 0
-    early_stopped: bool = False
-    intervened: bool = False
+    stats: UpdateStats
     mean_return: float | None = None
     host_accuracy: float | None = None
 
-    #: Fields the emitter fills from the update's metrics dict (all but the ones it owns).
-    METRIC_FIELDS: ClassVar[tuple[str, ...]]
+    EVENT_TYPE: ClassVar[EventType] = EventType.PPO_UPDATE_COMPLETED
 
-    def head(self, head: str, stat: str) -> Any:
-        """`head_{head}_{stat}`, e.g. `payload.head("slot", "ratio_max")`."""
-        return getattr(self, f"head_{head}_{stat}")
+    def __post_init__(self) -> None:
+        where = type(self).__name__
+        _checked(int, self.update_index, f"{where}.update_index")
+        for name in ("mean_return", "host_accuracy"):
+            value = _checked(_OPTIONAL_FLOAT, getattr(self, name), f"{where}.{name}")
+            object.__setattr__(self, name, value)
+        stats = self.stats
+        if not isinstance(stats, UpdateStats):
+            raise ContractError(f"{where}.stats: expected UpdateStats, got {_type_name(stats)}")
+        scalars = {
+            name: _checked(tp, getattr(stats, name), f"{where}.{name}")
+            for name, tp in _UPDATE_SCALAR_TYPES.items()
+        }
+        heads = _checked_heads(stats.heads, where)
+        object.__setattr__(self, "stats", UpdateStats(heads=heads, **scalars))
 
-    def worst_head(self) -> str | None:
-        """The relevant head whose ratio max is furthest from 1 in log space (NaN first)."""
+    @property
+    def heads(self) -> Mapping[str, HeadStats]:
+        """The per-head records, in the run's order."""
+        return self.stats.heads
 
-        def badness(head: str) -> float:
-            ratio = self.head(head, "ratio_max")
-            return math.inf if math.isnan(ratio) or ratio <= 0 else abs(math.log(ratio))
+    def to_dict(self) -> dict[str, Any]:
+        """The flat JSON object: update index, every head's fields, scalars, episode means."""
+        stats = self.stats
+        return {
+            "update_index": self.update_index,
+            **dict(iter_flat_heads(stats.heads)),
+            **{name: getattr(stats, name) for name in UPDATE_SCALARS},
+            "mean_return": self.mean_return,
+            "host_accuracy": self.host_accuracy,
+        }
 
-        relevant = [h for h in HEAD_NAMES if self.head(h, "relevant") > 0]
-        return max(relevant, key=badness) if relevant else None
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Strict inverse of `to_dict`; logs written before heads were data load too."""
+        where = cls.__name__
+        if not isinstance(data, Mapping):
+            raise ContractError(f"{where}: expected an object, got {_type_name(data)}")
+        try:
+            heads, rest = heads_from_flat(data)
+        except KeyError as exc:
+            raise ContractError(f"{where}: missing field(s) {exc.args[0]}") from None
+        unknown = sorted(set(rest) - {*UPDATE_SCALARS, *_PPO_UPDATE_OWN})
+        if unknown:
+            raise ContractError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        missing = [name for name in ("update_index", *UPDATE_SCALARS) if name not in rest]
+        if missing:
+            raise ContractError(f"{where}: missing field(s) {', '.join(missing)}")
+        return cls(
+            update_index=rest["update_index"],
+            stats=UpdateStats(heads=heads, **{name: rest[name] for name in UPDATE_SCALARS}),
+            mean_return=rest.get("mean_return"),
+            host_accuracy=rest.get("host_accuracy"),
+        )
 
     def summary(self) -> str:
-        """One line for logs and the event panel: worst head, joint ratio, KL."""
-        worst = self.worst_head()
-        head = (
-            f"worst head {worst} ratio max {self.head(worst, 'ratio_max'):.3f}"
-            if worst is not None
-            else "no relevant samples"
-        )
-        return (
-            f"update {self.update_index}: {head}, joint {self.joint_ratio_max:.3f}, "
-            f"KL {self.approx_kl:.4f}"
-        )
-
-
-PPOUpdatePayload.METRIC_FIELDS = tuple(
-    spec.name
-    for spec in PPOUpdatePayload._specs()
-    if spec.name not in ("update_index", "mean_return", "host_accuracy")
-)
+        return f"update {self.update_index}: {self.stats.summary()}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -367,34 +442,85 @@ class PPOUpdateSkipped(Payload):
     update_index: int
     nonfinite: dict[str, int] = field(default_factory=dict)  # head -> non-finite samples
 
+    EVENT_TYPE: ClassVar[EventType] = EventType.PPO_UPDATE_SKIPPED
+
+    def severity(self) -> Severity:
+        return "warning"
+
+    def summary(self) -> str:
+        return f"update {self.update_index} skipped (batch {self.batch}): {self.reason}"
+
 
 @dataclass(frozen=True, kw_only=True)
 class RatioExplosion(Payload):
-    """The joint ratio left the trust region; which heads drove it.
+    """The joint ratio left the trust region in one update; which heads drove it.
 
-    `worst_log_ratios[h]` is head h's log-ratio at the sample with the largest joint
-    ratio, `shares[h]` its share of that sample's joint log-ratio, `driver` the head with
-    the largest share, and `hidden_by_heads` whether every head's own ratio stayed inside
-    the clip range (the explosion is invisible to per-head clipping).
+    On disk the report's fields sit beside `update_index` (see `ExplosionReport`); a log
+    written before `driver` could be null still loads.
     """
 
     update_index: int
-    joint_ratio_max: float
-    worst_log_ratios: dict[str, float]
-    shares: dict[str, float]
-    driver: str
-    hidden_by_heads: bool
+    report: ExplosionReport
 
-    def summary(self, top: int = 3, min_share: float = 0.1) -> str:
-        """E.g. "joint 4.30 driven by slot (41%), op (22%) — every head inside clip"."""
-        ranked = sorted(self.shares.items(), key=lambda item: -item[1])
-        shown = [(h, s) for h, s in ranked[:top] if s >= min_share] or ranked[:1]
-        drivers = ", ".join(f"{h} ({s:.0%})" for h, s in shown) or self.driver
-        hidden = " — every head inside clip" if self.hidden_by_heads else ""
-        return (
-            f"update {self.update_index}: joint {self.joint_ratio_max:.2f} "
-            f"driven by {drivers}{hidden}"
-        )
+    EVENT_TYPE: ClassVar[EventType] = EventType.RATIO_EXPLOSION
+    _REPORT_TYPES: ClassVar[dict[str, Any]] = {
+        "joint_ratio_max": float,
+        "worst_log_ratios": dict[str, float],
+        "shares": dict[str, float],
+        "driver": str | None,
+        "hidden_by_heads": bool,
+    }
+
+    def __post_init__(self) -> None:
+        where = type(self).__name__
+        _checked(int, self.update_index, f"{where}.update_index")
+        if not isinstance(self.report, ExplosionReport):
+            raise ContractError(
+                f"{where}.report: expected ExplosionReport, got {_type_name(self.report)}"
+            )
+        values = {
+            name: _coerce(tp, getattr(self.report, name), f"{where}.{name}")
+            for name, tp in self._REPORT_TYPES.items()
+        }
+        if set(values["shares"]) != set(values["worst_log_ratios"]):
+            raise ContractError(f"{where}: shares and worst_log_ratios name different heads")
+        if values["driver"] is not None and values["driver"] not in values["shares"]:
+            raise ContractError(f"{where}.driver: {values['driver']!r} is not a head")
+        object.__setattr__(self, "report", ExplosionReport(**values))
+
+    def to_dict(self) -> dict[str, Any]:
+        report = self.report
+        return {
+            "update_index": self.update_index,
+            **{name: getattr(report, name) for name in self._REPORT_TYPES},
+            "worst_log_ratios": dict(report.worst_log_ratios),
+            "shares": dict(report.shares),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        where = cls.__name__
+        if not isinstance(data, Mapping):
+            raise ContractError(f"{where}: expected an object, got {_type_name(data)}")
+        names = {"update_index", *cls._REPORT_TYPES}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ContractError(f"{where}: unknown field(s) {', '.join(unknown)}")
+        missing = sorted(names - set(data))
+        if missing:
+            raise ContractError(f"{where}: missing field(s) {', '.join(missing)}")
+        report = ExplosionReport(**{name: data[name] for name in cls._REPORT_TYPES})
+        return cls(update_index=data["update_index"], report=report)
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return self.report.shares
+
+    def severity(self) -> Severity:
+        return "warning"
+
+    def summary(self) -> str:
+        return f"update {self.update_index}: {self.report.summary()}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -405,6 +531,18 @@ class TelemetryDrops(Payload):
     dropped: int
     failed: int = 0
     last_error: str | None = None
+
+    EVENT_TYPE: ClassVar[EventType] = EventType.TELEMETRY_DROPS
+
+    def severity(self) -> Severity:
+        return "warning"
+
+    def summary(self) -> str:
+        error = f" (last error: {self.last_error})" if self.last_error else ""
+        return (
+            f"telemetry backend {self.backend}: {self.dropped} events dropped, "
+            f"{self.failed} failed{error}"
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -423,6 +561,18 @@ class WorkerStatus(Payload):
     steps: int  # env steps it took in the batch
     steps_per_second: float
 
+    EVENT_TYPE: ClassVar[EventType] = EventType.WORKER_STATUS
+
+    def severity(self) -> Severity:
+        return "info" if self.alive else "warning"
+
+    def summary(self) -> str:
+        state = f"{self.steps_per_second:.1f} env steps/s" if self.alive else "DEAD"
+        return (
+            f"worker {self.worker} ({self.backend}, {self.envs} envs): {state}, "
+            f"{self.restarts} restarts"
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class WorkerRestarted(Payload):
@@ -438,6 +588,17 @@ class WorkerRestarted(Payload):
     restarts: int  # replacements of this worker so far, this one included
     replayed_steps: int
 
+    EVENT_TYPE: ClassVar[EventType] = EventType.WORKER_RESTARTED
+
+    def severity(self) -> Severity:
+        return "warning"
+
+    def summary(self) -> str:
+        return (
+            f"worker {self.worker} ({self.backend}) lost ({self.reason}); replaced and "
+            f"{self.replayed_steps} env steps replayed (restart {self.restarts})"
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingFinished(Payload):
@@ -449,6 +610,15 @@ class TrainingFinished(Payload):
     run_dir: str
     interrupted: bool = False  # stopped (Ctrl-C, stop request) before the last episode
 
+    EVENT_TYPE: ClassVar[EventType] = EventType.TRAINING_FINISHED
+
+    def summary(self) -> str:
+        ended = "interrupted" if self.interrupted else "finished"
+        return (
+            f"training {ended}: {self.episodes} episodes, {self.updates} updates "
+            f"in {self.wall_seconds:.1f} s"
+        )
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingFailed(Payload):
@@ -457,21 +627,42 @@ class TrainingFailed(Payload):
     error: str
     traceback: str | None = None
 
+    EVENT_TYPE: ClassVar[EventType] = EventType.TRAINING_FAILED
+
+    @classmethod
+    def from_exception(cls, error: BaseException | str, traceback: str | None = None) -> Self:
+        """A failure from an exception: its type, message and traceback are kept."""
+        if isinstance(error, BaseException):
+            if traceback is None and error.__traceback__ is not None:
+                traceback = "".join(tb.format_exception(error))
+            error = f"{type(error).__name__}: {error}"
+        return cls(error=error, traceback=traceback)
+
+    def severity(self) -> Severity:
+        return "error"
+
+    def summary(self) -> str:
+        return f"training failed: {self.error}"
+
 
 #: Which payload class each event type carries.
 PAYLOAD_TYPES: dict[EventType, type[Payload]] = {
-    EventType.TRAINING_STARTED: TrainingStarted,
-    EventType.EPISODE_COMPLETED: EpisodeCompleted,
-    EventType.SEED_LIFECYCLE: SeedLifecycle,
-    EventType.PPO_UPDATE_COMPLETED: PPOUpdatePayload,
-    EventType.PPO_UPDATE_SKIPPED: PPOUpdateSkipped,
-    EventType.RATIO_EXPLOSION: RatioExplosion,
-    EventType.TELEMETRY_DROPS: TelemetryDrops,
-    EventType.WORKER_STATUS: WorkerStatus,
-    EventType.WORKER_RESTARTED: WorkerRestarted,
-    EventType.TRAINING_FINISHED: TrainingFinished,
-    EventType.TRAINING_FAILED: TrainingFailed,
+    cls.EVENT_TYPE: cls
+    for cls in (
+        TrainingStarted,
+        EpisodeCompleted,
+        SeedLifecycle,
+        PPOUpdatePayload,
+        PPOUpdateSkipped,
+        RatioExplosion,
+        TelemetryDrops,
+        WorkerStatus,
+        WorkerRestarted,
+        TrainingFinished,
+        TrainingFailed,
+    )
 }
+assert set(PAYLOAD_TYPES) == set(EventType), "every event type needs its payload"
 
 
 # --------------------------------------------------------------------------- events
