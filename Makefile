@@ -18,6 +18,8 @@ run: $(VENV_OK)
 
 test: $(VENV_OK)
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
+	.venv/bin/lint-imports
 	$(PY) -m pytest -q -n 2
 
 sanctum: $(VENV_OK)

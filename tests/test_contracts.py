@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -32,6 +33,7 @@ from esper.telemetry.contracts import (
     event_to_dict,
     event_to_json_line,
 )
+from esper.telemetry.heads import UPDATE_SCALARS, ExplosionReport, HeadStats, UpdateStats
 
 # ----------------------------------------------------------------------------- strategies
 
@@ -64,7 +66,64 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     raise AssertionError(f"no strategy for {tp!r}")
 
 
+head_names = st.lists(
+    st.from_regex(r"[a-z_][a-z0-9_]{0,12}", fullmatch=True), min_size=1, max_size=5, unique=True
+)
+head_stats = st.builds(
+    HeadStats, **{name: strategy_for(tp) for name, tp in typing.get_type_hints(HeadStats).items()}
+)
+update_stats = head_names.flatmap(
+    lambda names: st.builds(
+        UpdateStats,
+        heads=st.fixed_dictionaries({name: head_stats for name in names}),
+        **{
+            name: strategy_for(tp)
+            for name, tp in typing.get_type_hints(UpdateStats).items()
+            if name in UPDATE_SCALARS
+        },
+    )
+)
+explosion_reports = head_names.flatmap(
+    lambda names: st.builds(
+        ExplosionReport,
+        joint_ratio_max=st.floats(),
+        worst_log_ratios=st.fixed_dictionaries({n: st.floats() for n in names}),
+        shares=st.fixed_dictionaries({n: st.floats() for n in names}),
+        driver=st.none() | st.sampled_from(names),
+        hidden_by_heads=st.booleans(),
+    )
+)
+started = head_names.flatmap(
+    lambda names: st.builds(
+        TrainingStarted,
+        config=strategy_for(dict),
+        task=st.text(),
+        head_names=st.just(names),
+        head_sizes=st.fixed_dictionaries({n: st.integers(1, 99) for n in names}),
+        episodes_total=st.integers(),
+        n_envs=st.integers(),
+        device=st.text(),
+        esper_version=st.text(),
+        resumed_from_update=st.none() | st.integers(),
+    )
+)
+#: Payloads whose fields constrain each other (heads named alike throughout).
+CUSTOM: dict[type[Payload], st.SearchStrategy[Any]] = {
+    TrainingStarted: started,
+    PPOUpdatePayload: st.builds(
+        PPOUpdatePayload,
+        update_index=st.integers(),
+        stats=update_stats,
+        mean_return=st.none() | st.floats(),
+        host_accuracy=st.none() | st.floats(),
+    ),
+    RatioExplosion: st.builds(RatioExplosion, update_index=st.integers(), report=explosion_reports),
+}
+
+
 def payload_strategy(cls: type[Payload]) -> st.SearchStrategy[Payload]:
+    if cls in CUSTOM:
+        return CUSTOM[cls]
     return st.builds(cls, **{spec.name: strategy_for(spec.tp) for spec in cls._specs()})
 
 
@@ -110,23 +169,30 @@ def test_every_event_survives_a_json_line_round_trip(event: TelemetryEvent) -> N
     assert type(back.payload) is type(event.payload)
 
 
+def update(index: int = 0, joint: float = 1.0, **heads: HeadStats) -> PPOUpdatePayload:
+    """An update of the eight esper heads, unmeasured except those given."""
+    records = {h: heads.get(h, HeadStats()) for h in HEAD_NAMES}
+    return PPOUpdatePayload(
+        update_index=index, stats=UpdateStats(heads=records, joint_ratio_max=joint)
+    )
+
+
 def test_nan_and_infinities_read_back_identical() -> None:
-    payload = PPOUpdatePayload(
-        update_index=3,
-        head_op_ratio_max=math.nan,
-        head_slot_ratio_max=math.inf,
-        head_slot_ratio_min=-math.inf,
-        joint_ratio_max=0.1 + 0.2,
+    payload = update(
+        3,
+        0.1 + 0.2,
+        op=HeadStats(ratio_max=math.nan),
+        slot=HeadStats(ratio_max=math.inf, ratio_min=-math.inf),
     )
     event = TelemetryEvent(
         EventType.PPO_UPDATE_COMPLETED, 1.5, "run", 0, None, 3, "info", "m", payload
     )
     back = event_from_json_line(event_to_json_line(event)).payload
     assert isinstance(back, PPOUpdatePayload)
-    assert math.isnan(back.head_op_ratio_max)
-    assert back.head_slot_ratio_max == math.inf
-    assert back.head_slot_ratio_min == -math.inf
-    assert back.joint_ratio_max == 0.30000000000000004
+    assert math.isnan(back.heads["op"].ratio_max)
+    assert back.heads["slot"].ratio_max == math.inf
+    assert back.heads["slot"].ratio_min == -math.inf
+    assert back.stats.joint_ratio_max == 0.30000000000000004
 
 
 def test_json_object_has_exactly_the_documented_keys() -> None:
@@ -148,54 +214,87 @@ def test_event_type_values_are_their_upper_case_names() -> None:
     assert set(PAYLOAD_TYPES) == set(EventType)
 
 
-def test_ppo_payload_has_every_per_head_field_with_neutral_defaults() -> None:
-    payload = PPOUpdatePayload(update_index=0)
+def test_ppo_payload_on_disk_is_the_flat_tele151_record() -> None:
+    data = update().to_dict()
     for head in HEAD_NAMES:
-        assert payload.head(head, "ratio_max") == 1.0
-        assert payload.head(head, "ratio_min") == 1.0
-        assert payload.head(head, "clip_fraction") == 0.0
-        assert payload.head(head, "entropy") == 0.0
-        assert payload.head(head, "approx_kl") == 0.0
-        assert payload.head(head, "relevant") == 0
-        assert payload.head(head, "nonfinite") == 0
+        assert data[f"head_{head}_ratio_max"] == 1.0
+        assert data[f"head_{head}_ratio_min"] == 1.0
+        assert data[f"head_{head}_clip_fraction"] == 0.0
+        assert data[f"head_{head}_entropy"] == 0.0
+        assert data[f"head_{head}_approx_kl"] == 0.0
+        assert data[f"head_{head}_relevant"] == 0
+        assert data[f"head_{head}_nonfinite"] == 0
     # 8 heads x 7 stats + update_index + 15 update-wide fields
-    assert len(payload.to_dict()) == 8 * 7 + 1 + 15
+    assert len(data) == 8 * 7 + 1 + 15
+
+
+def test_any_heads_round_trip_in_their_order() -> None:
+    names = ["zeta", "a_b_c", "x"]
+    heads = {n: HeadStats(ratio_max=1.1 + i, relevant=i) for i, n in enumerate(names)}
+    payload = PPOUpdatePayload(update_index=2, stats=UpdateStats(heads=heads))
+    back = PPOUpdatePayload.from_dict(json.loads(json.dumps(payload.to_dict())))
+    assert list(back.heads) == names
+    assert back == payload
+    assert back.heads["a_b_c"].ratio_max == 2.1
+
+
+def test_a_log_written_before_heads_were_data_still_loads() -> None:
+    """A line as the pre-change trainer wrote it: per-head fields first, ratio max after."""
+    line = (Path(__file__).parent / "data" / "ppo_update_v1.json").read_text()
+    payload = PPOUpdatePayload.from_dict(json.loads(line)["data"])
+    assert list(payload.heads) == list(HEAD_NAMES)
+    assert payload.heads["slot"].ratio_max == 1.25 and payload.heads["slot"].relevant == 40
+    assert payload.heads["tempo"].relevant == 0
+    assert payload.stats.joint_ratio_max == 1.9
+
+
+def _valid_update() -> dict[str, Any]:
+    return update().to_dict()
 
 
 @pytest.mark.parametrize(
-    ("data", "field"),
+    ("change", "field"),
     [
-        ({"update_index": 0, "bogus": 1.0}, "bogus"),
-        ({}, "update_index"),
+        ({"bogus": 1.0}, "bogus"),
         ({"update_index": 1.0}, "update_index"),
         ({"update_index": True}, "update_index"),
-        ({"update_index": 0, "head_op_ratio_max": "1.2"}, "head_op_ratio_max"),
-        ({"update_index": 0, "head_slot_relevant": 2.0}, "head_slot_relevant"),
-        ({"update_index": 0, "early_stopped": 1}, "early_stopped"),
-        ({"update_index": 0, "epochs_run": False}, "epochs_run"),
+        ({"head_op_ratio_max": "1.2"}, "head_op_ratio_max"),
+        ({"head_slot_relevant": 2.0}, "head_slot_relevant"),
+        ({"early_stopped": 1}, "early_stopped"),
+        ({"epochs_run": False}, "epochs_run"),
+        ({"head_new_ratio_max": 1.0}, "head_new_ratio_min"),  # a head missing its other stats
+        ({"head_9x_ratio_max": 1.0}, "head_9x"),
     ],
 )
-def test_from_dict_rejects_bad_data_naming_the_field(data: dict[str, Any], field: str) -> None:
+def test_from_dict_rejects_bad_data_naming_the_field(change: dict[str, Any], field: str) -> None:
     with pytest.raises(ContractError, match=field):
+        PPOUpdatePayload.from_dict(_valid_update() | change)
+
+
+@pytest.mark.parametrize("missing", ["update_index", "joint_ratio_max", "head_op_entropy"])
+def test_from_dict_never_fills_in_a_missing_field(missing: str) -> None:
+    data = _valid_update()
+    del data[missing]
+    with pytest.raises(ContractError, match=missing):
         PPOUpdatePayload.from_dict(data)
 
 
 def test_ints_are_accepted_and_stored_as_floats_in_float_fields() -> None:
-    payload = PPOUpdatePayload.from_dict({"update_index": 0, "head_op_ratio_max": 2})
-    assert type(payload.head_op_ratio_max) is float
+    payload = PPOUpdatePayload.from_dict(_valid_update() | {"head_op_ratio_max": 2})
+    assert type(payload.heads["op"].ratio_max) is float
     assert payload.to_dict()["head_op_ratio_max"] == 2.0
 
 
 def test_nested_types_are_checked_by_key() -> None:
+    report = ExplosionReport(
+        joint_ratio_max=2.0,
+        worst_log_ratios={"op": 0.1},
+        shares={"op": "big"},  # type: ignore[dict-item]
+        driver="op",
+        hidden_by_heads=False,
+    )
     with pytest.raises(ContractError, match=r"shares\['op'\]"):
-        RatioExplosion(
-            update_index=0,
-            joint_ratio_max=2.0,
-            worst_log_ratios={},
-            shares={"op": "big"},  # type: ignore[dict-item]
-            driver="op",
-            hidden_by_heads=False,
-        )
+        RatioExplosion(update_index=0, report=report)
 
 
 def _started(config: dict[str, Any]) -> TrainingStarted:
@@ -203,7 +302,7 @@ def _started(config: dict[str, Any]) -> TrainingStarted:
         config=config,
         task="spirals",
         head_names=list(HEAD_NAMES),
-        head_sizes={"slot": 3},
+        head_sizes=dict.fromkeys(HEAD_NAMES, 3),
         episodes_total=4,
         n_envs=2,
         device="cpu",
@@ -303,32 +402,54 @@ def test_pathological_json_is_a_contract_error(line: str, match: str) -> None:
 
 
 def test_ppo_summary_names_the_relevant_head_furthest_from_one() -> None:
-    payload = PPOUpdatePayload(
-        update_index=4,
-        head_op_ratio_max=1.5,
-        head_op_relevant=10,
-        head_slot_ratio_max=0.5,  # |ln 0.5| = 0.69 > |ln 1.5| = 0.41
-        head_slot_relevant=6,
-        head_tempo_ratio_max=9.0,  # not relevant: ignored
-        joint_ratio_max=2.25,
-        approx_kl=0.0123,
+    payload = update(
+        4,
+        2.25,
+        op=HeadStats(ratio_max=1.5, relevant=10),
+        slot=HeadStats(ratio_max=1.0, ratio_min=0.5, relevant=6),  # |ln 0.5| > |ln 1.5|
+        tempo=HeadStats(ratio_max=9.0),  # not relevant: ignored
     )
-    assert payload.worst_head() == "slot"
-    assert payload.summary() == "update 4: worst head slot ratio max 0.500, joint 2.250, KL 0.0123"
-    assert PPOUpdatePayload(update_index=0).worst_head() is None
+    payload = PPOUpdatePayload(
+        update_index=4, stats=dataclasses.replace(payload.stats, approx_kl=0.0123)
+    )
+    assert payload.stats.worst_head() == "slot"
+    assert payload.summary() == "update 4: worst head slot ratio max 1.000, joint 2.250, KL 0.0123"
+    assert update().stats.worst_head() is None
 
 
 def test_ratio_explosion_summary_lists_the_driving_heads() -> None:
-    payload = RatioExplosion(
-        update_index=9,
+    report = ExplosionReport(
         joint_ratio_max=4.3,
-        worst_log_ratios={"slot": 0.6, "op": 0.32, "tempo": 0.05},
+        worst_log_ratios={"slot": 0.6, "op": 0.32, "tempo": 0.05, "style": 0.4},
         shares={"slot": 0.41, "op": 0.22, "tempo": 0.05, "style": 0.32},
         driver="slot",
         hidden_by_heads=True,
     )
-    assert payload.summary() == (
+    assert RatioExplosion(update_index=9, report=report).summary() == (
         "update 9: joint 4.30 driven by slot (41%), style (32%), op (22%) — every head inside clip"
+    )
+
+
+def test_head_names_are_checked_where_a_run_declares_them() -> None:
+    with pytest.raises(ContractError, match="unique"):
+        _started_heads(["a", "a"])
+    with pytest.raises(ContractError, match="1 to 32"):
+        _started_heads([f"h{i}" for i in range(33)])
+    with pytest.raises(ContractError, match="head name"):
+        _started_heads(["has space"])
+    assert _started_heads([f"h{i}" for i in range(32)]).head_names[-1] == "h31"
+
+
+def _started_heads(names: list[str]) -> TrainingStarted:
+    return TrainingStarted(
+        config={},
+        task="t",
+        head_names=names,
+        head_sizes=dict.fromkeys(names, 2),
+        episodes_total=1,
+        n_envs=1,
+        device="cpu",
+        esper_version="0",
     )
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from factories import update_stats
 
 from esper.telemetry.contracts import EventType, TelemetryDrops, TelemetryEvent, TrainingFailed
-from esper.telemetry.emitter import TelemetryEmitter
+from esper.telemetry.emitter import TelemetryEmitter, emit_update
 from esper.telemetry.hub import BackendHealth, TelemetryHub
 
 #: Safety net for waits in these tests; never reached when the hub works.
@@ -105,10 +106,10 @@ def test_drops_become_warning_events_for_every_backend() -> None:
     slow, recorder = Gated(), Recording("rec", synchronous=True)
     hub = TelemetryHub([slow, recorder], queue_size=1)
     emitter = TelemetryEmitter(hub, "run")
-    emitter.emit_ppo_update({}, batch=0)
+    emit_update(emitter, update_stats(), batch=0)
     assert slow.entered.wait(WAIT)
-    emitter.emit_ppo_update({}, batch=1)  # queued
-    emitter.emit_ppo_update({}, batch=2)  # dropped -> reported
+    emit_update(emitter, update_stats(), batch=1)  # queued
+    emit_update(emitter, update_stats(), batch=2)  # dropped -> reported
     slow.gate.set()
     hub.close()
     drops = [e for e in recorder.events if e.event_type is EventType.TELEMETRY_DROPS]

@@ -17,7 +17,9 @@ KILL_AFTER = 40
 
 CHILD = """
 import sys
-from esper.telemetry.emitter import TelemetryEmitter
+from esper.telemetry.contracts import EpisodeCompleted
+from esper.telemetry.emitter import TelemetryEmitter, emit_update
+from esper.telemetry.heads import HeadStats, UpdateStats
 from esper.telemetry.hub import TelemetryHub
 from esper.telemetry.recorder import RunRecorder
 
@@ -25,14 +27,13 @@ hub = TelemetryHub([RunRecorder(sys.argv[1], {"purpose": "kill test"})])
 emitter = TelemetryEmitter(hub, "killed")
 for batch in range(1_000_000):  # bounded only in case the parent never kills us
     for env in range(3):
-        emitter.emit_episode_completed(
+        emitter.emit(EpisodeCompleted(
             env_index=env, episode_return=0.5, final_accuracy=0.9, seeds_grown=1,
-            seeds_fossilized=0, seeds_killed=0, length=8, batch=batch,
-        )
-    payload = emitter.emit_ppo_update(
-        {"head_slot_ratio_max": 1.0 + batch / 1000, "head_slot_relevant": 8.0}, batch=batch
-    )
-    print(payload.update_index, flush=True)
+            seeds_fossilized=0, seeds_killed=0, length=8,
+        ), batch=batch)
+    slot = HeadStats(ratio_max=1.0 + batch / 1000, relevant=8)
+    (event,) = emit_update(emitter, UpdateStats({"slot": slot}, minibatches_run=1), batch=batch)
+    print(event.payload.update_index, flush=True)
 """
 
 

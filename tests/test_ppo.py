@@ -4,6 +4,7 @@ speaks the factored action contract (fast, and it has a known best policy)."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from esper.ppo import (
     head_ratio_stats,
 )
 from esper.rollout import collect_batch
+from esper.telemetry.heads import UPDATE_SCALARS
 
 N_SLOTS = 3
 SIZES = head_sizes(N_SLOTS)
@@ -182,8 +184,9 @@ def test_per_head_surrogate_divides_by_the_minibatch_not_the_relevant_count() ->
 
 
 def test_ratio_stats_are_reexported() -> None:
-    m = head_ratio_stats({"op": torch.tensor([0.0])}, {"op": torch.tensor([0.0])}).to_metrics()
-    assert m["head_op_ratio_max"] == 1.0
+    zero = {"op": torch.tensor([0.0])}
+    reading = head_ratio_stats(zero, zero).to_reading()
+    assert reading.heads["op"].ratio_max == 1.0
 
 
 # -- rollout -----------------------------------------------------------------------------------
@@ -234,7 +237,6 @@ def test_training_needs_advantages_first() -> None:
 
 # -- update ------------------------------------------------------------------------------------
 
-PER_HEAD = ("ratio_max", "ratio_min", "clip_fraction", "relevant", "nonfinite", "entropy")
 SCALARS = {
     "joint_ratio_max",
     "approx_kl",
@@ -252,22 +254,25 @@ SCALARS = {
 }
 
 
-def test_update_reports_every_documented_metric_and_nothing_else() -> None:
+def test_update_reports_every_head_and_scalar() -> None:
     agent = make_agent()
-    metrics = agent.update(rollout(agent))
-    per_head = {f"head_{h}_{m}" for h in HEAD_NAMES for m in (*PER_HEAD, "approx_kl")}
-    assert set(metrics) == per_head | SCALARS
-    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
-    assert (metrics["epochs_run"], metrics["minibatches_run"]) == (4.0, 16.0)
-    for h in HEAD_NAMES:
-        assert 0.0 <= metrics[f"head_{h}_entropy"] <= 1.0
+    stats = agent.update(rollout(agent))
+    assert tuple(stats.heads) == HEAD_NAMES
+    assert {name for name in SCALARS} == set(UPDATE_SCALARS)
+    scalars = [getattr(stats, name) for name in UPDATE_SCALARS]
+    records = [getattr(h, f.name) for h in stats.heads.values() for f in dataclasses.fields(h)]
+    assert all(math.isfinite(v) for v in (*scalars, *records))
+    assert (stats.epochs_run, stats.minibatches_run) == (4, 16)
+    for head in stats.heads.values():
+        assert 0.0 <= head.entropy <= 1.0
+    assert stats.entropy == pytest.approx(sum(h.entropy for h in stats.heads.values()) / 8)
 
 
 def test_a_fresh_policy_is_near_uniform_in_normalised_entropy() -> None:
     agent = make_agent(epochs=1, minibatches=1)
-    metrics = agent.update(rollout(agent))
+    stats = agent.update(rollout(agent))
     for h in HEAD_NAMES[1:]:  # the op head is not masked here either, but check all others
-        assert metrics[f"head_{h}_entropy"] == pytest.approx(1.0, abs=0.01)
+        assert stats.heads[h].entropy == pytest.approx(1.0, abs=0.01)
 
 
 HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
@@ -311,57 +316,48 @@ def test_nonfinite_minibatches_are_skipped_but_finite_heads_still_count() -> Non
     assert grow > 0  # the seeded random policy grows at some steps
     before = params(agent)
     agent.policy.inject_nonfinite = {"style": float("nan")}
-    metrics = agent.update(buffer)
-    assert metrics["minibatches_skipped"] == metrics["minibatches_run"] == 4.0
+    stats = agent.update(buffer)
+    assert stats.minibatches_skipped == stats.minibatches_run == 4
     assert same(params(agent), before)  # no optimizer step was taken
-    assert metrics["head_style_nonfinite"] == 2 * grow  # every epoch sees every sample
-    assert metrics["head_style_relevant"] == 0.0
-    assert metrics["head_op_relevant"] == 2 * buffer.actions.shape[0] * buffer.actions.shape[1]
-    assert metrics["head_op_nonfinite"] == 0.0
-    assert all(math.isfinite(v) for v in metrics.values())
+    assert stats.heads["style"].nonfinite == 2 * grow  # every epoch sees every sample
+    assert stats.heads["style"].relevant == 0
+    assert stats.heads["op"].relevant == 2 * buffer.actions.shape[0] * buffer.actions.shape[1]
+    assert stats.heads["op"].nonfinite == 0
+    assert stats.nonfinite() == {"style": 2 * grow}
+    assert math.isfinite(stats.joint_ratio_max)
 
 
 def test_kl_early_stop_keeps_the_tripping_minibatch_stats_and_stops_stepping() -> None:
     agent = make_agent(target_kl=1e-9, epochs=3, minibatches=4)
-    metrics = agent.update(rollout(agent))
+    stats = agent.update(rollout(agent))
     # Minibatch 1 sees ratios of 1 (KL ~ 0) and steps; minibatch 2 sees KL > 1.5e-9 and stops.
-    assert (metrics["early_stopped"], metrics["intervened"]) == (1.0, 0.0)
-    assert (metrics["minibatches_run"], metrics["epochs_run"]) == (2.0, 1.0)
+    assert (stats.early_stopped, stats.intervened) == (True, False)
+    assert (stats.minibatches_run, stats.epochs_run) == (2, 1)
     steps = {int(s["step"]) for s in agent.optimizer.state.values()}
     assert steps == {1}
-    assert metrics["joint_ratio_max"] > 1.0  # the tripping minibatch's statistics are in
+    assert stats.joint_ratio_max > 1.0  # the tripping minibatch's statistics are in
 
 
 def test_joint_ratio_limit_intervenes() -> None:
     agent = make_agent(target_kl=None, joint_ratio_limit=1.0001)
-    metrics = agent.update(rollout(agent))
-    assert (metrics["intervened"], metrics["early_stopped"]) == (1.0, 0.0)
-    assert metrics["minibatches_run"] == 2.0
-    assert metrics["joint_ratio_max"] > 1.0001
+    stats = agent.update(rollout(agent))
+    assert (stats.intervened, stats.early_stopped) == (True, False)
+    assert stats.minibatches_run == 2
+    assert stats.joint_ratio_max > 1.0001
 
 
 def test_explosion_report_attributes_the_joint_max() -> None:
     agent = make_agent(target_kl=None, explosion_threshold=1.0001, lr=1e-2)
-    metrics = agent.update(rollout(agent))
-    report = agent.last_explosion
+    stats = agent.update(rollout(agent))
+    report = stats.explosion
     assert report is not None
-    assert report.joint_ratio_max == metrics["joint_ratio_max"]
+    assert report.joint_ratio_max == stats.joint_ratio_max
     joint_from_heads = math.exp(sum(report.worst_log_ratios.values()))
     assert joint_from_heads == pytest.approx(report.joint_ratio_max, rel=1e-5)
     assert sum(report.shares.values()) == pytest.approx(1.0)
     assert report.driver == max(report.shares, key=report.shares.__getitem__)
     quiet = make_agent(target_kl=None, explosion_threshold=1e6)
-    quiet.update(rollout(quiet))
-    assert quiet.last_explosion is None
-
-
-def test_head_statistics_switch_changes_no_training_only_the_report() -> None:
-    with_stats, without = make_agent(head_stats=True), make_agent(head_stats=False)
-    buffer = rollout(with_stats)
-    full, lean = with_stats.update(buffer), without.update(buffer)
-    assert same(params(with_stats), params(without))
-    assert not any(key.startswith("head_") for key in lean)
-    assert {k: v for k, v in full.items() if not k.startswith("head_")} == lean
+    assert quiet.update(rollout(quiet)).explosion is None
 
 
 def test_clip_modes_train_differently() -> None:

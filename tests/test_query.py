@@ -24,8 +24,8 @@ from test_report import (
 
 from esper.actions import HEAD_NAMES
 from esper.analysis import AnalysisError
-from esper.analysis.commands import main
 from esper.analysis.runs import HEAD_STATS, load_run, load_runs, ratio_max_product, unique_labels
+from esper.cli import main
 from esper.sanctum.aggregator import aggregate_file
 from esper.telemetry.contracts import PPOUpdatePayload
 from esper.telemetry.recorder import EVENTS_FILE

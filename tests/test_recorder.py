@@ -13,12 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from factories import started, update_stats
 from hypothesis import given
 from hypothesis import strategies as st
 
 from esper import __version__
-from esper.telemetry.contracts import EventType, TelemetryEvent, event_to_json_line
-from esper.telemetry.emitter import TelemetryEmitter
+from esper.telemetry.contracts import (
+    EpisodeCompleted,
+    EventType,
+    SeedLifecycle,
+    TelemetryEvent,
+    TrainingFinished,
+    event_to_json_line,
+)
+from esper.telemetry.emitter import TelemetryEmitter, emit_update
+from esper.telemetry.heads import HeadStats
 from esper.telemetry.recorder import (
     EVENTS_FILE,
     RUN_FILE,
@@ -43,19 +52,16 @@ def sample_events() -> list[TelemetryEvent]:
     """One event of each common kind, as the trainer would emit them."""
     sink = ListSink()
     em = TelemetryEmitter(sink, "run-x", clock=lambda: 1700000000.25)
-    em.emit_training_started(
-        config={"lr": 3e-4}, task="spirals", head_sizes={"slot": 3}, episodes_total=2,
-        n_envs=1, device="cpu",
-    )  # fmt: skip
-    em.emit_seed_lifecycle(
+    em.emit(started())
+    em.emit(SeedLifecycle(
         env_index=0, slot=1, from_stage="DORMANT", to_stage="GERMINATED", blueprint="MLP", alpha=0.0
-    )
-    em.emit_episode_completed(
+    ))  # fmt: skip
+    em.emit(EpisodeCompleted(
         env_index=0, episode_return=1.5, final_accuracy=0.8, seeds_grown=1, seeds_fossilized=0,
-        seeds_killed=0, length=8, episode=0, batch=0,
-    )  # fmt: skip
-    em.emit_ppo_update({"head_op_ratio_max": 1.25, "head_op_relevant": 8.0}, batch=0)
-    em.emit_training_finished(episodes=2, updates=1, wall_seconds=3.0, run_dir="runs/run-x")
+        seeds_killed=0, length=8,
+    ), episode=0, batch=0)  # fmt: skip
+    emit_update(em, update_stats({"op": HeadStats(ratio_max=1.25, relevant=8)}), batch=0)
+    em.emit(TrainingFinished(episodes=2, updates=1, wall_seconds=3.0, run_dir="runs/run-x"))
     return sink.events
 
 

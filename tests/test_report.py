@@ -18,8 +18,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from esper.actions import HEAD_INDEX, HEAD_NAMES
-from esper.analysis.commands import main, report_target
+from esper.analysis.commands import report_target
 from esper.analysis.runs import load_run, measured
+from esper.cli import main
 from esper.telemetry.emitter import TelemetryEmitter
 from esper.telemetry.hub import TelemetryHub
 from esper.telemetry.recorder import RunRecorder

@@ -52,6 +52,8 @@ from esper.telemetry.contracts import (
     EventType,
     SeedLifecycle,
     TelemetryEvent,
+    WorkerRestarted,
+    WorkerStatus,
 )
 from esper.telemetry.emitter import TelemetryEmitter
 from esper.trainer import Trainer
@@ -409,20 +411,20 @@ def test_ray_backend_without_ray_is_one_line_and_exit_2(
 
 def emit_workers(emitter: TelemetryEmitter, rates: list[float], batch: int) -> None:
     for worker, rate in enumerate(rates):
-        emitter.emit_worker_status(
+        emitter.emit(WorkerStatus(
             worker=worker, backend="processes", alive=rate > 0, restarts=0, envs=2,
-            steps=int(rate), steps_per_second=rate, batch=batch,
-        )  # fmt: skip
+            steps=int(rate), steps_per_second=rate,
+        ), batch=batch)  # fmt: skip
 
 
 def test_the_aggregator_keeps_each_workers_latest_state() -> None:
     events = EventList()
     emitter = TelemetryEmitter(events, run_id="r")
     emit_workers(emitter, [40.0, 38.5], batch=0)
-    emitter.emit_worker_restarted(
+    emitter.emit(WorkerRestarted(
         worker=1, backend="processes", reason="process exited (code -9)", restarts=1,
-        replayed_steps=6, batch=1,
-    )  # fmt: skip
+        replayed_steps=6,
+    ), batch=1)  # fmt: skip
     emit_workers(emitter, [41.0, 0.0], batch=1)  # worker 1 reported dead
     aggregator = SanctumAggregator()
     for event in events:

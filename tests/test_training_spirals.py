@@ -15,6 +15,7 @@ from esper.actions import HEAD_NAMES, head_sizes
 from esper.environment import MorphogeneticEnv
 from esper.ppo import PPOAgent, PPOConfig, RolloutBuffer
 from esper.rollout import collect_batch
+from esper.telemetry.heads import UpdateStats
 
 N_ENVS, LENGTH, SEED = 2, 12, 0
 Collected = tuple[RolloutBuffer, list[dict[str, Any]]]
@@ -35,8 +36,8 @@ def spirals_batch() -> Collected:
     return collect_batch(agent(envs[0].obs_dim), envs, LENGTH, seeds=list(range(N_ENVS)))
 
 
-def relevant_heads(metrics: dict[str, float]) -> list[str]:
-    return [h for h in HEAD_NAMES if metrics[f"head_{h}_relevant"] > 0]
+def relevant_heads(stats: UpdateStats) -> list[str]:
+    return [h for h, s in stats.heads.items() if s.measured]
 
 
 def test_batch_is_a_full_episode_per_env(spirals_batch: Collected) -> None:
@@ -57,10 +58,10 @@ def test_one_epoch_one_minibatch_sees_ratios_of_one(spirals_batch: Collected) ->
     heads = relevant_heads(metrics)
     assert "op" in heads and len(heads) > 1
     for h in heads:
-        assert metrics[f"head_{h}_ratio_max"] == pytest.approx(1.0, abs=1e-6)
-        assert metrics[f"head_{h}_ratio_min"] == pytest.approx(1.0, abs=1e-6)
-        assert metrics[f"head_{h}_clip_fraction"] == 0.0
-    assert metrics["joint_ratio_max"] == pytest.approx(1.0, abs=1e-6)
+        assert metrics.heads[h].ratio_max == pytest.approx(1.0, abs=1e-6)
+        assert metrics.heads[h].ratio_min == pytest.approx(1.0, abs=1e-6)
+        assert metrics.heads[h].clip_fraction == 0.0
+    assert metrics.joint_ratio_max == pytest.approx(1.0, abs=1e-6)
 
 
 def test_a_short_training_run_moves_every_relevant_head_in_every_update() -> None:
@@ -73,9 +74,9 @@ def test_a_short_training_run_moves_every_relevant_head_in_every_update() -> Non
         heads = relevant_heads(metrics)
         assert "op" in heads and len(heads) > 1
         for h in heads:
-            assert metrics[f"head_{h}_ratio_max"] > 1.0 + 1e-4, (update, h)
-            assert metrics[f"head_{h}_ratio_min"] < 1.0 - 1e-4, (update, h)
+            assert metrics.heads[h].ratio_max > 1.0 + 1e-4, (update, h)
+            assert metrics.heads[h].ratio_min < 1.0 - 1e-4, (update, h)
         for h in set(HEAD_NAMES) - set(heads):
-            assert metrics[f"head_{h}_ratio_max"] == 1.0  # neutral, flagged by relevant == 0
-        largest_head = max(metrics[f"head_{h}_ratio_max"] for h in heads)
-        assert metrics["joint_ratio_max"] >= largest_head - 1e-6
+            assert metrics.heads[h].ratio_max == 1.0  # neutral, flagged by relevant == 0
+        largest_head = max(metrics.heads[h].ratio_max for h in heads)
+        assert metrics.joint_ratio_max >= largest_head - 1e-6

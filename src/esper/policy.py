@@ -38,6 +38,11 @@ class TamiyoPolicy(nn.Module):
 
     inject_nonfinite: dict[str, float] | None
 
+    # Buffers (registered in __init__), declared so type checkers know they are tensors.
+    value_exists: Tensor
+    relevance: Tensor
+    log_head_sizes: Tensor
+
     def __init__(self, obs_dim: int, head_sizes: Mapping[str, int], hidden: int = 128) -> None:
         super().__init__()
         if set(head_sizes) != set(HEAD_NAMES):

@@ -30,27 +30,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esper.actions import HEAD_NAMES
 from esper.policy import N_HEADS, N_OPS, TamiyoPolicy
 from esper.ratio_stats import (
     HeadRatioStats,
     LogRatios,
-    RatioExplosionReport,
     concat_log_ratios,
-    explain_explosion,
     head_ratio_stats,
     joint_ratio_max,
     log_ratios,
 )
+from esper.telemetry.heads import UpdateStats
 
 __all__ = [
     "HeadRatioStats",
     "PPOAgent",
     "PPOConfig",
-    "RatioExplosionReport",
     "RolloutBuffer",
+    "UpdateStats",
     "clipped_surrogate",
-    "explain_explosion",
     "gae",
     "head_ratio_stats",
 ]
@@ -74,13 +71,11 @@ class PPOConfig:
     #: Stop the update once a minibatch's approx KL exceeds 1.5 * target_kl (None: never).
     target_kl: float | None = 0.05
     clip_mode: ClipMode = "per_head"
-    #: `last_explosion` is reported when the joint ratio max exceeds this.
+    #: An update's `explosion` report is made when its joint ratio max exceeds this.
     explosion_threshold: float = 2.0
     #: Automated intervention: stop the update once the joint ratio max exceeds this.
     joint_ratio_limit: float | None = None
     hidden: int = 128
-    #: Per-head ratio statistics, entropies and KLs; off only to measure their overhead.
-    head_stats: bool = True
     normalize_advantage: bool = True
 
     def __post_init__(self) -> None:
@@ -336,7 +331,6 @@ class PPOAgent:
         sample_seed, perm_seed = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
         self._sample_gen = torch.Generator(self.device).manual_seed(int(sample_seed))
         self._perm_gen = torch.Generator(self.device).manual_seed(int(perm_seed))
-        self.last_explosion: RatioExplosionReport | None = None
 
     def _tensor(self, array: npt.ArrayLike | Tensor, dtype: torch.dtype) -> Tensor:
         return torch.as_tensor(array, dtype=dtype, device=self.device)
@@ -364,8 +358,13 @@ class PPOAgent:
             _, values = self.policy(self._tensor(obs, torch.float32))
         return values.cpu().numpy()
 
-    def update(self, buffer: RolloutBuffer) -> dict[str, float]:
-        """K epochs x M minibatches of PPO on `buffer`; returns the update's metrics.
+    @property
+    def head_names(self) -> tuple[str, ...]:
+        """The policy's heads, in the order of its action vectors."""
+        return tuple(self.policy.head_sizes)
+
+    def update(self, buffer: RolloutBuffer) -> UpdateStats:
+        """K epochs x M minibatches of PPO on `buffer`; returns what the update measured.
 
         The minibatch that trips the KL early stop or the joint-ratio intervention enters
         the statistics but takes no optimizer step (as in Stable-Baselines3); later
@@ -393,21 +392,39 @@ class PPOAgent:
         finally:
             vars(self.optimizer).pop("found_inf", None)
         ratios = concat_log_ratios(parts)
+        sums = tally.totals()
         stats = HeadRatioStats.from_log_ratios(
-            ratios, cfg.clip_eps, HEAD_NAMES, per_head=cfg.head_stats
+            ratios,
+            cfg.clip_eps,
+            self.head_names,
+            entropy_sum=sums["head_entropy"],
+            entropy_count=sums["entropy_samples"],
         )
-        names, tensor = self._metric_tensor(
-            stats, ratios, tally, torch.stack(epoch_active), data, buffer
+        scalars = self._scalars(sums, torch.stack(epoch_active), data, buffer)
+        tensor = torch.cat(
+            [stats.reading_tensor(self.policy.log_head_sizes), torch.stack(list(scalars.values()))]
         )
         values = tensor.tolist()  # the single device->host transfer of the update
-        metrics = dict(zip(names, values, strict=True))
-        worst = {h: metrics.pop(f"_worst_log_ratio_{h}") for h in HEAD_NAMES}
-        self.last_explosion = (
-            explain_explosion(metrics, worst, cfg.clip_eps)
-            if cfg.head_stats and metrics["joint_ratio_max"] > cfg.explosion_threshold
-            else None
+        reading = stats.read(values[: stats.reading_size])
+        host = dict(zip(scalars, values[stats.reading_size :], strict=True))
+        entropies = [head.entropy for head in reading.heads.values()]
+        return UpdateStats(
+            heads=reading.heads,
+            joint_ratio_max=reading.joint_ratio_max,
+            approx_kl=host["approx_kl"],
+            clip_fraction=reading.joint_clip_fraction,
+            policy_loss=host["policy_loss"],
+            value_loss=host["value_loss"],
+            entropy=sum(entropies) / len(entropies),
+            explained_variance=host["explained_variance"],
+            grad_norm=host["grad_norm"],
+            epochs_run=int(host["epochs_run"]),
+            minibatches_run=int(host["minibatches_run"]),
+            minibatches_skipped=int(host["minibatches_skipped"]),
+            early_stopped=host["early_stopped"] > 0,  # a count of the minibatches that tripped
+            intervened=host["intervened"] > 0,
+            explosion=reading.explosion(cfg.clip_eps, cfg.explosion_threshold),
         )
-        return metrics
 
     def _minibatch(self, mb: Batch, active: Tensor, tally: _Tally) -> tuple[LogRatios, Tensor]:
         """One minibatch: loss, backward, a step unless stopped or non-finite, statistics.
@@ -444,7 +461,7 @@ class PPOAgent:
         limit = cfg.joint_ratio_limit
         limit_trip = active & (joint_ratio_max(ratios) > limit if limit else False)
         step = active & finite & ~kl_trip & ~limit_trip
-        self.optimizer.found_inf = (~step).to(torch.float32)
+        vars(self.optimizer)["found_inf"] = (~step).to(torch.float32)
         self.optimizer.step()
 
         counted = active & finite
@@ -468,34 +485,19 @@ class PPOAgent:
         tally.record(entries)
         return ratios, active & ~kl_trip & ~limit_trip
 
-    def _metric_tensor(
-        self,
-        stats: HeadRatioStats,
-        ratios: LogRatios,
-        tally: _Tally,
-        epoch_active: Tensor,
-        data: Batch,
-        buffer: RolloutBuffer,
-    ) -> tuple[list[str], Tensor]:
-        """Every metric of the update, as names and one float64 device tensor."""
-        sums = tally.totals()
+    def _scalars(
+        self, sums: Mapping[str, Tensor], epoch_active: Tensor, data: Batch, buffer: RolloutBuffer
+    ) -> dict[str, Tensor]:
+        """The update's global scalars as float64 0-d device tensors (no host sync)."""
 
         def mean(total: Tensor, count: Tensor) -> Tensor:
             return total / count.clamp(min=1)
 
-        log_sizes = self.policy.log_head_sizes.to(torch.float64)
-        mean_entropy = mean(sums["head_entropy"], sums["entropy_samples"])
-        # The one normalisation of entropy: nats / ln(head size), so 1 is uniform.
-        entropy = torch.where(
-            log_sizes > 0, mean_entropy / log_sizes.clamp(min=1e-12), torch.zeros_like(log_sizes)
-        )
         n_mb = sums["loss_minibatches"]
-        scalars: dict[str, Tensor] = {
+        scalars = {
             "approx_kl": mean(sums["joint_kl"], sums["joint_kl_count"]),
-            "clip_fraction": stats.joint_clip_fraction(),
             "policy_loss": mean(sums["policy_loss"], n_mb),
             "value_loss": mean(sums["value_loss"], n_mb),
-            "entropy": entropy.mean(),
             "explained_variance": _explained_variance(buffer.values.flatten(), data.returns),
             "grad_norm": mean(sums["grad_norm"], sums["steps"]),
             "epochs_run": epoch_active.sum(),
@@ -504,16 +506,7 @@ class PPOAgent:
                 for key in ("minibatches_run", "minibatches_skipped", "early_stopped", "intervened")
             },
         }
-        names = [*stats.metric_names(), *(f"_worst_log_ratio_{h}" for h in HEAD_NAMES)]
-        parts = [stats.metric_tensor(), stats.worst_log_ratio]
-        if self.config.head_stats:
-            names += [f"head_{h}_entropy" for h in HEAD_NAMES]
-            names += [f"head_{h}_approx_kl" for h in HEAD_NAMES]
-            head_kl = torch.special.expm1(ratios.log_ratio) - ratios.log_ratio  # 0 where unused
-            parts += [entropy, mean(head_kl.sum(dim=0, dtype=torch.float64), stats.relevant_count)]
-        names += list(scalars)
-        parts.append(torch.stack([v.to(torch.float64).reshape(()) for v in scalars.values()]))
-        return names, torch.cat([p.to(torch.float64) for p in parts])
+        return {name: v.to(torch.float64).reshape(()) for name, v in scalars.items()}
 
     def state_dict(self) -> dict[str, Any]:
         """Policy, optimizer and RNG state as plain tensors and dicts (weights_only loadable)."""

@@ -20,11 +20,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from esper.actions import HEAD_NAMES, head_sizes
+from esper import __version__
+from esper.actions import head_sizes
 from esper.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from esper.config import TrainConfig, parse_fault
 from esper.environment import MorphogeneticEnv, observation_layout
-from esper.ppo import PPOAgent, PPOConfig, RatioExplosionReport
+from esper.ppo import PPOAgent, PPOConfig
 from esper.rollout import collect_batch
 from esper.runners import (
     EnvRunner,
@@ -34,8 +35,19 @@ from esper.runners import (
     WorkerError,
     make_runner,
 )
-from esper.telemetry.contracts import EventType
-from esper.telemetry.emitter import TelemetryEmitter
+from esper.telemetry.contracts import (
+    PAYLOAD_TYPES,
+    EpisodeCompleted,
+    EventType,
+    Payload,
+    SeedLifecycle,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingStarted,
+    WorkerRestarted,
+    WorkerStatus,
+)
+from esper.telemetry.emitter import TelemetryEmitter, update_payloads
 from esper.telemetry.recorder import EVENTS_FILE, read_events
 
 UPDATE_EVENTS = frozenset({EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED})
@@ -204,18 +216,18 @@ class Trainer:
         return None if self.runner is None else self.runner.worker_of(env_index)
 
     def _on_worker_restart(self, notice: RestartNotice) -> None:
-        self.emitter.emit_worker_restarted(
+        restarted = WorkerRestarted(
             worker=notice.worker,
             backend=notice.backend,
             reason=notice.reason,
             restarts=notice.restarts,
             replayed_steps=notice.replayed_steps,
-            batch=self.batch,
         )
+        self.emitter.emit(restarted, batch=self.batch)
 
     def _emit_worker_status(self, runner: EnvRunner) -> None:
         for info in runner.status():
-            self.emitter.emit_worker_status(
+            status = WorkerStatus(
                 worker=info.worker,
                 backend=runner.backend,
                 alive=info.alive,
@@ -223,12 +235,12 @@ class Trainer:
                 envs=info.envs,
                 steps=info.steps,
                 steps_per_second=info.steps_per_second,
-                batch=self.batch,
             )
+            self.emitter.emit(status, batch=self.batch)
 
     def _on_step(self, env_index: int, step: int, info: dict[str, Any]) -> None:
         for change in info.get("lifecycle_events", ()):
-            self.emitter.emit_seed_lifecycle(
+            lifecycle = SeedLifecycle(
                 env_index=env_index,
                 worker=self._worker_of(env_index),
                 slot=int(change["slot"]),
@@ -236,9 +248,8 @@ class Trainer:
                 to_stage=str(change["to_stage"]),
                 blueprint=change.get("blueprint"),
                 alpha=float(change["alpha"]),
-                episode=self.episodes_done + env_index,
-                batch=self.batch,
             )
+            self.emitter.emit(lifecycle, episode=self.episodes_done + env_index, batch=self.batch)
 
     def _run_batch(self) -> None:
         cfg = self.config
@@ -249,7 +260,7 @@ class Trainer:
             self.agent, runner, cfg.episode_length, seeds, on_step=self._on_step
         )
         for i, ep in enumerate(episodes):
-            self.emitter.emit_episode_completed(
+            completed = EpisodeCompleted(
                 env_index=i,
                 worker=runner.worker_of(i),
                 episode_return=float(ep["return"]),
@@ -258,31 +269,38 @@ class Trainer:
                 seeds_fossilized=int(ep["seeds_fossilized"]),
                 seeds_killed=int(ep["seeds_killed"]),
                 length=int(ep["length"]),
-                episode=self.episodes_done + i,
-                batch=self.batch,
             )
+            self.emitter.emit(completed, episode=self.episodes_done + i, batch=self.batch)
         self._emit_worker_status(runner)
         faulty = self.fault is not None and self.fault.active(self.batch)
         if faulty:
             assert self.fault is not None
             self.agent.policy.inject_nonfinite = {self.fault.head: self.fault.value}
         try:
-            metrics = self.agent.update(buffer)
+            stats = self.agent.update(buffer)
         finally:
             self.agent.policy.inject_nonfinite = None
+        index = self.emitter.next_update_index
+        payloads = update_payloads(
+            stats,
+            index,
+            batch=self.batch,
+            mean_return=float(np.mean([ep["return"] for ep in episodes])),
+            host_accuracy=float(np.mean([ep["final_accuracy"] for ep in episodes])),
+        )
+        # Plain data (the events' own JSON form), so the checkpoint loads with weights_only.
         self._pending = {
-            "metrics": metrics,
             "batch": self.batch,
-            "update_index": self.emitter.next_update_index,
-            "mean_return": float(np.mean([ep["return"] for ep in episodes])),
-            "host_accuracy": float(np.mean([ep["final_accuracy"] for ep in episodes])),
-            "explosion": _explosion_dict(self.agent.last_explosion),
+            "update_index": index,
+            "events": [
+                {"event_type": p.EVENT_TYPE.value, "data": p.to_dict()} for p in payloads
+            ],
         }
         self.episodes_done += n
         self.batch += 1
-        bad = metrics["minibatches_skipped"] > 0
+        bad = stats.minibatches_skipped > 0
         self._bad_updates = self._bad_updates + 1 if bad else 0
-        if metrics["minibatches_run"] - metrics["minibatches_skipped"] > 0:
+        if stats.minibatches_run - stats.minibatches_skipped > 0:
             self.updates_done += 1
         self._save_checkpoint()
         self._emit_pending()
@@ -297,28 +315,17 @@ class Trainer:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        metrics: dict[str, float] = pending["metrics"]
-        batch = int(pending["batch"])
-        applied = metrics["minibatches_run"] - metrics["minibatches_skipped"]
-        if applied <= 0:
-            nonfinite = {h: int(metrics.get(f"head_{h}_nonfinite", 0)) for h in HEAD_NAMES}
-            self.emitter.emit_ppo_skipped(
-                reason=f"all {int(metrics['minibatches_run'])} minibatches had non-finite values",
-                batch=batch,
-                nonfinite=nonfinite,
+        index = self.emitter.take_update_index()
+        if index != int(pending["update_index"]):
+            raise TrainingError(
+                f"update numbering diverged: pending update {pending['update_index']}, "
+                f"emitter at {index}"
             )
-            return
-        payload = self.emitter.emit_ppo_update(
-            metrics,
-            batch=batch,
-            mean_return=pending["mean_return"],
-            host_accuracy=pending["host_accuracy"],
-        )
-        report = pending["explosion"]
-        if report is not None:
-            self.emitter.emit_ratio_explosion(
-                update_index=payload.update_index, batch=batch, **report
+        for event in pending["events"]:
+            payload: Payload = PAYLOAD_TYPES[EventType(event["event_type"])].from_dict(
+                event["data"]
             )
+            self.emitter.emit(payload, batch=int(pending["batch"]))
 
     def _save_checkpoint(self) -> None:
         save_checkpoint(
@@ -339,16 +346,19 @@ class Trainer:
     def _start(self) -> None:
         """Announce the run; a resumed run first emits an update its kill left pending."""
         cfg = self.config
-        self.emitter.emit_training_started(
+        sizes = self.agent.head_sizes
+        started = TrainingStarted(
             config=cfg.to_dict(),
             task=cfg.task,
-            head_names=list(HEAD_NAMES),
-            head_sizes=head_sizes(cfg.slots),
+            head_names=list(sizes),
+            head_sizes=sizes,
             episodes_total=cfg.episodes,
             n_envs=cfg.envs,
             device=cfg.device,
+            esper_version=__version__,
             resumed_from_update=None if self._resume is None else self.emitter.next_update_index,
         )
+        self.emitter.emit(started)
         self._emit_pending()
 
     def _train(self) -> bool:
@@ -372,33 +382,22 @@ class Trainer:
         except KeyboardInterrupt:
             interrupted = True
         except BaseException as exc:
-            self.emitter.emit_training_failed(
+            failed = TrainingFailed(
                 error=f"{type(exc).__name__}: {exc}",
                 traceback=None if isinstance(exc, TrainingError) else traceback.format_exc(),
             )
+            self.emitter.emit(failed)
             raise
         finally:
             self.close()
         wall = time.perf_counter() - start
         self._save_checkpoint()
-        self.emitter.emit_training_finished(
+        finished = TrainingFinished(
             episodes=self.episodes_done,
             updates=self.updates_done,
             wall_seconds=wall,
             run_dir=str(self.run_dir),
             interrupted=interrupted,
         )
+        self.emitter.emit(finished)
         return TrainResult(self.episodes_done, self.updates_done, wall, interrupted)
-
-
-def _explosion_dict(report: RatioExplosionReport | None) -> dict[str, Any] | None:
-    """The explosion report as plain data, so a checkpoint can carry it unpickled."""
-    if report is None:
-        return None
-    return {
-        "joint_ratio_max": float(report.joint_ratio_max),
-        "worst_log_ratios": {h: float(v) for h, v in report.worst_log_ratios.items()},
-        "shares": {h: float(v) for h, v in report.shares.items()},
-        "driver": report.driver,
-        "hidden_by_heads": bool(report.hidden_by_heads),
-    }

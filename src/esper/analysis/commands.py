@@ -213,18 +213,3 @@ def add_analysis_commands(subparsers: Any) -> None:
         "--schema", action="store_true", help="list the tables and their columns (no SQL)"
     )
     query_parser.set_defaults(handler=_guarded("esper query", run_query), format="table")
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """`esper` with only the analysis commands (for tests and `python -m`)."""
-    from esper.cli import OneLineParser  # here, not at the top: esper.cli imports this module
-
-    parser = OneLineParser(prog="esper")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    add_analysis_commands(sub)
-    args = parser.parse_args(argv)
-    return int(args.handler(args))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

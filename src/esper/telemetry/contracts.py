@@ -111,6 +111,8 @@ def _coerce(tp: Any, value: object, where: str) -> Any:
                 f"{where}: expected {tp.__name__}, got {_type_name(value)} {value!r}"
             )
         return value
+    if tp is Any:  # free-form JSON value (inside a free-form object)
+        return json_value(value, where)
     if tp is dict:  # free-form JSON object
         if not isinstance(value, Mapping):
             raise ContractError(f"{where}: expected an object, got {_type_name(value)}")
@@ -246,7 +248,7 @@ class Payload:
 class TrainingStarted(Payload):
     """The run's identity and configuration, first event of every run."""
 
-    config: dict
+    config: dict[str, Any]
     task: str
     head_names: list[str]
     head_sizes: dict[str, int]

@@ -16,6 +16,7 @@ from typing import Protocol
 from esper.telemetry.contracts import (
     Payload,
     PPOUpdatePayload,
+    PPOUpdateSkipped,
     RatioExplosion,
     TelemetryDrops,
     TelemetryEvent,
@@ -98,6 +99,39 @@ class TelemetryEmitter:
         )
 
 
+def update_payloads(
+    stats: UpdateStats,
+    update_index: int,
+    *,
+    batch: int,
+    mean_return: float | None = None,
+    host_accuracy: float | None = None,
+) -> list[Payload]:
+    """The events one PPO update makes: skipped, or completed plus any explosion report.
+
+    An update none of whose minibatches applied an optimizer step is recorded as skipped,
+    with the heads whose log-probs went non-finite, so the dashboard shows it as stale.
+    """
+    if stats.minibatches_run - stats.minibatches_skipped <= 0:
+        reason = f"all {stats.minibatches_run} minibatches had non-finite values"
+        return [
+            PPOUpdateSkipped(
+                reason=reason, batch=batch, update_index=update_index, nonfinite=stats.nonfinite()
+            )
+        ]
+    payloads: list[Payload] = [
+        PPOUpdatePayload(
+            update_index=update_index,
+            stats=stats,
+            mean_return=mean_return,
+            host_accuracy=host_accuracy,
+        )
+    ]
+    if stats.explosion is not None:
+        payloads.append(RatioExplosion(update_index=update_index, report=stats.explosion))
+    return payloads
+
+
 def emit_update(
     emitter: TelemetryEmitter,
     stats: UpdateStats,
@@ -105,21 +139,18 @@ def emit_update(
     batch: int | None = None,
     mean_return: float | None = None,
     host_accuracy: float | None = None,
-) -> PPOUpdatePayload:
-    """Publish one completed PPO update and, when it carries one, its explosion report.
+) -> list[TelemetryEvent]:
+    """Number one PPO update and publish its events (see `update_payloads`).
 
     Every trainer (esper's own, the SB3 classes, `HeadRatioMonitor`) records an update
-    this way, so they number and attribute updates alike.
+    through `update_payloads`, so they number, skip and attribute updates alike.
     """
-    payload = PPOUpdatePayload(
-        update_index=emitter.take_update_index(),
-        stats=stats,
+    index = emitter.take_update_index()
+    payloads = update_payloads(
+        stats,
+        index,
+        batch=index if batch is None else batch,
         mean_return=mean_return,
         host_accuracy=host_accuracy,
     )
-    emitter.emit(payload, batch=batch)
-    if stats.explosion is not None:
-        emitter.emit(
-            RatioExplosion(update_index=payload.update_index, report=stats.explosion), batch=batch
-        )
-    return payload
+    return [emitter.emit(payload, batch=batch) for payload in payloads]
