@@ -63,13 +63,15 @@ def history_groups(head_count: int, width: int) -> int:
     return max(1, min(wanted, width // MIN_GROUP_WIDTH))
 
 
-def history_grid(tamiyo: TamiyoState, heads: Sequence[str], joint: bool) -> Table:
+def history_grid(
+    tamiyo: TamiyoState, heads: Sequence[str], joint: bool, title: str = "ratio max per update"
+) -> Table:
     """Name, sparkline and worst value of each head in `heads` (and of the joint)."""
     grid = Table.grid(padding=(0, 1), expand=True)
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column(ratio=1, no_wrap=True, justify="right")
     grid.add_column(justify="right", no_wrap=True)
-    grid.add_row(Text(""), Text("ratio max per update", style="dim"), Text("worst", style="dim"))
+    grid.add_row(Text(""), Text(title, style="dim"), Text("worst", style="dim"))
     for head in heads:
         history = tamiyo.head(head).ratio_max_history
         grid.add_row(head, *history_row(history, RATIO_BAR_FULL, ratio_color))
@@ -97,7 +99,10 @@ class RatioHistory:
         for _ in chunks:
             outer.add_column(ratio=1)
         outer.add_row(
-            *(history_grid(self.tamiyo, chunk, joint=i == 0) for i, chunk in enumerate(chunks))
+            *(
+                history_grid(self.tamiyo, chunk, joint=i == 0, title="ratio max")
+                for i, chunk in enumerate(chunks)
+            )
         )
         yield outer
 
