@@ -22,13 +22,13 @@ from esper.sanctum.schema import (
     EpisodeStats,
     EventLogEntry,
     HeadState,
-    HeadStats,
     Progress,
     RunInfo,
     SanctumSnapshot,
     SlotState,
     TamiyoState,
 )
+from esper.telemetry.heads import HeadStats
 from esper.telemetry.recorder import EVENTS_FILE
 
 SnapCompare = Callable[..., bool]

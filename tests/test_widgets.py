@@ -24,7 +24,6 @@ from esper.sanctum.schema import (
     EpisodeStats,
     EventLogEntry,
     HeadState,
-    HeadStats,
     Progress,
     RunInfo,
     SanctumSnapshot,
@@ -68,6 +67,7 @@ from esper.sanctum.widgets.style import (
     round_half_up,
     sparkline,
 )
+from esper.telemetry.heads import HeadStats
 
 # ------------------------------------------------------------------ helpers
 

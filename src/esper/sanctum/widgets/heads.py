@@ -19,7 +19,7 @@ from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderR
 from rich.table import Table
 from rich.text import Text
 
-from esper.sanctum.schema import HeadStats, SanctumSnapshot, TamiyoState
+from esper.sanctum.schema import SanctumSnapshot, TamiyoState
 from esper.sanctum.widgets.base import SnapshotPanel
 from esper.sanctum.widgets.style import (
     CRITICAL,
@@ -38,6 +38,7 @@ from esper.sanctum.widgets.style import (
     ratio_color,
     ratio_text,
 )
+from esper.telemetry.heads import HeadStats
 
 _SEVERITY = {NO_DATA: 0, HEALTHY: 1, WARNING: 2, CRITICAL: 3}
 _GLYPHS = {HEALTHY: GLYPH_HEALTHY, WARNING: GLYPH_WARNING, CRITICAL: GLYPH_CRITICAL}
