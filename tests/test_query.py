@@ -28,7 +28,16 @@ from test_report import one_error_line
 from esper.actions import HEAD_NAMES
 from esper.analysis import AnalysisError
 from esper.analysis.commands import main
-from esper.analysis.runs import HEAD_STATS, load_run, load_runs, ratio_max_product, unique_labels
+from esper.analysis.runs import (
+    HEAD_STATS,
+    Table,
+    load_run,
+    load_runs,
+    merged_columns,
+    ratio_max_product,
+    unique_labels,
+    update_columns,
+)
 from esper.sanctum.aggregator import aggregate_file
 from esper.telemetry.contracts import PPOUpdatePayload
 from esper.telemetry.heads import HeadStats, UpdateStats, flat_key
@@ -290,3 +299,15 @@ def test_runs_with_different_heads_share_one_table(
         {"run_id": "synthetic", "op": ratio_max(0, "op"), "x": None},
         {"run_id": "xyz", "op": None, "x": ratio_max(0, "x", XYZ_HEADS)},
     ]
+
+
+def test_merged_columns_keep_heads_together_and_scalars_last() -> None:
+    a = Table("ppo_updates", update_columns(("op", "slot")))
+    b = Table("ppo_updates", update_columns(("x", "op")))
+    merged = merged_columns([a, b])
+    heads = [c.name.removesuffix("_ratio_max") for c in merged if c.name.endswith("_ratio_max")]
+    assert heads == ["head_x", "head_op", "head_slot", "joint"]  # x before op, as in b
+    nullable = {c.name: c.nullable for c in merged}
+    assert nullable["head_x_relevant"] and nullable["head_slot_relevant"]  # one run lacks it
+    assert not nullable["head_op_relevant"] and not nullable["joint_ratio_max"]
+    assert [c.name for c in merged][-3:] == ["mean_return", "host_accuracy", "ratio_max_product"]

@@ -94,29 +94,31 @@ class Table:
 
 
 def merged_columns(tables: Sequence[Table]) -> tuple[Column, ...]:
-    """The union of the tables' columns, each new one placed after its predecessor.
+    """The union of the tables' columns, each new one placed before its successor.
 
-    Runs with different heads concatenate into one table whose head columns are those of
-    every run (a run's own first); a column some table lacks becomes nullable there.
+    Runs with different heads concatenate into one table holding the head columns of
+    every run: a column new to the union goes just before the next column its own table
+    has, so heads stay together and the update-wide columns stay last. A column some
+    table lacks becomes nullable.
     """
     merged = list(tables[0].columns)
     for table in tables[1:]:
-        at = 0
-        for column in table.columns:
-            names = [c.name for c in merged]
-            if column.name in names:
-                at = names.index(column.name) + 1
-                known = merged[at - 1]
-                if known.type is not column.type:
-                    raise ValueError(
-                        f"{table.name}.{column.name}: {column.type.__name__} here, "
-                        f"{known.type.__name__} elsewhere"
-                    )
-                if column.nullable and not known.nullable:
-                    merged[at - 1] = column
-            else:
-                merged.insert(at, column)
-                at += 1
+        names = [c.name for c in merged]
+        before = len(merged)  # where a new column goes: before the next column known
+        for column in reversed(table.columns):
+            if column.name not in names:
+                merged.insert(before, column)
+                names.insert(before, column.name)
+                continue
+            before = names.index(column.name)
+            known = merged[before]
+            if known.type is not column.type:
+                raise ValueError(
+                    f"{table.name}.{column.name}: {column.type.__name__} here, "
+                    f"{known.type.__name__} elsewhere"
+                )
+            if column.nullable:
+                merged[before] = dataclasses.replace(known, nullable=True)
     everywhere = set.intersection(*({c.name for c in t.columns} for t in tables))
     return tuple(
         c if c.nullable or c.name in everywhere else dataclasses.replace(c, nullable=True)
