@@ -127,6 +127,7 @@ def table_json(table: object) -> dict[str, object]:
 def main(out: Path) -> None:
     run_dir = out
     (run_dir / EVENTS_FILE).unlink(missing_ok=True)
+    (run_dir / "run.json").unlink(missing_ok=True)
     record(run_dir)
     expected = out / "expected"
     expected.mkdir(exist_ok=True)
