@@ -26,7 +26,8 @@ from synthetic_run import (
 from esper.actions import HEAD_NAMES
 from esper.analysis.commands import main, report_target
 from esper.analysis.runs import load_run, measured
-from esper.telemetry.emitter import TelemetryEmitter
+from esper.telemetry.emitter import TelemetryEmitter, emit_update
+from esper.telemetry.heads import ExplosionReport, HeadStats, UpdateStats, explosion_shares
 from esper.telemetry.hub import TelemetryHub
 from esper.telemetry.recorder import RunRecorder
 
@@ -242,3 +243,17 @@ def test_runs_with_different_heads_compare_side_by_side(run_dir: Path, tmp_path:
     assert 'id="run0-ratio_max-op"' in svg and 'id="run1-ratio_max-op"' not in svg
     colours = report.head_colours(report.figure_heads(runs))
     assert len(set(colours.values())) == len(HEAD_NAMES) + len(XYZ_HEADS)
+
+
+def test_an_explosion_no_head_drove_lists_no_driver(tmp_path: Path) -> None:
+    quiet = {"x": 0.0, "y": 0.0}
+    report_ = ExplosionReport(3.0, quiet, explosion_shares(quiet), None, hidden_by_heads=False)
+    stats = UpdateStats(heads={"x": HeadStats(), "y": HeadStats()}, explosion=report_)
+    with TelemetryHub([RunRecorder(tmp_path, config={})]) as hub:
+        emitter = TelemetryEmitter(hub, "quiet")
+        emitter.emit(started(("x", "y")))
+        emit_update(emitter, stats, batch=0)
+    run = load_run(tmp_path)
+    assert run.explosions.column("driver") == [None]  # NULL in SQL, a dash on the page
+    page = report.render_html([run], b"<svg></svg>")
+    assert "<td>—</td><td>no</td><td>update 0: joint 3.00, no head moved</td>" in page

@@ -475,7 +475,7 @@ def _explosions_table(runs: Sequence[Run]) -> str:
             update,
             "—" if batch is None else batch,
             f"{joint:.3f}",
-            driver,
+            driver or "—",  # None: no head moved
             "yes" if hidden else "no",
             summary,
         )
