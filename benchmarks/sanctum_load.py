@@ -38,73 +38,82 @@ class EventList(list[Any]):
         self.append(event)
 
 
-def update_metrics(rng: np.random.Generator, drift: npt.NDArray[np.float64]) -> dict[str, float]:
-    """A plausible `PPOAgent.update()` metrics dict: every payload field, ratios near 1.
+def update_stats(rng: np.random.Generator, drift: npt.NDArray[np.float64]) -> Any:
+    """A plausible `UpdateStats` of one PPO update: every head measured, ratios near 1.
 
     Each head's ratio max wanders away from 1 and back (`drift`, one value per head, is
     advanced in place as a mean-reverting walk): PPO ratios drift from update to update
     rather than jump, and that is what the history sparklines draw.
     """
     from esper.actions import HEAD_NAMES
+    from esper.telemetry.heads import HeadStats, UpdateStats
 
     drift *= 0.9
     drift += rng.normal(0.0, 0.04, size=drift.shape)
     shift = np.abs(drift)
-    per_head = {
-        "ratio_max": 1.0 + shift,
-        "ratio_min": 1.0 - shift / 2,
-        "clip_fraction": rng.uniform(0.0, 0.3, size=shift.shape),
-        "entropy": rng.uniform(0.2, 1.0, size=shift.shape),
-        "approx_kl": rng.uniform(0.0, 0.02, size=shift.shape),
-        "relevant": rng.integers(1, 50, size=shift.shape).astype(np.float64),
-        "nonfinite": np.zeros_like(shift),
-    }
-    metrics = {
-        f"head_{head}_{stat}": value
-        for stat, values in per_head.items()
-        for head, value in zip(HEAD_NAMES, values.tolist(), strict=True)
+    ratio_max = (1.0 + shift).tolist()
+    ratio_min = (1.0 - shift / 2).tolist()
+    clip = rng.uniform(0.0, 0.3, size=shift.shape)
+    entropy = rng.uniform(0.2, 1.0, size=shift.shape)
+    kl = rng.uniform(0.0, 0.02, size=shift.shape)
+    relevant = rng.integers(1, 50, size=shift.shape).tolist()
+    heads = {
+        head: HeadStats(
+            ratio_max=ratio_max[i],
+            ratio_min=ratio_min[i],
+            clip_fraction=float(clip[i]),
+            entropy=float(entropy[i]),
+            approx_kl=float(kl[i]),
+            relevant=int(relevant[i]),
+            nonfinite=0,
+        )
+        for i, head in enumerate(HEAD_NAMES)
     }
     scalars = rng.uniform(0.0, 1.0, size=4)
-    return metrics | {
-        "joint_ratio_max": 1.0 + float(shift.sum()),
-        "approx_kl": float(per_head["approx_kl"].mean()),
-        "clip_fraction": float(per_head["clip_fraction"].mean()),
-        "policy_loss": float(scalars[0] - 0.5),
-        "value_loss": float(scalars[1]),
-        "entropy": float(per_head["entropy"].mean()),
-        "explained_variance": float(2 * scalars[2] - 1),
-        "grad_norm": float(scalars[3] / 2),
-        "epochs_run": 4.0,
-        "minibatches_run": 16.0,
-        "minibatches_skipped": 0.0,
-        "early_stopped": 0.0,
-        "intervened": 0.0,
-    }
+    return UpdateStats(
+        heads=heads,
+        joint_ratio_max=1.0 + float(shift.sum()),
+        approx_kl=float(kl.mean()),
+        clip_fraction=float(clip.mean()),
+        policy_loss=float(scalars[0] - 0.5),
+        value_loss=float(scalars[1]),
+        entropy=float(entropy.mean()),
+        explained_variance=float(2 * scalars[2] - 1),
+        grad_norm=float(scalars[3] / 2),
+        epochs_run=4,
+        minibatches_run=16,
+    )
 
 
 def event_stream(updates: int, per_update: int, seed: int = 0) -> list[Any]:
     """TRAINING_STARTED, then per batch `per_update` lifecycle/episode events and an update."""
-    from esper.actions import head_sizes
-    from esper.telemetry.emitter import TelemetryEmitter
+    from esper import __version__
+    from esper.actions import HEAD_NAMES, head_sizes
+    from esper.telemetry.contracts import EpisodeCompleted, SeedLifecycle, TrainingStarted
+    from esper.telemetry.emitter import TelemetryEmitter, emit_update
 
     rng = np.random.default_rng(seed)
     drift = np.zeros(len(head_sizes(3)))
     sink = EventList()
     ticks = itertools.count(1_700_000_000)
     emitter = TelemetryEmitter(sink, "bench", clock=lambda: float(next(ticks)))
-    emitter.emit_training_started(
-        config={},
-        task="spirals",
-        head_sizes=head_sizes(3),
-        episodes_total=updates * N_ENVS,
-        n_envs=N_ENVS,
-        device="cpu",
+    emitter.emit(
+        TrainingStarted(
+            config={},
+            task="spirals",
+            head_names=list(HEAD_NAMES),
+            head_sizes=head_sizes(3),
+            episodes_total=updates * N_ENVS,
+            n_envs=N_ENVS,
+            device="cpu",
+            esper_version=__version__,
+        )
     )
     for batch in range(updates):
         for k in range(per_update):
             env = int(rng.integers(N_ENVS))
             if k % 25 == 24:  # an episode ends every 25 events, like a 25-epoch episode
-                emitter.emit_episode_completed(
+                episode = EpisodeCompleted(
                     env_index=env,
                     episode_return=float(rng.normal()),
                     final_accuracy=float(rng.uniform()),
@@ -112,20 +121,20 @@ def event_stream(updates: int, per_update: int, seed: int = 0) -> list[Any]:
                     seeds_fossilized=int(rng.integers(2)),
                     seeds_killed=int(rng.integers(2)),
                     length=25,
-                    batch=batch,
                 )
+                emitter.emit(episode, batch=batch)
                 continue
             src, dst = rng.choice(len(STAGES), size=2, replace=False)
-            emitter.emit_seed_lifecycle(
+            lifecycle = SeedLifecycle(
                 env_index=env,
                 slot=int(rng.integers(3)),
                 from_stage=STAGES[src],
                 to_stage=STAGES[dst],
                 blueprint=str(rng.choice(BLUEPRINTS)),
                 alpha=float(rng.uniform()),
-                batch=batch,
             )
-        emitter.emit_ppo_update(update_metrics(rng, drift), batch=batch, mean_return=0.0)
+            emitter.emit(lifecycle, batch=batch)
+        emit_update(emitter, update_stats(rng, drift), batch=batch, mean_return=0.0)
     return sink
 
 

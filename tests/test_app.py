@@ -13,12 +13,13 @@ from textual.containers import VerticalScroll
 from textual.geometry import Region
 from textual.widget import Widget
 
+from esper import __version__
 from esper.actions import HEAD_NAMES, head_sizes
 from esper.sanctum.aggregator import SanctumAggregator
 from esper.sanctum.app import SanctumApp, render_screenshot, screenshot_svg
 from esper.sanctum.schema import (
     EventLogEntry,
-    HeadStats,
+    HeadState,
     Progress,
     RunInfo,
     SanctumSnapshot,
@@ -32,18 +33,31 @@ from esper.sanctum.widgets import (
     StatusFooter,
 )
 from esper.sanctum.widgets.style import NO_VALUE
-from esper.telemetry.contracts import TelemetryEvent
-from esper.telemetry.emitter import TelemetryEmitter
+from esper.telemetry.contracts import (
+    PPOUpdateSkipped,
+    TelemetryEvent,
+    TrainingFinished,
+    TrainingStarted,
+)
+from esper.telemetry.emitter import TelemetryEmitter, emit_update
+from esper.telemetry.heads import ExplosionReport, HeadStats, UpdateStats, explosion_shares
 
 START = 1_000.0
 RUN = RunInfo(run_id="run-7", task="spirals", episodes_total=40, n_envs=2, started_at=START)
 
 
-def after_update(n: int, op_ratio: float) -> SanctumSnapshot:
-    """The run after its n-th PPO update (batch n - 1), op head at `op_ratio`, others 1.05."""
-    heads = {h: HeadStats(ratio_min=0.95, entropy=0.5, relevant=16) for h in HEAD_NAMES}
+def after_update(n: int, op_ratio: float, names: tuple[str, ...] = HEAD_NAMES) -> SanctumSnapshot:
+    """The run after its n-th PPO update (batch n - 1), first head at `op_ratio`, others 1.05."""
+    heads = {
+        h: HeadState(
+            HeadStats(
+                ratio_max=op_ratio if i == 0 else 1.05, ratio_min=0.95, entropy=0.5, relevant=16
+            )
+        )
+        for i, h in enumerate(names)
+    }
     tamiyo = TamiyoState(
-        **{f"head_{h}_ratio_max": (op_ratio if h == "op" else 1.05) for h in HEAD_NAMES},
+        head_names=names,
         heads=heads,
         ppo_data_received=True,
         ppo_updates_count=n,
@@ -187,13 +201,22 @@ class IntoAggregator:
         self.aggregator.handle_event(event)
 
 
-def update_metrics(ratios: dict[str, float], relevant: dict[str, int]) -> dict[str, float]:
-    """A PPO metrics dict as PPOAgent.update() returns it, for the given heads."""
-    metrics: dict[str, float] = {"joint_ratio_max": 1.0, "epochs_run": 4}
-    for head in HEAD_NAMES:
-        metrics[f"head_{head}_ratio_max"] = ratios.get(head, 1.0)
-        metrics[f"head_{head}_relevant"] = relevant.get(head, 0)
-    return metrics
+def update_stats(
+    ratios: dict[str, float],
+    relevant: dict[str, int],
+    explosion: ExplosionReport | None = None,
+) -> UpdateStats:
+    """What a PPO update returns for the given heads (the others neutral, unused)."""
+    heads = {
+        h: HeadStats(ratio_max=ratios.get(h, 1.0), relevant=relevant.get(h, 0)) for h in HEAD_NAMES
+    }
+    return UpdateStats(heads=heads, joint_ratio_max=1.0, epochs_run=4, explosion=explosion)
+
+
+def skipped(emitter: TelemetryEmitter, batch: int) -> None:
+    reason = "every minibatch non-finite"
+    index = emitter.take_update_index()
+    emitter.emit(PPOUpdateSkipped(reason=reason, batch=batch, update_index=index), batch=batch)
 
 
 async def test_real_telemetry_through_the_aggregator_reaches_the_panels() -> None:
@@ -211,38 +234,39 @@ async def test_real_telemetry_through_the_aggregator_reaches_the_panels() -> Non
             app.poll()
             await pilot.pause()
 
-        emitter.emit_training_started(
-            config={},
-            task="spirals",
-            head_sizes=head_sizes(),
-            episodes_total=8,
-            n_envs=2,
-            device="cpu",
+        emitter.emit(
+            TrainingStarted(
+                config={},
+                task="spirals",
+                head_names=list(HEAD_NAMES),
+                head_sizes=head_sizes(),
+                episodes_total=8,
+                n_envs=2,
+                device="cpu",
+                esper_version=__version__,
+            )
         )
         await poll()
         assert "run run-e2e" in shown(header) and "task spirals" in shown(header)
         assert "waiting for the first PPO update" in shown(heads)
 
         # a WAIT-only batch: only op is relevant, so every other head must read "—"
-        emitter.emit_ppo_update(update_metrics({"op": 1.3}, {"op": 64}), batch=0)
+        log_ratios = {"op": 0.2, "slot": 1.2}
+        shares = explosion_shares(log_ratios)
+        explosion = ExplosionReport(4.0, log_ratios, shares, "slot", hidden_by_heads=False)
+        emit_update(emitter, update_stats({"op": 1.3}, {"op": 64}, explosion), batch=0)
         await poll()
         ratio_line = next(line for line in shown(heads).splitlines() if "ratio max" in line)
         assert ratio_line.split()[3:6] == ["1.300", "██░░░", NO_VALUE]
         assert ratio_line.count(NO_VALUE) == 7 and "1.000" not in ratio_line
 
-        emitter.emit_ratio_explosion(
-            joint_ratio_max=4.0,
-            worst_log_ratios={"op": 0.2, "slot": 1.2},
-            hidden_by_heads=False,
-            batch=0,
-        )
-        emitter.emit_ppo_skipped(reason="every minibatch non-finite", batch=1)
-        emitter.emit_ppo_skipped(reason="every minibatch non-finite", batch=2)
+        skipped(emitter, batch=1)
+        skipped(emitter, batch=2)
         await poll()
         assert "STALE — last update from batch 0" in shown(heads)
         assert "driven by slot" in shown(log)
 
-        emitter.emit_training_finished(episodes=8, updates=1, wall_seconds=1.0, run_dir="r")
+        emitter.emit(TrainingFinished(episodes=8, updates=1, wall_seconds=1.0, run_dir="r"))
         await poll()
         assert "FINISHED" in shown(header)
 
@@ -286,6 +310,25 @@ async def test_layout_keeps_the_heads_table_whole_and_the_footer_visible(
         assert "events read 500" in shown(app.query_one(StatusFooter))
         log = app.query_one(EventLogPanel)
         assert log.region.height >= 3 and "event 59" in shown(log)  # newest event shown
+
+
+@pytest.mark.parametrize(
+    ("count", "size"), [(1, (80, 24)), (3, (120, 40)), (24, (120, 40)), (32, (80, 24))]
+)
+async def test_any_number_of_heads_wraps_within_the_width(
+    count: int, size: tuple[int, int]
+) -> None:
+    names = tuple(f"h{i}" for i in range(count))
+    app = SanctumApp(Feed(after_update(3, 1.7, names)), clock=fixed_clock)
+    async with app.run_test(size=size) as pilot:
+        await pilot.pause()
+        width, height = size
+        heads = app.query_one(ActionHeadsPanel)
+        assert heads.region.right <= width
+        words = shown(heads).split()
+        assert all(words.count(name) == 1 for name in names)
+        assert words.count("1.700") == 1 and words.count("1.050") == count - 1
+        assert app.query_one(StatusFooter).region.y == height - 1
 
 
 async def test_wide_terminal_fits_everything_without_scrolling() -> None:

@@ -9,8 +9,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_report import (
+from synthetic_run import (
+    HEAD_SETS,
     IRRELEVANT,
+    MANY_HEADS,
     N_ENVS,
     N_UPDATES,
     episode_return,
@@ -31,6 +33,7 @@ from esper.analysis.exporters import (
     update_scalars,
 )
 from esper.telemetry.contracts import PPOUpdatePayload
+from esper.telemetry.heads import HeadStats, UpdateStats
 from esper.telemetry.hub import TelemetryBackend, TelemetryHub
 from esper.telemetry.recorder import EVENTS_FILE, read_events
 
@@ -48,14 +51,13 @@ def replay(run_dir: Path, backend: TelemetryBackend) -> None:
 
 
 def test_update_scalars_leave_out_heads_without_relevant_samples() -> None:
-    payload = PPOUpdatePayload(
-        update_index=3, head_op_ratio_max=1.3, head_op_relevant=4, head_slot_entropy=0.5
-    )
+    heads = {"op": HeadStats(ratio_max=1.3, relevant=4), "slot": HeadStats(entropy=0.5)}
+    payload = PPOUpdatePayload(update_index=3, stats=UpdateStats(heads=heads))
     scalars = update_scalars(payload)
     assert scalars["ratio_max/op"] == 1.3
     assert "ratio_max/slot" not in scalars and "approx_kl/slot" not in scalars
     assert scalars["entropy/slot"] == 0.5  # entropy is over every sample
-    assert set(scalars) <= set(all_scalar_names())
+    assert set(scalars) <= set(all_scalar_names(heads))
 
 
 def test_tensorboard_holds_every_per_head_scalar(run_dir: Path, tmp_path: Path) -> None:
@@ -71,7 +73,7 @@ def test_tensorboard_holds_every_per_head_scalar(run_dir: Path, tmp_path: Path) 
             e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)
         }
 
-    assert set(events.Tags()["tensors"]) == set(all_scalar_names())
+    assert set(events.Tags()["tensors"]) == set(all_scalar_names(HEAD_NAMES))
     for head in HEAD_NAMES:
         steps = [k for k in range(N_UPDATES) if relevant(k, head)]
         got = series(f"ratio_max/{head}")
@@ -110,7 +112,7 @@ def test_wandb_backend_logs_each_scalar_against_its_own_axis(run_dir: Path) -> N
     replay(run_dir, backend)
     run = backend.run
     assert run.init_kwargs["mode"] == "offline" and run.init_kwargs["config"] == {"lr": 0.1}
-    assert run.defined == {UPDATE_STEP: None, EPISODE_STEP: None, **all_scalar_names()}
+    assert run.defined == {UPDATE_STEP: None, EPISODE_STEP: None, **all_scalar_names(HEAD_NAMES)}
     updates = [d for d in run.logged if UPDATE_STEP in d]
     episodes = [d for d in run.logged if EPISODE_STEP in d]
     assert [d[UPDATE_STEP] for d in updates] == list(range(N_UPDATES))
@@ -136,6 +138,20 @@ def test_wandb_offline_run_is_written(
         hub.flush()
         assert backend.run.summary["ratio_max/alpha_curve"] == ratio_max(3, "alpha_curve")
     assert list(tmp_path.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+@pytest.mark.parametrize("heads", [HEAD_SETS["xyz"], MANY_HEADS], ids=["xyz", "24"])
+def test_tags_are_the_runs_own_heads(heads: tuple[str, ...], tmp_path: Path) -> None:
+    """TensorBoard gets a tag per statistic of every head the run has, named as the data."""
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    run_dir = record_synthetic_run(tmp_path / "run", heads=heads)
+    replay(run_dir, TensorBoardBackend(tmp_path / "tb"))
+    events = accumulator.EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert set(events.Tags()["tensors"]) == set(all_scalar_names(heads))
+    wandb = WandbBackend(run_dir, {}, init=FakeRun)
+    replay(run_dir, wandb)
+    assert wandb.run.defined == {UPDATE_STEP: None, EPISODE_STEP: None, **all_scalar_names(heads)}
 
 
 def test_make_exporters_builds_what_the_flags_ask(run_dir: Path, tmp_path: Path) -> None:

@@ -10,24 +10,37 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_report import (
+from synthetic_run import (
     EXPLOSION_JOINT,
     EXPLOSION_UPDATE,
+    HEAD_SETS,
     N_ENVS,
     N_EVENTS,
     N_UPDATES,
     NAN_AT,
-    one_error_line,
+    XYZ_HEADS,
+    nan_head,
     ratio_max,
     record_synthetic_run,
 )
+from test_report import one_error_line
 
 from esper.actions import HEAD_NAMES
 from esper.analysis import AnalysisError
-from esper.analysis.runs import HEAD_STATS, load_run, load_runs, ratio_max_product, unique_labels
+from esper.analysis.runs import (
+    HEAD_STATS,
+    Table,
+    load_run,
+    load_runs,
+    merged_columns,
+    ratio_max_product,
+    unique_labels,
+    update_columns,
+)
 from esper.cli import main
 from esper.sanctum.aggregator import aggregate_file
 from esper.telemetry.contracts import PPOUpdatePayload
+from esper.telemetry.heads import HeadStats, UpdateStats, flat_key
 from esper.telemetry.recorder import EVENTS_FILE
 
 query = pytest.importorskip("esper.analysis.query")  # needs the `query` extra (duckdb)
@@ -53,17 +66,23 @@ def json_query(capsys: pytest.CaptureFixture[str], *args: str) -> list[dict[str,
 
 
 def assert_latest_matches_aggregator(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The latest update's per-head ratio max and joint, by SQL, equal the dashboard's."""
-    columns = [f"head_{h}_ratio_max" for h in HEAD_NAMES] + ["joint_ratio_max"]
+    """The latest update's per-head ratio max and joint, by SQL, equal the dashboard's.
+
+    The heads are whatever the dashboard found in the run, so this holds for any set.
+    """
+    tamiyo = aggregate_file(run_dir / EVENTS_FILE).tamiyo
+    assert tamiyo.ppo_data_received and tamiyo.head_names
+    columns = {flat_key(h, "ratio_max"): h for h in tamiyo.head_names}
     (row,) = json_query(
         capsys,
         str(run_dir),
-        f"SELECT {', '.join(columns)} FROM ppo_updates ORDER BY update_index DESC LIMIT 1",
+        f"SELECT {', '.join(columns)}, joint_ratio_max, update_index "
+        "FROM ppo_updates ORDER BY update_index DESC LIMIT 1",
     )
-    tamiyo = aggregate_file(run_dir / EVENTS_FILE).tamiyo
-    assert tamiyo.ppo_data_received
-    for name in columns:
-        assert row[name] == getattr(tamiyo, name), name
+    for name, head in columns.items():
+        assert row[name] == tamiyo.ratio_max(head), name
+    assert row["joint_ratio_max"] == tamiyo.joint_ratio_max
+    assert row["update_index"] == tamiyo.last_update_index  # the panel's "PPO update N"
 
 
 def test_query_gives_the_aggregators_numbers(
@@ -77,12 +96,12 @@ def test_tables_have_a_column_per_head_statistic(con: object) -> None:
     for table, column, _type in query.schema(con):
         columns.setdefault(table, set()).add(column)
     assert set(columns) == {"ppo_updates", "episodes", "explosions", "events", "runs"}
-    expected = {f"head_{h}_{s}" for h in HEAD_NAMES for s in HEAD_STATS}
+    expected = {flat_key(h, s) for h in HEAD_NAMES for s in HEAD_STATS}
     assert expected <= columns["ppo_updates"]
     assert {"run_id", "update_index", "batch", "timestamp", "joint_ratio_max"} <= columns[
         "ppo_updates"
     ]
-    assert {f"head_{h}_share" for h in HEAD_NAMES} <= columns["explosions"]
+    assert {flat_key(h, "share") for h in HEAD_NAMES} <= columns["explosions"]
     assert {"event_type", "seq", "timestamp", "run_id", "message"} <= columns["events"]
 
 
@@ -102,10 +121,11 @@ def test_row_counts_and_values_by_formula(con: object) -> None:
 
 def test_nan_stays_nan_and_absent_stays_null(con: object) -> None:
     update, head = NAN_AT
+    ratio, nonfinite = flat_key(head, "ratio_max"), flat_key(head, "nonfinite")
     (row,) = sql(
         con,
-        f"SELECT head_{head}_ratio_max IS NULL, isnan(head_{head}_ratio_max), "
-        f"head_{head}_nonfinite, ratio_max_product FROM ppo_updates WHERE update_index = {update}",
+        f"SELECT {ratio} IS NULL, isnan({ratio}), {nonfinite}, ratio_max_product "
+        f"FROM ppo_updates WHERE update_index = {update}",
     )
     assert row[:3] == (False, True, 1) and math.isnan(row[3])
     assert sql(con, "SELECT update_index FROM ppo_updates WHERE mean_return IS NULL") == [(0,)]
@@ -131,16 +151,15 @@ def test_explosions_are_flattened_per_head(con: object) -> None:
 
 
 def test_ratio_max_product_counts_only_relevant_heads() -> None:
-    payload = PPOUpdatePayload(
-        update_index=0,
-        head_op_ratio_max=1.2,
-        head_op_relevant=5,
-        head_slot_ratio_max=1.5,
-        head_slot_relevant=2,
-        head_style_ratio_max=7.0,  # not relevant: left out
-    )
+    heads = {
+        "op": HeadStats(ratio_max=1.2, relevant=5),
+        "slot": HeadStats(ratio_max=1.5, relevant=2),
+        "style": HeadStats(ratio_max=7.0),  # not relevant: left out
+    }
+    payload = PPOUpdatePayload(update_index=0, stats=UpdateStats(heads=heads))
     assert ratio_max_product(payload) == pytest.approx(1.8)
-    assert ratio_max_product(PPOUpdatePayload(update_index=0)) == 1.0
+    idle = UpdateStats(heads={"x": HeadStats(ratio_max=3.0)})
+    assert ratio_max_product(PPOUpdatePayload(update_index=0, stats=idle)) == 1.0
 
 
 def test_two_runs_in_one_query(
@@ -240,3 +259,55 @@ def test_a_real_training_run_queries_like_the_aggregator(
         torch.set_num_threads(threads)
     capsys.readouterr()
     assert_latest_matches_aggregator(run_dir, capsys)
+
+
+# ----------------------------------------------------------------------------- any heads
+
+
+@pytest.mark.parametrize("heads", list(HEAD_SETS.values()), ids=list(HEAD_SETS))
+def test_columns_are_the_runs_own_heads(
+    heads: tuple[str, ...], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = record_synthetic_run(tmp_path / "run", heads=heads)
+    con = query.connect(load_runs([run_dir]))
+    names = [n for t, n, _ in query.schema(con) if t == "ppo_updates"]
+    per_head = [n for n in names if n.startswith("head_")]
+    assert per_head == [flat_key(h, s) for h in heads for s in HEAD_STATS]  # nothing else
+    shares = [n for t, n, _ in query.schema(con) if t == "explosions" and n.endswith("_share")]
+    assert shares == [flat_key(h, "share") for h in heads]
+    first = heads[0]
+    rows = sql(con, f"SELECT update_index, {flat_key(first, 'ratio_max')} FROM ppo_updates")
+    assert rows == [(k, ratio_max(k, first, heads)) for k in range(N_UPDATES)]
+    nan = flat_key(nan_head(heads), "ratio_max")
+    assert sql(con, f"SELECT update_index FROM ppo_updates WHERE isnan({nan})") == [(2,)]
+    assert_latest_matches_aggregator(run_dir, capsys)
+
+
+def test_runs_with_different_heads_share_one_table(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each run's head columns are NULL in the other run's rows; nothing is dropped."""
+    xyz = record_synthetic_run(tmp_path / "xyz", run_id="xyz", heads=XYZ_HEADS)
+    rows = json_query(
+        capsys,
+        str(run_dir),
+        str(xyz),
+        "SELECT run_id, head_op_ratio_max AS op, head_x_ratio_max AS x FROM ppo_updates "
+        "WHERE update_index = 0 ORDER BY run_id",
+    )
+    assert rows == [
+        {"run_id": "synthetic", "op": ratio_max(0, "op"), "x": None},
+        {"run_id": "xyz", "op": None, "x": ratio_max(0, "x", XYZ_HEADS)},
+    ]
+
+
+def test_merged_columns_keep_heads_together_and_scalars_last() -> None:
+    a = Table("ppo_updates", update_columns(("op", "slot")))
+    b = Table("ppo_updates", update_columns(("x", "op")))
+    merged = merged_columns([a, b])
+    heads = [c.name.removesuffix("_ratio_max") for c in merged if c.name.endswith("_ratio_max")]
+    assert heads == ["head_x", "head_op", "head_slot", "joint"]  # x before op, as in b
+    nullable = {c.name: c.nullable for c in merged}
+    assert nullable["head_x_relevant"] and nullable["head_slot_relevant"]  # one run lacks it
+    assert not nullable["head_op_relevant"] and not nullable["joint_ratio_max"]
+    assert [c.name for c in merged][-3:] == ["mean_return", "host_accuracy", "ratio_max_product"]

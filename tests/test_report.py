@@ -1,8 +1,7 @@
 """`esper report`: a recorded run (or two) to one self-contained HTML page or a PNG.
 
-`record_synthetic_run` (also used by test_query and test_exporters) records a small run
-in-process through the real emitter, hub and recorder, with metrics made up by formula,
-so every expected number below is known without training anything.
+The run is `synthetic_run.record_synthetic_run`: metrics made up by formula and recorded
+through the real emitter, hub and recorder, so every expected number is known.
 """
 
 from __future__ import annotations
@@ -16,127 +15,25 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from synthetic_run import (
+    HEAD_SETS,
+    XYZ_HEADS,
+    ratio_max,
+    record_synthetic_run,
+    started,
+)
 
-from esper.actions import HEAD_INDEX, HEAD_NAMES
+from esper.actions import HEAD_NAMES
 from esper.analysis.commands import report_target
 from esper.analysis.runs import load_run, measured
 from esper.cli import main
-from esper.telemetry.emitter import TelemetryEmitter
+from esper.telemetry.emitter import TelemetryEmitter, emit_update
+from esper.telemetry.heads import ExplosionReport, HeadStats, UpdateStats, explosion_shares
 from esper.telemetry.hub import TelemetryHub
 from esper.telemetry.recorder import RunRecorder
 
 matplotlib_image = pytest.importorskip("matplotlib.image")
 report = pytest.importorskip("esper.analysis.report")
-
-# ----------------------------------------------------------------- the synthetic run
-
-N_UPDATES = 4
-N_ENVS = 2
-#: update index -> heads with no relevant sample in that update (neutral values recorded).
-IRRELEVANT = {1: ("alpha_speed", "alpha_curve")}
-#: (update index, head) whose ratio went non-finite.
-NAN_AT = (2, "tempo")
-EXPLOSION_UPDATE = 3
-EXPLOSION_LOG_RATIOS = {"op": 0.3, "slot": 0.9, "blueprint": 0.1, "style": -0.2}
-EXPLOSION_JOINT = 3.0
-
-
-def ratio_max(update: int, head: str) -> float:
-    """The recorded ratio max: 1 + 0.1 (k + 1)(i + 1) / 8 for update k, head number i."""
-    return 1.0 + 0.1 * (update + 1) * (HEAD_INDEX[head] + 1) / len(HEAD_NAMES)
-
-
-def relevant(update: int, head: str) -> bool:
-    return head not in IRRELEVANT.get(update, ())
-
-
-def update_metrics(update: int) -> dict[str, float]:
-    """PPOAgent.update()-style metrics for update `update` (irrelevant heads left out)."""
-    metrics: dict[str, float] = {
-        "joint_ratio_max": 1.0 + 0.2 * update,
-        "approx_kl": 0.01 * (update + 1),
-        "clip_fraction": 0.05 * update,
-        "policy_loss": -0.1 * update,
-        "value_loss": 1.0 / (update + 1),
-    }
-    for head in HEAD_NAMES:
-        i = HEAD_INDEX[head]
-        metrics[f"head_{head}_entropy"] = 1.0 - 0.05 * i
-        if not relevant(update, head):
-            continue
-        metrics.update(
-            {
-                f"head_{head}_ratio_max": ratio_max(update, head),
-                f"head_{head}_ratio_min": 1.0 / ratio_max(update, head),
-                f"head_{head}_clip_fraction": 0.01 * i,
-                f"head_{head}_approx_kl": 0.001 * (i + 1) * (update + 1),
-                f"head_{head}_relevant": 10.0 + i,
-            }
-        )
-    if NAN_AT[0] == update:
-        metrics[f"head_{NAN_AT[1]}_ratio_max"] = math.nan
-        metrics[f"head_{NAN_AT[1]}_nonfinite"] = 1.0
-    return metrics
-
-
-def episode_return(episode: int) -> float:
-    return 0.25 * episode - 0.5
-
-
-def final_accuracy(episode: int) -> float:
-    return 0.5 + 0.05 * episode
-
-
-def record_synthetic_run(run_dir: Path, run_id: str = "synthetic") -> Path:
-    """Record the synthetic run into `run_dir` and return it."""
-    ticks = itertools.count(1_000)
-    hub = TelemetryHub()
-    hub.add_backend(RunRecorder(run_dir, config={"task": "spirals"}, run_id=run_id))
-    emitter = TelemetryEmitter(hub, run_id, clock=lambda: float(next(ticks)))
-    emitter.emit_training_started(
-        config={"task": "spirals"},
-        task="spirals",
-        head_sizes=dict.fromkeys(HEAD_NAMES, 3),
-        episodes_total=N_UPDATES * N_ENVS,
-        n_envs=N_ENVS,
-        device="cpu",
-    )
-    for update in range(N_UPDATES):
-        for env in range(N_ENVS):
-            episode = update * N_ENVS + env
-            emitter.emit_episode_completed(
-                env_index=env,
-                episode_return=episode_return(episode),
-                final_accuracy=final_accuracy(episode),
-                seeds_grown=1,
-                seeds_fossilized=0,
-                seeds_killed=env,
-                length=10,
-                episode=episode,
-                batch=update,
-            )
-        emitter.emit_ppo_update(
-            update_metrics(update),
-            batch=update,
-            mean_return=None if update == 0 else 0.1 * update,
-            host_accuracy=0.5,
-        )
-        if update == EXPLOSION_UPDATE:
-            emitter.emit_ratio_explosion(
-                joint_ratio_max=EXPLOSION_JOINT,
-                worst_log_ratios=EXPLOSION_LOG_RATIOS,
-                hidden_by_heads=True,
-                batch=update,
-            )
-    emitter.emit_training_finished(
-        episodes=N_UPDATES * N_ENVS, updates=N_UPDATES, wall_seconds=1.0, run_dir=run_dir
-    )
-    hub.close()
-    return run_dir
-
-
-#: Events the synthetic run records: start, episodes, updates, one explosion, finish.
-N_EVENTS = 1 + N_UPDATES * N_ENVS + N_UPDATES + 1 + 1
 
 
 @pytest.fixture(scope="module")
@@ -295,10 +192,69 @@ def test_missing_matplotlib_names_the_extra(
 
 def test_a_run_without_updates_renders_and_says_so(tmp_path: Path) -> None:
     with TelemetryHub([RunRecorder(tmp_path, config={})]) as hub:
-        TelemetryEmitter(hub, "fresh").emit_training_started(
-            config={}, task="digits", head_sizes={}, episodes_total=4, n_envs=2, device="cpu"
-        )
+        TelemetryEmitter(hub, "fresh").emit(started(("x",), task="digits"))
     assert main(["report", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
     assert "no PPO updates yet" in page and "No ratio explosions recorded." in page
     assert "<td>unfinished</td>" in page and "<td>digits</td>" in page
+
+
+# ----------------------------------------------------------------- any heads
+
+
+def test_head_colours_are_distinct_for_up_to_32_heads() -> None:
+    assert report.head_colours(HEAD_NAMES) == {h: f"C{i}" for i, h in enumerate(HEAD_NAMES)}
+    for n in (11, 20, 24, 32):
+        colours = report.head_colours([f"h{i}" for i in range(n)])
+        assert len(set(colours.values())) == n, n
+
+
+def test_legend_fits_three_rows_for_many_heads() -> None:
+    assert report.legend_columns(8, 1) == 4  # two rows of esper's heads
+    assert report.legend_columns(8, 2) == 8  # one row across two columns of runs
+    assert report.legend_columns(3, 1) == 3
+    for n in (1, 3, 8, 24, 32):
+        assert math.ceil(n / report.legend_columns(n, 1)) <= 3, n
+
+
+@pytest.mark.parametrize("heads", list(HEAD_SETS.values()), ids=list(HEAD_SETS))
+def test_report_draws_every_head_the_run_declares(heads: tuple[str, ...], tmp_path: Path) -> None:
+    run_dir = record_synthetic_run(tmp_path / "run", heads=heads)
+    run = load_run(run_dir)
+    assert run.head_names == heads
+    assert report.nonfinite_updates(run) == [2]  # the NaN head, whichever it is
+    svg = report.figure_bytes(report.build_figure([run]), "svg").decode()
+    for stat in ("ratio_max", "entropy", "approx_kl", "clip_fraction"):
+        for head in heads:
+            assert f'id="run0-{stat}-{head}"' in svg, (stat, head)
+    for head in heads:  # the legend names each head
+        assert re.search(rf">\s*{head}\s*<", svg), head
+    assert f"driven by {heads[1] if len(heads) > 1 else heads[0]}" in report.render_html(
+        [run], b"<svg></svg>"
+    )
+
+
+def test_runs_with_different_heads_compare_side_by_side(run_dir: Path, tmp_path: Path) -> None:
+    """esper's heads beside x, y, z: each column draws its own heads, colours never clash."""
+    xyz = record_synthetic_run(tmp_path / "xyz", run_id="xyz", heads=XYZ_HEADS)
+    runs = [load_run(run_dir), load_run(xyz)]
+    assert report.figure_heads(runs) == [*HEAD_NAMES, *XYZ_HEADS]
+    svg = report.figure_bytes(report.build_figure(runs), "svg").decode()
+    assert 'id="run1-ratio_max-x"' in svg and 'id="run0-ratio_max-x"' not in svg
+    assert 'id="run0-ratio_max-op"' in svg and 'id="run1-ratio_max-op"' not in svg
+    colours = report.head_colours(report.figure_heads(runs))
+    assert len(set(colours.values())) == len(HEAD_NAMES) + len(XYZ_HEADS)
+
+
+def test_an_explosion_no_head_drove_lists_no_driver(tmp_path: Path) -> None:
+    quiet = {"x": 0.0, "y": 0.0}
+    report_ = ExplosionReport(3.0, quiet, explosion_shares(quiet), None, hidden_by_heads=False)
+    stats = UpdateStats(heads={"x": HeadStats(), "y": HeadStats()}, explosion=report_)
+    with TelemetryHub([RunRecorder(tmp_path, config={})]) as hub:
+        emitter = TelemetryEmitter(hub, "quiet")
+        emitter.emit(started(("x", "y")))
+        emit_update(emitter, stats, batch=0)
+    run = load_run(tmp_path)
+    assert run.explosions.column("driver") == [None]  # NULL in SQL, a dash on the page
+    page = report.render_html([run], b"<svg></svg>")
+    assert "<td>—</td><td>no</td><td>update 0: joint 3.00, no head moved</td>" in page

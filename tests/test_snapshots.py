@@ -10,19 +10,26 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from synthetic_run import MANY_HEADS, XYZ_HEADS, record_synthetic_run
 
 from esper.actions import HEAD_NAMES
+from esper.sanctum.aggregator import aggregate_file
 from esper.sanctum.app import SanctumApp
 from esper.sanctum.schema import (
     EpisodeStats,
     EventLogEntry,
-    HeadStats,
+    HeadState,
     Progress,
     RunInfo,
     SanctumSnapshot,
     SlotState,
     TamiyoState,
 )
+from esper.telemetry.heads import HeadStats
+from esper.telemetry.recorder import EVENTS_FILE
 
 SnapCompare = Callable[..., bool]
 START = 1_700_000_000.0
@@ -41,24 +48,30 @@ def _ramp(end: float, n: int = 16) -> tuple[float, ...]:
     return tuple(end ** (i / (n - 1)) for i in range(n))
 
 
-def _tamiyo(ratios: dict[str, float], **heads: HeadStats) -> TamiyoState:
-    """The state after the 16th update: `ratios` ramped up to, default heads unless given."""
-    stats = {
+def _tamiyo(ratios: dict[str, float], **heads: HeadState) -> TamiyoState:
+    """The state after the 16th update: `ratios` ramped up to, default heads unless given.
+
+    Heads are those of `ratios`, in its order; the joint is the product of the first three.
+    """
+    states = {
         h: heads.get(h)
-        or HeadStats(
-            ratio_min=min(ratios[h], 1 / ratios[h] ** 0.5),
-            clip_fraction=0.04 * i,
-            entropy=1.0 - 0.08 * i,
-            approx_kl=0.002,
-            relevant=96 if h == "op" else 40,
+        or HeadState(
+            HeadStats(
+                ratio_max=ratios[h],
+                ratio_min=min(ratios[h], 1 / ratios[h] ** 0.5),
+                clip_fraction=0.04 * (i % 8),
+                entropy=1.0 - 0.08 * (i % 8),
+                approx_kl=0.002,
+                relevant=96 if i == 0 else 40,
+            ),
             ratio_max_history=_ramp(ratios[h]),
         )
-        for i, h in enumerate(HEAD_NAMES)
+        for i, h in enumerate(ratios)
     }
-    joint = math.prod(ratios[h] for h in ("op", "slot", "blueprint"))
+    joint = math.prod(list(ratios.values())[:3])
     return TamiyoState(
-        **{f"head_{h}_ratio_max": ratios[h] for h in HEAD_NAMES},
-        heads=stats,
+        head_names=tuple(ratios),
+        heads=states,
         ppo_data_received=True,
         ppo_updates_count=16,
         last_update_index=15,
@@ -87,6 +100,8 @@ def _events(*extra: EventLogEntry) -> tuple[EventLogEntry, ...]:
 BEFORE_DATA = SanctumSnapshot(
     run=RUN,
     progress=Progress(episodes_done=3, last_event_time=START + 90.0),
+    # TRAINING_STARTED declared the heads; no update has measured them yet
+    tamiyo=TamiyoState(head_names=HEAD_NAMES, heads={h: HeadState() for h in HEAD_NAMES}),
     slots=(SlotState(0, "TRAINING", "MLP", 0.0), SlotState(1), SlotState(2)),
     events=(EventLogEntry(START, "info", "training started: digits, 4 envs"),),
     events_read=7,
@@ -115,12 +130,10 @@ TROUBLED = replace(
     tamiyo=replace(
         _tamiyo(
             _TROUBLED_RATIOS,
-            tempo=HeadStats(relevant=0, ratio_max_history=(1.0,) * 16),  # no GROW this update
-            alpha_speed=HeadStats(
-                ratio_min=0.9,
-                entropy=0.41,
-                relevant=22,
-                nonfinite=3,
+            # no GROW this update: tempo had no relevant sample (entropy is over all of them)
+            tempo=HeadState(HeadStats(entropy=0.68), ratio_max_history=(1.0,) * 16),
+            alpha_speed=HeadState(
+                HeadStats(ratio_max=1.09, ratio_min=0.9, entropy=0.41, relevant=22, nonfinite=3),
                 nan_latched=True,
                 ratio_max_history=_ramp(1.09),
             ),
@@ -172,3 +185,26 @@ def test_dashboard_replay_frame(snap_compare: SnapCompare) -> None:
     frames = [BEFORE_DATA, HEALTHY, TROUBLED]
     app = SanctumApp(lambda: TROUBLED, replay=frames, clock=lambda: NOW)
     assert snap_compare(app, terminal_size=WIDE, press=["b"])
+
+
+# ----------------------------------------------------------------- any heads, recorded
+
+#: Runs recorded through the real emitter, hub and recorder (test_report's synthetic run)
+#: with 1, 3, 8 and 24 heads, then aggregated from their events.jsonl like `sanctum DIR`.
+RECORDED_HEADS = {"1": ("policy",), "3": XYZ_HEADS, "8": HEAD_NAMES, "24": MANY_HEADS}
+
+
+@pytest.mark.parametrize(
+    ("heads", "size"),
+    [("1", WIDE), ("3", WIDE), ("8", WIDE), ("24", WIDE), ("24", NARROW)],
+    ids=["1-heads", "3-heads", "8-heads", "24-heads", "24-heads-80x24"],
+)
+def test_recorded_run_with_any_heads(
+    heads: str, size: tuple[int, int], snap_compare: SnapCompare, tmp_path: Path
+) -> None:
+    """Every head of the run in the panel and the history; 24 wrap into tables that fit."""
+    run_dir = record_synthetic_run(tmp_path / "run", heads=RECORDED_HEADS[heads])
+    snapshot = aggregate_file(run_dir / EVENTS_FILE)
+    assert snapshot.tamiyo.head_names == RECORDED_HEADS[heads]
+    end = snapshot.progress.last_event_time
+    assert snap_compare(SanctumApp(lambda: snapshot, clock=lambda: end), terminal_size=size)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import fields, replace
 
 import pytest
 from hypothesis import given
@@ -22,7 +23,7 @@ from esper.actions import HEAD_NAMES
 from esper.sanctum.schema import (
     EpisodeStats,
     EventLogEntry,
-    HeadStats,
+    HeadState,
     Progress,
     RunInfo,
     SanctumSnapshot,
@@ -40,13 +41,15 @@ from esper.sanctum.widgets.header import (
     render_header,
 )
 from esper.sanctum.widgets.heads import (
+    MIN_HEAD_COLUMN,
     head_column_width,
     head_label,
+    head_rows,
     head_state,
     heads_table,
     render_action_heads,
 )
-from esper.sanctum.widgets.history import render_ratio_history, worst_ratio
+from esper.sanctum.widgets.history import history_groups, render_ratio_history, worst_ratio
 from esper.sanctum.widgets.ppo import render_ppo_health
 from esper.sanctum.widgets.slots import render_slots
 from esper.sanctum.widgets.style import (
@@ -64,37 +67,55 @@ from esper.sanctum.widgets.style import (
     round_half_up,
     sparkline,
 )
+from esper.telemetry.heads import HeadStats
 
 # ------------------------------------------------------------------ helpers
+
+
+_STATE_FIELDS = {f.name for f in fields(HeadState)}
 
 
 def tamiyo_after_update(
     ratios: dict[str, float] | None = None,
     relevant: dict[str, int] | None = None,
+    names: Sequence[str] = HEAD_NAMES,
     **head_fields: dict[str, object],
 ) -> TamiyoState:
     """A TamiyoState after one PPO update: given ratio maxima, 32 relevant samples a head.
 
-    `head_fields` maps a HeadStats field to {head: value} for the heads that differ.
+    `head_fields` maps a HeadStats or HeadState field (latches, history) to
+    {head: value} for the heads that differ.
     """
     ratios = ratios or {}
     relevant = relevant or {}
     heads = {}
-    for head in HEAD_NAMES:
-        fields: dict[str, object] = {"ratio_min": 0.9, "clip_fraction": 0.05, "entropy": 0.5}
-        fields["relevant"] = relevant.get(head, 32)
-        fields.update(
-            {name: values[head] for name, values in head_fields.items() if head in values}
+    for head in names:
+        given = {name: values[head] for name, values in head_fields.items() if head in values}
+        stats = HeadStats(
+            **{
+                "ratio_max": ratios.get(head, 1.1),
+                "ratio_min": 0.9,
+                "clip_fraction": 0.05,
+                "entropy": 0.5,
+                "relevant": relevant.get(head, 32),
+                **{k: v for k, v in given.items() if k not in _STATE_FIELDS},
+            }  # type: ignore[arg-type]
         )
-        heads[head] = HeadStats(**fields)  # type: ignore[arg-type]
+        state = {k: v for k, v in given.items() if k in _STATE_FIELDS}
+        heads[head] = HeadState(stats=stats, **state)  # type: ignore[arg-type]
     return TamiyoState(
-        **{f"head_{h}_ratio_max": ratios.get(h, 1.1) for h in HEAD_NAMES},
+        head_names=tuple(names),
         heads=heads,
         ppo_data_received=True,
         ppo_updates_count=1,
         last_update_index=0,
         last_update_batch=0,
     )
+
+
+def tamiyo_declared(names: Sequence[str] = HEAD_NAMES) -> TamiyoState:
+    """The state after TRAINING_STARTED declared `names`, before any PPO update."""
+    return TamiyoState(head_names=tuple(names), heads={h: HeadState() for h in names})
 
 
 def render_text(renderable: RenderableType, width: int = 116) -> str:
@@ -267,16 +288,57 @@ def test_fmt_duration(seconds: float, shown: str) -> None:
         ("alpha_target", 12, "alpha_target"),
         ("alpha_target", 7, "alpha_\ntarget"),
         ("blueprint", 7, "bluepr-\nint"),
-        ("op", 1, "o-\np"),
+        ("op", 1, "op"),  # no line is narrower than two cells
+        ("left_arm_x", 7, "left_\narm_x"),  # underscores kept with the part before them
+        ("shoulder_x", 7, "should-\ner_x"),
+        ("gripper_force_limit", 8, "gripper_\nforce_\nlimit"),
+        ("abcdefghijklmnop", 6, "abcde-\nfghij-\nklmnop"),
     ],
 )
 def test_head_label_breaks_long_names(name: str, width: int, label: str) -> None:
     assert head_label(name, width) == label
 
 
+@given(st.from_regex(r"[a-z][a-z0-9_]{0,31}", fullmatch=True), st.integers(2, 40))
+def test_head_label_keeps_every_letter_in_lines_that_fit(name: str, width: int) -> None:
+    lines = head_label(name, width).split("\n")
+    assert "".join(line.removesuffix("-") for line in lines) == name  # names hold no "-"
+    assert all(len(line) <= max(width, 2) for line in lines)
+
+
 def test_head_columns_fit_every_head_name_at_120_columns() -> None:
     # a 120-column terminal leaves 116 cells inside the panel's border and padding
-    assert head_column_width(116) >= max(len(h) for h in HEAD_NAMES)
+    assert head_column_width(116, len(HEAD_NAMES)) >= max(len(h) for h in HEAD_NAMES)
+
+
+@pytest.mark.parametrize(
+    ("heads", "width", "rows"),
+    [
+        (8, 116, [8]),  # esper at 120 columns: one table, as always
+        (8, 76, [8]),  # and at 80 columns (cells wrap under their value)
+        (1, 116, [1]),
+        (3, 40, [3]),
+        (24, 116, [12, 12]),
+        (24, 76, [8, 8, 8]),
+        (32, 116, [11, 11, 10]),
+        (5, 10, [1, 1, 1, 1, 1]),  # narrower than one head column: one head a table
+    ],
+)
+def test_heads_wrap_into_even_tables_that_fit(heads: int, width: int, rows: list[int]) -> None:
+    names = [f"h{i}" for i in range(heads)]
+    split = head_rows(names, width)
+    assert [len(r) for r in split] == rows
+    assert [h for r in split for h in r] == names  # every head once, in display order
+    if len(split) > 1 and rows[0] > 1:
+        assert head_column_width(width, rows[0]) >= MIN_HEAD_COLUMN
+
+
+@given(st.integers(1, 32), st.integers(20, 300))
+def test_head_tables_never_need_more_room_than_given(heads: int, width: int) -> None:
+    split = head_rows([f"h{i}" for i in range(heads)], width)
+    widest = max(len(r) for r in split)
+    assert widest == 1 or head_column_width(width, widest) >= MIN_HEAD_COLUMN
+    assert len(split) == -(-heads // widest)  # as few tables as the widest allows
 
 
 # ------------------------------------------------------------------ action heads panel
@@ -287,7 +349,8 @@ def _cells(tamiyo: TamiyoState, row: str) -> dict[str, Text]:
     table = heads_table(tamiyo, 116)
     labels = list(table.columns[0].cells)
     index = labels.index(row)
-    return {head: list(table.columns[i + 1].cells)[index] for i, head in enumerate(HEAD_NAMES)}
+    heads = tamiyo.head_names
+    return {head: list(table.columns[i + 1].cells)[index] for i, head in enumerate(heads)}
 
 
 def test_ratio_row_formats_three_decimals_coloured_with_bar() -> None:
@@ -300,12 +363,25 @@ def test_ratio_row_formats_three_decimals_coloured_with_bar() -> None:
 
 
 def test_every_cell_is_a_dim_dash_before_the_first_update() -> None:
-    t = TamiyoState()  # schema defaults: every ratio max is the neutral 1.0
+    t = tamiyo_declared()  # the heads are known, nothing is measured
     for row in ("entropy", "ratio max", "ratio min", "clip frac", "samples", "state"):
-        for cell in _cells(t, row).values():
+        cells = _cells(t, row)
+        assert list(cells) == list(HEAD_NAMES)
+        for cell in cells.values():
             assert (cell.plain, cell.style) == (NO_VALUE, NO_DATA)
-    text = render_text(render_action_heads(SanctumSnapshot()))
+    text = render_text(render_action_heads(SanctumSnapshot(tamiyo=t)))
     assert "1.000" not in text and "waiting for the first PPO update" in text
+    text = render_text(render_action_heads(SanctumSnapshot()))
+    assert "no heads declared yet" in text and "waiting for the first PPO update" in text
+
+
+def test_a_declared_head_the_update_did_not_carry_is_all_dashes() -> None:
+    t = tamiyo_after_update(names=("x", "y"))
+    t = replace(t, head_names=("x", "y", "z"), heads={**t.heads, "z": HeadState()})
+    for row in ("entropy", "ratio max", "ratio min", "clip frac", "samples", "state"):
+        cell = _cells(t, row)["z"]
+        assert (cell.plain, cell.style) == (NO_VALUE, NO_DATA), row
+    assert _cells(t, "ratio max")["x"].plain == "1.100 █░░░░"
 
 
 def test_head_without_relevant_samples_is_a_dash_not_a_green_one() -> None:
@@ -348,7 +424,24 @@ def test_non_finite_ratio_reads_nan_in_red_with_a_full_bar() -> None:
     assert (cell.plain, cell.style) == ("NaN █████", CRITICAL)
 
 
-def test_stale_snapshot_says_which_batch_the_values_come_from() -> None:
+def test_status_line_names_the_update_index_like_esper_query() -> None:
+    """Update 19 (the 17th completed: two were skipped) reads "PPO update 19"."""
+    t = replace(tamiyo_after_update(), last_update_index=19, ppo_updates_count=17)
+    t = replace(t, last_update_batch=19)
+    text = render_text(render_action_heads(SanctumSnapshot(tamiyo=t)))
+    assert "PPO update 19 · batch 19" in text
+
+
+@pytest.mark.parametrize("count", [1, 3, 24, 32])
+def test_panel_shows_every_head_of_any_run(count: int) -> None:
+    names = [f"h{i}" for i in range(count)]
+    t = tamiyo_after_update({names[-1]: 1.6}, names=names)
+    text = render_text(render_action_heads(SanctumSnapshot(tamiyo=t)), width=116)
+    assert text.count("ratio max") == len(head_rows(names, 116))  # one table per row
+    words = text.split()
+    assert all(words.count(name) == 1 for name in names)
+    assert words.count("1.600") == 1 and words.count("1.100") == count - 1
+
     t = replace(tamiyo_after_update(), last_update_batch=3)
     fresh = SanctumSnapshot(tamiyo=t, progress=Progress(batches_done=4))
     stale = SanctumSnapshot(tamiyo=t, progress=Progress(batches_done=6))
@@ -357,10 +450,10 @@ def test_stale_snapshot_says_which_batch_the_values_come_from() -> None:
 
 
 class PanelApp(App[None]):
-    """The smallest app that mounts one ActionHeadsPanel."""
+    """The smallest app that mounts one ActionHeadsPanel (heads declared, no update yet)."""
 
     def compose(self) -> ComposeResult:
-        yield ActionHeadsPanel()
+        yield ActionHeadsPanel(SanctumSnapshot(tamiyo=tamiyo_declared()))
 
 
 def _widget_text(panel: ActionHeadsPanel) -> list[str]:
@@ -488,6 +581,26 @@ def test_history_panel_shows_newest_values_and_worst() -> None:
     assert joint_line.split()[1:] == ["▁█", "3.000"]
     slot_line = next(line for line in text.splitlines() if line.startswith("slot"))
     assert slot_line.split()[1:] == [NO_VALUE, NO_VALUE]
+
+
+@pytest.mark.parametrize(
+    ("heads", "width", "groups"),
+    [(8, 70, 1), (12, 70, 1), (13, 70, 2), (24, 70, 2), (32, 70, 2), (32, 120, 3), (24, 40, 1)],
+)
+def test_many_heads_spread_over_history_groups(heads: int, width: int, groups: int) -> None:
+    assert history_groups(heads, width) == groups
+
+
+def test_history_of_24_heads_shows_each_head_and_the_joint_once() -> None:
+    names = [f"h{i:02d}" for i in range(24)]
+    history = {h: (1.0, 1.0 + i / 100) for i, h in enumerate(names)}
+    t = replace(tamiyo_after_update(names=names, ratio_max_history=history),
+                joint_ratio_max_history=(1.0, 3.0))  # fmt: skip
+    text = render_text(render_ratio_history(SanctumSnapshot(tamiyo=t)), width=70)
+    words = text.split()
+    assert all(words.count(h) == 1 for h in names) and words.count("joint") == 1
+    assert len(text.splitlines()) == 1 + 12 + 1  # title row, 12 heads, the joint
+    assert "1.230" in words and "3.000" in words
 
 
 def test_slots_panel_lists_slots_in_index_order_and_empty_slots_as_dashes() -> None:

@@ -10,43 +10,42 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from esper.actions import HEAD_NAMES
 from esper.telemetry.contracts import EventType, PPOUpdatePayload, TelemetryEvent
 
 
 def update_line(payload: PPOUpdatePayload) -> str:
     """One-line summary of a PPO update for logs and terminals."""
-    head = payload.worst_head()
-    worst = f"{head} {payload.head(head, 'ratio_max'):.3f}" if head is not None else "—"
+    stats = payload.stats
+    head = stats.worst_head()
+    worst = f"{head} {stats.heads[head].ratio_max:.3f}" if head is not None else "—"
     ret = "—" if payload.mean_return is None else f"{payload.mean_return:+.3f}"
     acc = "—" if payload.host_accuracy is None else f"{payload.host_accuracy:.3f}"
     return (
         f"update {payload.update_index:>4} | worst head {worst}"
-        f" | joint {payload.joint_ratio_max:.3f} | KL {payload.approx_kl:.4f}"
-        f" | clip {payload.clip_fraction:.3f}"
+        f" | joint {stats.joint_ratio_max:.3f} | KL {stats.approx_kl:.4f}"
+        f" | clip {stats.clip_fraction:.3f}"
         f" | return {ret} | acc {acc}"
     )
 
 
 def head_table(payload: PPOUpdatePayload) -> Table:
-    """The final per-head table: the TELE-151 record and its siblings, one row a head."""
+    """The final per-head table: the TELE-151 record and its siblings, one row a head.
+
+    One row per head the update carries, in the run's order, whatever their number.
+    """
     table = Table(title=f"Per-head statistics, update {payload.update_index}")
     for column in ("head", "ratio max", "ratio min", "clip frac", "entropy", "relevant"):
         table.add_column(column, justify="left" if column == "head" else "right")
-    for head in HEAD_NAMES:
-        relevant = int(payload.head(head, "relevant"))
-        entropy = f"{payload.head(head, 'entropy'):.3f}"
-        if relevant == 0:  # neutral defaults, not a healthy reading
+    for head, stats in payload.heads.items():
+        entropy = f"{stats.entropy:.3f}"
+        if stats.relevant == 0:  # neutral defaults, not a healthy reading
             table.add_row(head, "—", "—", "—", entropy, "0")
             continue
         table.add_row(
             head,
-            *(
-                f"{payload.head(head, stat):.3f}"
-                for stat in ("ratio_max", "ratio_min", "clip_fraction")
-            ),
+            *(f"{v:.3f}" for v in (stats.ratio_max, stats.ratio_min, stats.clip_fraction)),
             entropy,
-            str(relevant),
+            str(stats.relevant),
         )
     return table
 

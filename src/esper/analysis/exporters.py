@@ -2,7 +2,8 @@
 
 Both log the same scalars, named by `update_scalars` / `episode_scalars`:
 
-- per PPO update, step = `update_index`: `ratio_max/<head>`, `ratio_min/<head>`,
+- per PPO update, step = `update_index`, for every head the update carries (whatever
+  the run's heads are called): `ratio_max/<head>`, `ratio_min/<head>`,
   `clip_fraction/<head>`, `approx_kl/<head>` (only for heads with relevant samples in
   that update: a neutral 1.0 is not a measurement), `entropy/<head>` (always),
   `joint_ratio_max`, `approx_kl`, `clip_fraction`, `losses/policy`, `losses/value`;
@@ -12,18 +13,18 @@ They are queued hub backends (`synchronous = False`): the hub calls `handle` and
 from its worker thread, and each backend also serialises its calls with a lock, so the
 writer is never used from two threads at once. TensorBoard uses the `tensorboard`
 package's own framework-free `tensorboard.summary.Writer` (numpy only, no torch or
-TensorFlow). W&B runs offline by default; `wandb sync` uploads later.
+TensorFlow). W&B runs offline by default; `wandb sync` uploads later. Tags are the edge
+names of the per-head statistics here, spelled only by `head_tag`.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from esper.actions import HEAD_NAMES
 from esper.analysis import require_extra
 from esper.analysis.runs import RELEVANCE_GATED_STATS
 from esper.telemetry.contracts import EpisodeCompleted, PPOUpdatePayload, TelemetryEvent
@@ -48,15 +49,20 @@ EPISODE_FIELDS: dict[str, str] = {
 }
 
 
+def head_tag(stat: str, head: str) -> str:
+    """The TensorBoard / W&B name of one head statistic, e.g. `ratio_max/slot`."""
+    return f"{stat}/{head}"
+
+
 def update_scalars(p: PPOUpdatePayload) -> dict[str, float]:
     """The scalars of one PPO update; see the module docstring for the names."""
     out: dict[str, float] = {}
-    for head in HEAD_NAMES:
-        relevant = p.head(head, "relevant") > 0
+    for head, stats in p.heads.items():
+        relevant = stats.relevant > 0
         for stat in HEAD_SCALARS:
             if relevant or stat not in RELEVANCE_GATED_STATS:
-                out[f"{stat}/{head}"] = float(p.head(head, stat))
-    out.update({name: float(getattr(p, attr)) for name, attr in UPDATE_FIELDS.items()})
+                out[head_tag(stat, head)] = float(getattr(stats, stat))
+    out.update({name: float(getattr(p.stats, attr)) for name, attr in UPDATE_FIELDS.items()})
     return out
 
 
@@ -65,9 +71,10 @@ def episode_scalars(p: EpisodeCompleted) -> dict[str, float]:
     return {name: float(getattr(p, attr)) for name, attr in EPISODE_FIELDS.items()}
 
 
-def all_scalar_names() -> dict[str, str]:
-    """Every scalar name a backend may log -> the step it is logged against."""
-    per_head = {f"{stat}/{head}": UPDATE_STEP for stat in HEAD_SCALARS for head in HEAD_NAMES}
+def all_scalar_names(head_names: Iterable[str]) -> dict[str, str]:
+    """Every scalar name a backend may log for these heads -> the step it is logged against."""
+    heads = tuple(head_names)
+    per_head = {head_tag(stat, head): UPDATE_STEP for stat in HEAD_SCALARS for head in heads}
     update = dict.fromkeys(UPDATE_FIELDS, UPDATE_STEP)
     return {**per_head, **update, **dict.fromkeys(EPISODE_FIELDS, EPISODE_STEP)}
 
@@ -157,8 +164,9 @@ class WandbBackend(_ScalarBackend):
     """Logs the scalars to a W&B run in `run_dir/wandb`, offline unless `mode` says.
 
     Updates and episodes are two x-axes, so each scalar is declared against its own step
-    metric (`update` or `episode`) rather than W&B's single monotonic step. `init` is
-    `wandb.init` (`esper[wandb]`); passing another lets a caller supply the run.
+    metric (`update` or `episode`) rather than W&B's single monotonic step. Heads are
+    known from the data only, so a scalar is declared the first time it is logged. `init`
+    is `wandb.init` (`esper[wandb]`); passing another lets a caller supply the run.
     """
 
     name = "wandb"
@@ -181,10 +189,13 @@ class WandbBackend(_ScalarBackend):
         )
         for axis in (UPDATE_STEP, EPISODE_STEP):
             self.run.define_metric(axis)
-        for scalar, axis in all_scalar_names().items():
-            self.run.define_metric(scalar, step_metric=axis)
+        self._defined: set[str] = set()
 
     def _write(self, scalars: Scalars) -> None:
+        for scalar in scalars.values:
+            if scalar not in self._defined:
+                self.run.define_metric(scalar, step_metric=scalars.axis)
+                self._defined.add(scalar)
         self.run.log({scalars.axis: scalars.step, **scalars.values})
 
     def _flush(self) -> None:

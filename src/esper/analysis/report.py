@@ -3,7 +3,8 @@
 The page is one HTML file with the figure inlined as SVG (text kept as text, so it can be
 searched and copied) and the ratio-explosion table; `--png` writes the figure alone, with
 the explosions listed under it. Each run gets a column and every head the same colour in
-every panel. Panels, top to bottom:
+every panel and every column; the heads are the runs' own (`Run.head_names`, any number,
+any names). Panels, top to bottom:
 
 1. per-head ratio max per PPO update, log scale, on the dashboard's bands (healthy
    [0.8, 1.2], warning [0.5, 1.5], critical beyond), non-finite updates marked;
@@ -30,14 +31,15 @@ from typing import Any, Literal
 
 import matplotlib
 from matplotlib.axes import Axes
+from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
 
-from esper.actions import HEAD_NAMES
 from esper.analysis import AnalysisError
 from esper.analysis.runs import Run, measured
 from esper.sanctum.widgets.style import JOINT_HEALTHY, JOINT_WARNING, RATIO_HEALTHY, RATIO_WARNING
+from esper.telemetry.heads import flat_key
 
 Format = Literal["html", "png"]
 
@@ -64,7 +66,35 @@ RATIO_AXIS_SPAN = (0.4, 2.5)
 #: Colours of the health bands (translucent fills) and each head's line colour.
 BAND_COLOURS = {"healthy": "#2ca02c", "warning": "#ffbf00", "critical": "#d62728"}
 BAND_ALPHA = 0.12
-HEAD_COLOURS = {head: f"C{i}" for i, head in enumerate(HEAD_NAMES)}
+#: Past ten heads the default colour cycle repeats: then the 20 hues and shades of tab20
+#: (hues first), then tab20b, which together tell up to 40 heads apart.
+_MANY_COLOURS = (
+    *(f"tab20:{i}" for i in (*range(0, 20, 2), *range(1, 20, 2))),
+    *(f"tab20b:{i}" for i in range(20)),
+)
+
+
+def head_colours(heads: Sequence[str]) -> dict[str, str]:
+    """A distinct matplotlib colour per head, by position (C0..C9 up to ten heads)."""
+    if len(heads) <= 10:
+        return {head: f"C{i}" for i, head in enumerate(heads)}
+    colours = {}
+    for i, head in enumerate(heads):
+        cmap, index = _MANY_COLOURS[i % len(_MANY_COLOURS)].split(":")
+        colours[head] = to_hex(matplotlib.colormaps[cmap](int(index)))
+    return colours
+
+
+def figure_heads(runs: Sequence[Run]) -> list[str]:
+    """Every head of the runs, each once: the first run's in its order, then the others'."""
+    return list(dict.fromkeys(h for run in runs for h in run.head_names))
+
+
+def legend_columns(n_heads: int, n_runs: int) -> int:
+    """Columns of the head legend: one row across several runs, else at most three rows."""
+    if n_runs > 1 and n_heads <= 8 * n_runs:
+        return max(1, n_heads)
+    return max(1, min(n_heads, max(4, math.ceil(n_heads / 3))))
 
 
 @dataclass(frozen=True)
@@ -168,11 +198,12 @@ def nonfinite_updates(run: Run) -> list[int]:
     """Update indices where some head's ratio was NaN/inf or a minibatch was non-finite."""
     u = run.updates
     flagged = [False] * len(u)
-    for head in HEAD_NAMES:
-        columns = (u.column(f"head_{head}_ratio_max"), u.column(f"head_{head}_ratio_min"))
-        counts = u.column(f"head_{head}_nonfinite")
+    for head in run.head_names:
+        columns = (u.column(flat_key(head, "ratio_max")), u.column(flat_key(head, "ratio_min")))
+        counts = u.column(flat_key(head, "nonfinite"))
         for i, (hi, lo, n) in enumerate(zip(*columns, counts, strict=True)):
-            flagged[i] |= n > 0 or not (math.isfinite(hi) and math.isfinite(lo))
+            if n is not None:  # None: the update did not carry this head
+                flagged[i] |= n > 0 or not (math.isfinite(hi) and math.isfinite(lo))
     return [idx for idx, bad in zip(u.column("update_index"), flagged, strict=True) if bad]
 
 
@@ -199,24 +230,24 @@ def _draw_bands(
     ax.yaxis.set_minor_locator(NullLocator())
 
 
-def _per_head(ax: Axes, run: Run, column: int, stat: str) -> None:
+def _per_head(ax: Axes, run: Run, column: int, stat: str, colours: dict[str, str]) -> None:
     x = run.updates.column("update_index")
-    for head in HEAD_NAMES:
+    for head in run.head_names:
         (line,) = ax.plot(
             x,
             measured(run.updates, head, stat),
             marker="o",
             ms=marker_size(len(x)),
             lw=1.2,
-            color=HEAD_COLOURS[head],
+            color=colours[head],
             label=head,
         )
         line.set_gid(f"run{column}-{stat}-{head}")
 
 
-def _ratio_panel(ax: Axes, run: Run, column: int, limits: tuple[float, float]) -> None:
-    _draw_bands(ax, RATIO_HEALTHY, RATIO_WARNING, limits)
-    _per_head(ax, run, column, "ratio_max")
+def _ratio_panel(ax: Axes, run: Run, column: int, limits: _Limits) -> None:
+    _draw_bands(ax, RATIO_HEALTHY, RATIO_WARNING, limits.ratio)
+    _per_head(ax, run, column, "ratio_max", limits.colours)
     handles: list[Any] = [Patch(color=BAND_COLOURS[b], alpha=0.4, label=b) for b in BAND_COLOURS]
     bad = nonfinite_updates(run)
     if bad:
@@ -288,10 +319,11 @@ def _column_title(run: Run) -> str:
 
 @dataclass(frozen=True)
 class _Limits:
-    """Y limits shared by a row across runs, so columns compare at a glance."""
+    """Y limits (and head colours) shared by a row across runs, so columns compare at a glance."""
 
     ratio: tuple[float, float]
     joint: tuple[float, float]
+    colours: dict[str, str]
 
 
 def _decorate(ax: Axes, panel: Panel) -> None:
@@ -306,7 +338,7 @@ def _decorate(ax: Axes, panel: Panel) -> None:
 def _draw_panel(ax: Axes, panel: Panel, run: Run, column: int, limits: _Limits) -> None:
     match panel.key:
         case "ratio_max":
-            _ratio_panel(ax, run, column, limits.ratio)
+            _ratio_panel(ax, run, column, limits)
         case "joint":
             _joint_panel(ax, run, column, limits.joint)
         case "return":
@@ -314,7 +346,7 @@ def _draw_panel(ax: Axes, panel: Panel, run: Run, column: int, limits: _Limits) 
         case "accuracy":
             _episode_panel(ax, run, column, "final_accuracy")
         case stat:
-            _per_head(ax, run, column, stat)
+            _per_head(ax, run, column, stat, limits.colours)
     if not len(run.updates if panel.over_updates else run.episodes):
         ax.set_xlim(0, 1)  # integer ticks on an empty axis, not -0.045 ... 0.045
 
@@ -326,9 +358,10 @@ def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure
     n_runs = len(runs)
     width, height = figure_size(n_runs, explosion_text)
     fig = Figure(figsize=(width, height), dpi=DPI)
+    heads = figure_heads(runs)
     limits = _Limits(
         ratio=log_limits(
-            v for r in runs for h in HEAD_NAMES for v in measured(r.updates, h, "ratio_max")
+            v for r in runs for h in r.head_names for v in measured(r.updates, h, "ratio_max")
         ),
         joint=log_limits(
             (
@@ -339,6 +372,7 @@ def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure
             ),
             span=(1.0 / (2 * JOINT_WARNING), 2 * JOINT_WARNING),
         ),
+        colours=head_colours(heads),
     )
     title_y = 1.0 - (HEADER_HEIGHT - 0.2) / height
     for col, run in enumerate(runs):
@@ -359,14 +393,14 @@ def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure
             axes[0].text(0.5, 0.5, "no PPO updates yet", transform=axes[0].transAxes, ha="center")
         if explosion_text:
             _explosion_text(axes[-1], run)
-    handles = [Patch(color=HEAD_COLOURS[h], label=h) for h in HEAD_NAMES]
+    handles = [Patch(color=limits.colours[h], label=h) for h in heads]
     fig.legend(
         handles=handles,
         loc="upper center",
         bbox_to_anchor=(0.5, 1.0),
         frameon=False,
-        ncols=len(HEAD_NAMES) if n_runs > 1 else 4,
-        fontsize=8,
+        ncols=legend_columns(len(heads), n_runs),
+        fontsize=8 if len(heads) <= 12 else 7,
     )
     return fig
 
@@ -441,7 +475,7 @@ def _explosions_table(runs: Sequence[Run]) -> str:
             update,
             "—" if batch is None else batch,
             f"{joint:.3f}",
-            driver,
+            driver or "—",  # None: no head moved
             "yes" if hidden else "no",
             summary,
         )

@@ -4,12 +4,18 @@
 skipped and counted in `Run.stats`, never fatal) and files every event into typed,
 row-per-thing tables:
 
-- `updates`: one row per completed PPO update, a column per `PPOUpdatePayload` field
-  (per head: `head_{h}_ratio_max` then the `PER_HEAD_STATS`), plus `ratio_max_product`;
+- `updates`: one row per completed PPO update: per head of the run, a column per
+  `HeadStats` field (`head_<h>_ratio_max`, `head_<h>_ratio_min`, ...), then the
+  update-wide fields and `ratio_max_product`;
 - `episodes`: one row per `EPISODE_COMPLETED`;
 - `explosions`: one row per `RATIO_EXPLOSION`, its per-head dicts flattened to
-  `head_{h}_share` / `head_{h}_log_ratio` and its `summary()` line kept;
+  `head_<h>_share` / `head_<h>_log_ratio` and its `summary()` line kept;
 - `events`: every event's envelope (type, seq, time, message), whatever its type.
+
+The per-head columns are those of the run's own heads (`Run.head_names`: declared by
+TRAINING_STARTED, in its order, then any head an update or explosion names besides), so
+a run with three heads has 21 of them and one with 24 has 168. These tables are the SQL
+edge: the only place here that spells flat per-head names (through `flat_key`).
 
 Values are exactly the payloads' (no rescaling, the neutral 1.0 of an irrelevant head
 included), so a query gives the numbers the aggregator shows. `measured` is where the
@@ -27,10 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from esper.actions import HEAD_NAMES
 from esper.analysis import AnalysisError
 from esper.telemetry.contracts import (
-    PER_HEAD_STATS,
     EpisodeCompleted,
     EventType,
     Payload,
@@ -41,14 +45,19 @@ from esper.telemetry.contracts import (
     TrainingFinished,
     TrainingStarted,
 )
+from esper.telemetry.heads import (
+    HEAD_COUNT_STATS,
+    HEAD_STATS,
+    UPDATE_SCALARS,
+    UpdateStats,
+    flat_key,
+)
 from esper.telemetry.recorder import EVENTS_FILE, ReadStats, read_events
 
 #: Per-head statistics that only mean something when the head had relevant samples
-#: (`head_{h}_relevant > 0`); otherwise they hold the neutral defaults. Entropy is taken
+#: (`head_<h>_relevant > 0`); otherwise they hold the neutral defaults. Entropy is taken
 #: over every sample, relevant or not, so it is always a measurement.
 RELEVANCE_GATED_STATS: tuple[str, ...] = ("ratio_max", "ratio_min", "clip_fraction", "approx_kl")
-#: The per-head statistics of an update, in column order.
-HEAD_STATS: tuple[str, ...] = ("ratio_max", *PER_HEAD_STATS)
 
 
 @dataclass(frozen=True)
@@ -84,12 +93,55 @@ class Table:
         return [row[index] for row in self.rows]
 
 
+def merged_columns(tables: Sequence[Table]) -> tuple[Column, ...]:
+    """The union of the tables' columns, each new one placed before its successor.
+
+    Runs with different heads concatenate into one table holding the head columns of
+    every run: a column new to the union goes just before the next column its own table
+    has, so heads stay together and the update-wide columns stay last. A column some
+    table lacks becomes nullable.
+    """
+    merged = list(tables[0].columns)
+    for table in tables[1:]:
+        names = [c.name for c in merged]
+        before = len(merged)  # where a new column goes: before the next column known
+        for column in reversed(table.columns):
+            if column.name not in names:
+                merged.insert(before, column)
+                names.insert(before, column.name)
+                continue
+            before = names.index(column.name)
+            known = merged[before]
+            if known.type is not column.type:
+                raise ValueError(
+                    f"{table.name}.{column.name}: {column.type.__name__} here, "
+                    f"{known.type.__name__} elsewhere"
+                )
+            if column.nullable:
+                merged[before] = dataclasses.replace(known, nullable=True)
+    everywhere = set.intersection(*({c.name for c in t.columns} for t in tables))
+    return tuple(
+        c if c.nullable or c.name in everywhere else dataclasses.replace(c, nullable=True)
+        for c in merged
+    )
+
+
 def concat(tables: Sequence[Table]) -> Table:
-    """The rows of same-schema tables one after another (several runs into one view)."""
+    """The rows of several tables one after another (several runs into one view).
+
+    Tables of one schema are stacked as they are; otherwise under `merged_columns`, with
+    None where a table lacks a column (e.g. a head another run does not have).
+    """
     first = tables[0]
-    if any(t.columns != first.columns for t in tables):
-        raise ValueError(f"{first.name}: tables to concatenate must share their columns")
-    return Table(first.name, first.columns, [row for t in tables for row in t.rows])
+    if all(t.columns == first.columns for t in tables):
+        return Table(first.name, first.columns, [row for t in tables for row in t.rows])
+    columns = merged_columns(tables)
+    rows: list[tuple[Any, ...]] = []
+    for table in tables:
+        where = {name: i for i, name in enumerate(table.names)}
+        picks = [where.get(c.name) for c in columns]
+        rows.extend(tuple(None if i is None else row[i] for i in picks) for row in table.rows)
+    return Table(first.name, columns, rows)
 
 
 # --------------------------------------------------------------------------- schemas
@@ -109,15 +161,8 @@ def payload_columns(cls: type[Payload], names: Iterable[str]) -> tuple[Column, .
     return tuple(_column(name, hints[name]) for name in names)
 
 
-def _update_field_order() -> tuple[str, ...]:
-    """PPOUpdatePayload fields, each head's statistics together, then the update-wide ones."""
-    per_head = [f"head_{h}_{s}" for h in HEAD_NAMES for s in HEAD_STATS]
-    fields = [f.name for f in dataclasses.fields(PPOUpdatePayload)]
-    rest = [n for n in fields if n not in per_head and n != "update_index"]
-    return (*per_head, *rest)
-
-
-UPDATE_FIELDS = _update_field_order()
+#: Update-wide columns of `ppo_updates`, after the per-head ones.
+UPDATE_FIELDS: tuple[str, ...] = (*UPDATE_SCALARS, "mean_return", "host_accuracy")
 EPISODE_FIELDS = tuple(f.name for f in dataclasses.fields(EpisodeCompleted))
 
 _RUN_ID = Column("run_id", str)
@@ -125,15 +170,38 @@ _SEQ = Column("seq", int)
 _TIMESTAMP = Column("timestamp", float)
 _BATCH = Column("batch", int, nullable=True)
 
-UPDATE_COLUMNS: tuple[Column, ...] = (
-    _RUN_ID,
-    Column("update_index", int),
-    _BATCH,
-    _SEQ,
-    _TIMESTAMP,
-    *payload_columns(PPOUpdatePayload, UPDATE_FIELDS),
-    Column("ratio_max_product", float),
-)
+_UPDATE_HINTS = {**typing.get_type_hints(UpdateStats), **typing.get_type_hints(PPOUpdatePayload)}
+_UPDATE_FIELD_COLUMNS = tuple(_column(name, _UPDATE_HINTS[name]) for name in UPDATE_FIELDS)
+
+
+def head_columns(head_names: Sequence[str], nullable: Iterable[str] = ()) -> tuple[Column, ...]:
+    """A column per statistic of each head (`head_<h>_<stat>`), head by head.
+
+    Heads in `nullable` were absent from some update (a run may declare a head that an
+    update does not carry): their columns hold NULL there.
+    """
+    absent = frozenset(nullable)
+    return tuple(
+        Column(flat_key(h, s), int if s in HEAD_COUNT_STATS else float, nullable=h in absent)
+        for h in head_names
+        for s in HEAD_STATS
+    )
+
+
+def update_columns(head_names: Sequence[str], nullable: Iterable[str] = ()) -> tuple[Column, ...]:
+    """The columns of `ppo_updates` for a run with these heads."""
+    return (
+        _RUN_ID,
+        Column("update_index", int),
+        _BATCH,
+        _SEQ,
+        _TIMESTAMP,
+        *head_columns(head_names, nullable),
+        *_UPDATE_FIELD_COLUMNS,
+        Column("ratio_max_product", float),
+    )
+
+
 EPISODE_COLUMNS: tuple[Column, ...] = (
     _RUN_ID,
     Column("episode", int, nullable=True),
@@ -142,19 +210,25 @@ EPISODE_COLUMNS: tuple[Column, ...] = (
     _TIMESTAMP,
     *payload_columns(EpisodeCompleted, EPISODE_FIELDS),
 )
-EXPLOSION_COLUMNS: tuple[Column, ...] = (
-    _RUN_ID,
-    Column("update_index", int),
-    _BATCH,
-    _SEQ,
-    _TIMESTAMP,
-    Column("joint_ratio_max", float),
-    Column("driver", str),
-    Column("hidden_by_heads", bool),
-    Column("summary", str),
-    *(Column(f"head_{h}_share", float, nullable=True) for h in HEAD_NAMES),
-    *(Column(f"head_{h}_log_ratio", float, nullable=True) for h in HEAD_NAMES),
-)
+
+
+def explosion_columns(head_names: Sequence[str]) -> tuple[Column, ...]:
+    """The columns of `explosions` for a run with these heads (NULL: not in the sample)."""
+    return (
+        _RUN_ID,
+        Column("update_index", int),
+        _BATCH,
+        _SEQ,
+        _TIMESTAMP,
+        Column("joint_ratio_max", float),
+        Column("driver", str, nullable=True),
+        Column("hidden_by_heads", bool),
+        Column("summary", str),
+        *(Column(flat_key(h, "share"), float, nullable=True) for h in head_names),
+        *(Column(flat_key(h, "log_ratio"), float, nullable=True) for h in head_names),
+    )
+
+
 EVENT_COLUMNS: tuple[Column, ...] = (
     _RUN_ID,
     _SEQ,
@@ -177,9 +251,7 @@ def ratio_max_product(payload: PPOUpdatePayload) -> float:
     sample: with every maximum >= 1 it bounds `joint_ratio_max` from above, and a joint
     close to it means the heads moved together.
     """
-    return math.prod(
-        payload.head(h, "ratio_max") for h in HEAD_NAMES if payload.head(h, "relevant") > 0
-    )
+    return math.prod(s.ratio_max for s in payload.heads.values() if s.relevant > 0)
 
 
 def measured(updates: Table, head: str, stat: str) -> list[float]:
@@ -187,11 +259,11 @@ def measured(updates: Table, head: str, stat: str) -> list[float]:
 
     For plotting: a neutral 1.0 drawn as a point would look like a healthy reading.
     """
-    values = updates.column(f"head_{head}_{stat}")
+    values = updates.column(flat_key(head, stat))
     if stat not in RELEVANCE_GATED_STATS:
-        return [float(v) for v in values]
-    relevant = updates.column(f"head_{head}_relevant")
-    return [float(v) if n > 0 else math.nan for v, n in zip(values, relevant, strict=True)]
+        return [math.nan if v is None else float(v) for v in values]
+    relevant = updates.column(flat_key(head, "relevant"))
+    return [float(v) if n else math.nan for v, n in zip(values, relevant, strict=True)]
 
 
 def unique_labels(labels: Sequence[str]) -> list[str]:
@@ -216,6 +288,7 @@ class Run:
     label: str
     task: str | None
     status: str  # finished, interrupted, failed, or unfinished (running or cut short)
+    head_names: tuple[str, ...]  # the run's heads in display order (see the module doc)
     updates: Table
     episodes: Table
     explosions: Table
@@ -235,9 +308,10 @@ class _RunBuilder:
         self.run_id: str | None = None
         self.task: str | None = None
         self.status = "unfinished"
-        self.updates: list[tuple[Any, ...]] = []
+        self.head_names: dict[str, None] = {}  # an ordered set: declared, then seen
+        self.updates: list[tuple[TelemetryEvent, PPOUpdatePayload]] = []
         self.episodes: list[tuple[Any, ...]] = []
-        self.explosions: list[tuple[Any, ...]] = []
+        self.explosions: list[tuple[TelemetryEvent, RatioExplosion]] = []
         self.events: list[tuple[Any, ...]] = []
         self._handlers: dict[EventType, Callable[[TelemetryEvent], None]] = {
             EventType.TRAINING_STARTED: self._started,
@@ -270,21 +344,44 @@ class _RunBuilder:
     def _started(self, event: TelemetryEvent) -> None:
         assert isinstance(event.payload, TrainingStarted)
         self.task = event.payload.task
+        if not self.head_names:  # the first start declares the order; a resume repeats it
+            self.head_names = dict.fromkeys(event.payload.head_names)
+        else:
+            self.head_names.update(dict.fromkeys(event.payload.head_names))
 
     def _update(self, event: TelemetryEvent) -> None:
         p = event.payload
         assert isinstance(p, PPOUpdatePayload)
-        self.updates.append(
-            (
-                event.run_id,
-                p.update_index,
-                event.batch,
-                event.seq,
-                event.timestamp,
-                *(getattr(p, name) for name in UPDATE_FIELDS),
-                ratio_max_product(p),
+        self.head_names.update(dict.fromkeys(p.heads))
+        self.updates.append((event, p))
+
+    def update_table(self) -> Table:
+        """`ppo_updates`, built once every head of the run is known."""
+        heads = tuple(self.head_names)
+        absent = {h for _, p in self.updates for h in heads if h not in p.heads}
+        rows = []
+        for event, p in self.updates:
+            per_head = p.heads
+            stats = p.stats
+            rows.append(
+                (
+                    event.run_id,
+                    p.update_index,
+                    event.batch,
+                    event.seq,
+                    event.timestamp,
+                    *(
+                        None if h not in per_head else getattr(per_head[h], s)
+                        for h in heads
+                        for s in HEAD_STATS
+                    ),
+                    *(getattr(stats, name) for name in UPDATE_SCALARS),
+                    p.mean_return,
+                    p.host_accuracy,
+                    ratio_max_product(p),
+                )
             )
-        )
+        return Table("ppo_updates", update_columns(heads, absent), rows)
 
     def _episode(self, event: TelemetryEvent) -> None:
         p = event.payload
@@ -303,21 +400,29 @@ class _RunBuilder:
     def _explosion(self, event: TelemetryEvent) -> None:
         p = event.payload
         assert isinstance(p, RatioExplosion)
-        self.explosions.append(
+        self.head_names.update(dict.fromkeys(p.report.worst_log_ratios))
+        self.explosions.append((event, p))
+
+    def explosion_table(self) -> Table:
+        """`explosions`, built once every head of the run is known."""
+        heads = tuple(self.head_names)
+        rows = [
             (
                 event.run_id,
                 p.update_index,
                 event.batch,
                 event.seq,
                 event.timestamp,
-                p.joint_ratio_max,
-                p.driver,
-                p.hidden_by_heads,
+                p.report.joint_ratio_max,
+                p.report.driver,
+                p.report.hidden_by_heads,
                 p.summary(),
-                *(p.shares.get(h) for h in HEAD_NAMES),
-                *(p.worst_log_ratios.get(h) for h in HEAD_NAMES),
+                *(p.report.shares.get(h) for h in heads),
+                *(p.report.worst_log_ratios.get(h) for h in heads),
             )
-        )
+            for event, p in self.explosions
+        ]
+        return Table("explosions", explosion_columns(heads), rows)
 
     def _finished(self, event: TelemetryEvent) -> None:
         assert isinstance(event.payload, TrainingFinished)
@@ -359,9 +464,10 @@ def load_run(path: Path | str, label: str | None = None) -> Run:
         label=label or name,
         task=builder.task,
         status=builder.status,
-        updates=Table("ppo_updates", UPDATE_COLUMNS, builder.updates),
+        head_names=tuple(builder.head_names),
+        updates=builder.update_table(),
         episodes=Table("episodes", EPISODE_COLUMNS, builder.episodes),
-        explosions=Table("explosions", EXPLOSION_COLUMNS, builder.explosions),
+        explosions=builder.explosion_table(),
         events=Table("events", EVENT_COLUMNS, builder.events),
         stats=stats,
     )

@@ -7,12 +7,19 @@ memory does not grow with the length of the run. `snapshot()` may be called from
 thread (the TUI's) while events arrive; both sides take the same lock.
 
 An update event only records its payload, appends to the histories and folds the
-latches; the `TamiyoState` (eight `HeadStats` and the history tuples) is built when a
+latches; the `TamiyoState` (a `HeadState` per head and the history tuples) is built when a
 snapshot asks for it and kept until the next PPO event. Events arrive far more often
-than the dashboard polls, so copying 9 x `history_len` floats per event (as building
-the state per event would) dominated the ingest cost.
+than the dashboard polls, so copying (heads + 1) x `history_len` floats per event (as
+building the state per event would) dominated the ingest cost.
 
 Decisions the widgets rely on:
+
+- The heads are the run's: TRAINING_STARTED declares them in display order; a log
+  without one takes them from its first update (in the update's order). A head first
+  seen later (in an update or a skip's non-finite counts) joins at the end. A declared
+  head that an update does not carry shows "no data" for that update and its history
+  gets the neutral 1.0 (as for an update that had no relevant sample of it), so every
+  head's sparkline stays aligned with the joint's.
 
 - Per-head NaN/Inf latches stay set for the rest of the run. A head latches NaN when its
   ratio max or min is NaN or its `nonfinite` count is positive (a count cannot tell NaN
@@ -37,17 +44,15 @@ import dataclasses
 import math
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
-from operator import attrgetter
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
-from esper.actions import HEAD_NAMES
 from esper.sanctum.schema import (
     EVENT_LOG_LEN,
     HISTORY_LEN,
     EpisodeStats,
     EventLogEntry,
-    HeadStats,
+    HeadState,
     Progress,
     RunInfo,
     SanctumSnapshot,
@@ -69,6 +74,7 @@ from esper.telemetry.contracts import (
     WorkerRestarted,
     WorkerStatus,
 )
+from esper.telemetry.heads import NEUTRAL_RATIO, HeadStats
 from esper.telemetry.recorder import ReadStats, read_events
 
 #: How many recent episodes `EpisodeStats.mean_return` averages.
@@ -88,7 +94,7 @@ _NEXT_BATCH_EVENTS: frozenset[EventType] = frozenset(
     }
 )
 _UPDATE_EVENTS = frozenset({EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED})
-#: TamiyoState fields copied verbatim from the PPO update payload of the same name.
+#: TamiyoState fields copied verbatim from the update's `UpdateStats` field of the same name.
 _COPIED_PPO_FIELDS: tuple[str, ...] = (
     "joint_ratio_max",
     "approx_kl",
@@ -103,55 +109,11 @@ _COPIED_PPO_FIELDS: tuple[str, ...] = (
 )
 
 
-#: Payload field names of each head's statistics, spelled once (not per event).
-_HEAD_FIELDS: dict[str, dict[str, str]] = {
-    head: {
-        stat: f"head_{head}_{stat}"
-        for stat in (
-            "ratio_max",
-            "ratio_min",
-            "clip_fraction",
-            "entropy",
-            "approx_kl",
-            "relevant",
-            "nonfinite",
-        )
-    }
-    for head in HEAD_NAMES
-}
-#: One C-level read of a stat for all eight heads, in HEAD_NAMES order.
-_ALL_HEADS: dict[str, Callable[[PPOUpdatePayload], tuple[float, ...]]] = {
-    stat: attrgetter(*(_HEAD_FIELDS[h][stat] for h in HEAD_NAMES))
-    for stat in ("ratio_max", "ratio_min", "nonfinite")
-}
-
-
 def nonfinite_latches(ratio_max: float, ratio_min: float, nonfinite: int) -> tuple[bool, bool]:
     """(NaN seen, Inf seen) for one head in one update; see the module docstring."""
     nan = nonfinite > 0 or math.isnan(ratio_max) or math.isnan(ratio_min)
     inf = math.isinf(ratio_max) or math.isinf(ratio_min)
     return nan, inf
-
-
-def _head_stats(
-    p: PPOUpdatePayload | None, head: str, latches: tuple[bool, bool], history: deque[float]
-) -> HeadStats:
-    """One head's stats from the latest update (defaults before any), with its latches."""
-    nan, inf = latches
-    if p is None:
-        return HeadStats(nan_latched=nan, inf_latched=inf, ratio_max_history=tuple(history))
-    names = _HEAD_FIELDS[head]
-    return HeadStats(
-        ratio_min=getattr(p, names["ratio_min"]),
-        clip_fraction=getattr(p, names["clip_fraction"]),
-        entropy=getattr(p, names["entropy"]),
-        approx_kl=getattr(p, names["approx_kl"]),
-        relevant=getattr(p, names["relevant"]),
-        nonfinite=getattr(p, names["nonfinite"]),
-        nan_latched=nan,
-        inf_latched=inf,
-        ratio_max_history=tuple(history),
-    )
 
 
 def _mean(values: deque[float]) -> float | None:
@@ -181,9 +143,12 @@ class SanctumAggregator:
         self._ppo_time: float | None = None
         self._ppo_count = 0
         self._tamiyo: TamiyoState | None = TamiyoState()  # None: rebuild on the next snapshot
-        self._histories = [deque[float](maxlen=history_len) for _ in HEAD_NAMES]  # ratio max
+        self._history_len = history_len
+        self._head_names: tuple[str, ...] = ()  # the run's heads, in display order
+        self._histories: dict[str, deque[float]] = {}  # head -> ratio max per update
         self._joint_history = deque[float](maxlen=history_len)
-        self._latches = {h: (False, False) for h in HEAD_NAMES}
+        self._nan_latched: set[str] = set()
+        self._inf_latched: set[str] = set()
         self._episodes = EpisodeStats()
         self._returns = deque[float](maxlen=history_len)
         self._recent_returns = deque[float](maxlen=return_window)
@@ -263,6 +228,7 @@ class SanctumAggregator:
             started_at=event.timestamp,
         )
         self._finished = False  # a resumed run starts again after its interrupted end
+        self._declare_heads(p.head_names)
         for index in range(p.head_sizes.get("slot", 0)):
             self._slots.setdefault(index, SlotState(index=index))
         self._log_event(event)
@@ -294,20 +260,48 @@ class SanctumAggregator:
         )
         self._log_event(event)
 
+    # ------------------------------------------------------------------ heads
+
+    def _declare_heads(self, names: Iterable[str]) -> None:
+        """Put the run's declared heads first, in their order; heads seen before keep
+        their histories and follow."""
+        declared = tuple(names)
+        for name in declared:
+            self._add_head(name)
+        rest = tuple(h for h in self._head_names if h not in declared)
+        if declared + rest != self._head_names:
+            self._head_names = declared + rest
+            self._tamiyo = None
+
+    def _add_head(self, name: str) -> deque[float]:
+        """The ratio-max history of `name`, registering a head not seen before at the end."""
+        history = self._histories.get(name)
+        if history is None:
+            history = self._histories[name] = deque(maxlen=self._history_len)
+            self._head_names += (name,)
+            self._tamiyo = None
+        return history
+
     def _tamiyo_state(self) -> TamiyoState:
         """The policy state of the latest PPO events, built once per change."""
         if self._tamiyo is None:
             p = self._ppo
+            latest: Mapping[str, HeadStats] = {} if p is None else p.stats.heads
             heads = {
-                h: _head_stats(p, h, self._latches[h], history)
-                for h, history in zip(HEAD_NAMES, self._histories, strict=True)
+                h: HeadState(
+                    stats=latest.get(h),
+                    nan_latched=h in self._nan_latched,
+                    inf_latched=h in self._inf_latched,
+                    ratio_max_history=tuple(self._histories[h]),
+                )
+                for h in self._head_names
             }
-            if p is None:  # only latches from skipped updates so far
-                self._tamiyo = TamiyoState(heads=heads)
+            if p is None:  # only heads declared, or latches from skipped updates, so far
+                self._tamiyo = TamiyoState(head_names=self._head_names, heads=heads)
             else:
                 self._tamiyo = TamiyoState(
-                    **{f"head_{h}_ratio_max": p.head(h, "ratio_max") for h in HEAD_NAMES},
-                    **{name: getattr(p, name) for name in _COPIED_PPO_FIELDS},
+                    **{name: getattr(p.stats, name) for name in _COPIED_PPO_FIELDS},
+                    head_names=self._head_names,
                     heads=heads,
                     ppo_data_received=True,
                     ppo_updates_count=self._ppo_count,
@@ -321,29 +315,39 @@ class SanctumAggregator:
     def _handle_ppo_update(self, event: TelemetryEvent) -> None:
         p = event.payload
         assert isinstance(p, PPOUpdatePayload)
-        ratio_max = _ALL_HEADS["ratio_max"](p)
-        ratio_min = _ALL_HEADS["ratio_min"](p)
-        nonfinite = _ALL_HEADS["nonfinite"](p)
+        heads = p.stats.heads
+        histories = self._histories
+        ends = 0.0  # sum of every ratio end: finite exactly when all of them are (bar overflow)
+        nonfinite = 0
+        for name, stats in heads.items():
+            history = histories.get(name)
+            if history is None:
+                history = self._add_head(name)
+            history.append(stats.ratio_max)
+            ends += stats.ratio_max + stats.ratio_min
+            nonfinite += stats.nonfinite
         # A healthy update (every ratio finite, no count) latches nothing: skip the fold.
-        if any(nonfinite) or not all(map(math.isfinite, ratio_max + ratio_min)):
-            self._fold_latches(ratio_max, ratio_min, nonfinite)
-        for history, value in zip(self._histories, ratio_max, strict=True):
-            history.append(value)
-        self._joint_history.append(p.joint_ratio_max)
+        if nonfinite or not math.isfinite(ends):
+            self._fold_latches(heads)
+        if len(heads) < len(histories):  # a declared head this update did not carry
+            for name, history in histories.items():
+                if name not in heads:
+                    history.append(NEUTRAL_RATIO)
+        self._joint_history.append(p.stats.joint_ratio_max)
         self._ppo, self._ppo_batch, self._ppo_time = p, event.batch, event.timestamp
         self._ppo_count += 1
         self._tamiyo = None
         self._advance_batches(event.batch)
         self._log_event(event)
 
-    def _fold_latches(
-        self, ratio_max: Sequence[float], ratio_min: Sequence[float], nonfinite: Sequence[int]
-    ) -> None:
-        """Fold one update's per-head values (HEAD_NAMES order) into the run's latches."""
-        for head, hi, lo, count in zip(HEAD_NAMES, ratio_max, ratio_min, nonfinite, strict=True):
-            nan, inf = nonfinite_latches(hi, lo, count)
-            was_nan, was_inf = self._latches[head]
-            self._latches[head] = (was_nan or nan, was_inf or inf)
+    def _fold_latches(self, heads: Mapping[str, HeadStats]) -> None:
+        """Fold one update's per-head values into the run's latches."""
+        for head, stats in heads.items():
+            nan, inf = nonfinite_latches(stats.ratio_max, stats.ratio_min, stats.nonfinite)
+            if nan:
+                self._nan_latched.add(head)
+            if inf:
+                self._inf_latched.add(head)
 
     def _advance_batches(self, batch: int | None) -> None:
         if batch is not None:
@@ -352,11 +356,11 @@ class SanctumAggregator:
     def _handle_ppo_skipped(self, event: TelemetryEvent) -> None:
         p = event.payload
         assert isinstance(p, PPOUpdateSkipped)
-        for head in p.nonfinite:
-            if head in self._latches:  # counts cannot tell NaN from inf: latch as NaN
-                self._latches[head] = (True, self._latches[head][1])
-        if p.nonfinite:  # show the latch now, not only with the next completed update
-            self._tamiyo = None
+        for head, count in p.nonfinite.items():
+            if count > 0:  # counts cannot tell NaN from inf: latch as NaN
+                self._add_head(head)
+                self._nan_latched.add(head)
+                self._tamiyo = None  # show the latch now, not only with the next update
         self._advance_batches(p.batch)
         self._log_event(event)
 
@@ -439,7 +443,7 @@ def replay_snapshots(path: Path | str, history_len: int = HISTORY_LEN) -> list[S
 
     A frame shows the run as it stood after that update and what annotated it (a ratio
     explosion, drops, the run's end), before the next batch's episodes began. Memory is
-    about one set of histories (9 x `history_len` floats) per update.
+    about one set of histories ((heads + 1) x `history_len` floats) per update.
     """
     aggregator = SanctumAggregator(history_len)
     stats = ReadStats()

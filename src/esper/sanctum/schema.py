@@ -10,9 +10,10 @@ Every value that can be absent says so (`None` or a `*_received` flag): a defaul
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from esper.actions import HEAD_NAMES
+from esper.telemetry.heads import NEUTRAL_RATIO, HeadStats
 
 #: How many PPO updates of per-head history the sparklines keep (a bounded ring).
 HISTORY_LEN = 120
@@ -21,51 +22,39 @@ EVENT_LOG_LEN = 200
 
 
 @dataclass(frozen=True)
-class HeadStats:
-    """One head's statistics from the latest PPO update (ratio max lives on TamiyoState).
+class HeadState:
+    """One action head as the dashboard shows it: latest reading, run latches, history.
 
-    `relevant == 0` means no sample of the update used this head: the ratio fields are
-    the neutral 1.0 and must be shown as "no data", not as healthy.
+    `stats` is the head's record from the latest PPO update, as measured (ratio max and
+    min, clip fraction, entropy, KL, counts); None when no update has carried the head
+    yet. `stats.relevant == 0` means no sample of that update used the head: its ratios
+    are the neutral 1.0 and must be shown as "no data", not as healthy.
     """
 
-    ratio_min: float = 1.0
-    clip_fraction: float = 0.0
-    entropy: float | None = None  # normalised once, to [0, 1]
-    approx_kl: float = 0.0
-    relevant: int = 0
-    nonfinite: int = 0
+    stats: HeadStats | None = None
     nan_latched: bool = False  # a NaN was ever seen for this head in this run
     inf_latched: bool = False  # an infinity was ever seen for this head in this run
     ratio_max_history: tuple[float, ...] = ()  # oldest first, at most HISTORY_LEN
-
-
-def _empty_heads() -> dict[str, HeadStats]:
-    return {name: HeadStats() for name in HEAD_NAMES}
 
 
 @dataclass(frozen=True)
 class TamiyoState:
     """The policy's health as of the latest PPO update (TELE-150/151/170 and siblings).
 
-    The eight `head_*_ratio_max` fields are the TELE-151 record; they default to the
-    neutral 1.0 and are meaningful only when `ppo_data_received` is True.
+    `head_names` are the run's heads in display order (declared by TRAINING_STARTED, or
+    taken from the first update of a log without one); `heads` maps each to its
+    `HeadState`. Nothing here assumes how many heads there are or what they are called.
+    The update-wide values are meaningful only when `ppo_data_received` is True.
     """
 
-    head_op_ratio_max: float = 1.0
-    head_slot_ratio_max: float = 1.0
-    head_blueprint_ratio_max: float = 1.0
-    head_style_ratio_max: float = 1.0
-    head_tempo_ratio_max: float = 1.0
-    head_alpha_target_ratio_max: float = 1.0
-    head_alpha_speed_ratio_max: float = 1.0
-    head_alpha_curve_ratio_max: float = 1.0
-    heads: dict[str, HeadStats] = field(default_factory=_empty_heads)
+    head_names: tuple[str, ...] = ()
+    heads: Mapping[str, HeadState] = field(default_factory=dict)
     ppo_data_received: bool = False
     ppo_updates_count: int = 0
     last_update_index: int | None = None
     last_update_batch: int | None = None  # the batch the shown values come from
     last_update_time: float | None = None  # event timestamp, seconds since the epoch
-    joint_ratio_max: float = 1.0
+    joint_ratio_max: float = NEUTRAL_RATIO
     joint_ratio_max_history: tuple[float, ...] = ()
     approx_kl: float = 0.0
     clip_fraction: float = 0.0
@@ -77,9 +66,21 @@ class TamiyoState:
     early_stopped: bool = False
     minibatches_skipped: int = 0
 
+    def head(self, name: str) -> HeadState:
+        """The state of head `name` (an empty one for a head the run has not shown)."""
+        return self.heads.get(name) or _NO_HEAD
+
+    def stats(self, name: str) -> HeadStats | None:
+        """Head `name`'s latest measured record, or None before any update carried it."""
+        return self.head(name).stats
+
     def ratio_max(self, head: str) -> float:
-        """The TELE-151 field of `head`, by name (the panel iterates heads)."""
-        return float(getattr(self, f"head_{head}_ratio_max"))
+        """The TELE-151 ratio max of `head` in the latest update (neutral 1.0 if none)."""
+        stats = self.head(head).stats
+        return NEUTRAL_RATIO if stats is None else stats.ratio_max
+
+
+_NO_HEAD = HeadState()
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,9 @@
 """ActionHeadsPanel: the TELE-151 per-head ratio table, one column per action head.
 
+The heads are the run's (any number, any names, in the order the run declared them).
+When they do not fit the width side by side, the panel wraps them into several tables
+stacked one above the other, each with the row labels, and the dashboard's body scrolls.
+
 The panel's whole point is to warn, so it never shows a reading it does not have: before
 the first PPO update, and for a head no sample of the update used, every cell is a dim
 dash rather than the schema's neutral 1.0 (which would otherwise read as healthy green).
@@ -7,13 +11,15 @@ dash rather than the schema's neutral 1.0 (which would otherwise read as healthy
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from rich import box
 from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
-from esper.actions import HEAD_NAMES
-from esper.sanctum.schema import HeadStats, SanctumSnapshot, TamiyoState
+from esper.sanctum.schema import SanctumSnapshot, TamiyoState
 from esper.sanctum.widgets.base import SnapshotPanel
 from esper.sanctum.widgets.style import (
     CRITICAL,
@@ -32,19 +38,23 @@ from esper.sanctum.widgets.style import (
     ratio_color,
     ratio_text,
 )
+from esper.telemetry.heads import HeadStats
 
 _SEVERITY = {NO_DATA: 0, HEALTHY: 1, WARNING: 2, CRITICAL: 3}
 _GLYPHS = {HEALTHY: GLYPH_HEALTHY, WARNING: GLYPH_WARNING, CRITICAL: GLYPH_CRITICAL}
 
 
-def head_stats(tamiyo: TamiyoState, head: str) -> HeadStats:
-    """The head's statistics, or empty ones if the snapshot lacks the head."""
-    return tamiyo.heads.get(head, HeadStats())
+def measured_stats(tamiyo: TamiyoState, head: str) -> HeadStats | None:
+    """The head's latest record if it is a reading: data arrived and a sample used it."""
+    stats = tamiyo.stats(head)
+    if not tamiyo.ppo_data_received or stats is None or stats.relevant == 0:
+        return None
+    return stats
 
 
 def head_has_data(tamiyo: TamiyoState, head: str) -> bool:
     """Whether the latest update measured this head (data arrived and a sample used it)."""
-    return tamiyo.ppo_data_received and head_stats(tamiyo, head).relevant > 0
+    return measured_stats(tamiyo, head) is not None
 
 
 def worst_color(*colors: str) -> str:
@@ -54,10 +64,10 @@ def worst_color(*colors: str) -> str:
 
 def head_health(tamiyo: TamiyoState, head: str) -> str:
     """A head's health colour from both ends of its ratio range (NO_DATA when unmeasured)."""
-    if not head_has_data(tamiyo, head):
+    stats = measured_stats(tamiyo, head)
+    if stats is None:
         return NO_DATA
-    stats = head_stats(tamiyo, head)
-    return worst_color(ratio_color(tamiyo.ratio_max(head)), ratio_color(stats.ratio_min))
+    return worst_color(ratio_color(stats.ratio_max), ratio_color(stats.ratio_min))
 
 
 def head_state(tamiyo: TamiyoState, head: str) -> Text:
@@ -68,9 +78,9 @@ def head_state(tamiyo: TamiyoState, head: str) -> Text:
     """
     if not tamiyo.ppo_data_received:
         return no_value()
-    stats = head_stats(tamiyo, head)
-    if stats.nan_latched or stats.inf_latched:
-        kind = "NaN" if stats.nan_latched else "Inf"
+    state = tamiyo.head(head)
+    if state.nan_latched or state.inf_latched:
+        kind = "NaN" if state.nan_latched else "Inf"
         return Text(f"{GLYPH_LATCHED} {kind}", style=f"bold {CRITICAL}")
     health = head_health(tamiyo, head)
     if health == NO_DATA:
@@ -79,36 +89,39 @@ def head_state(tamiyo: TamiyoState, head: str) -> Text:
 
 
 def _entropy_cell(tamiyo: TamiyoState, head: str) -> Text:
-    entropy = head_stats(tamiyo, head).entropy
-    if not tamiyo.ppo_data_received or entropy is None:
+    stats = tamiyo.stats(head)
+    if not tamiyo.ppo_data_received or stats is None:
         return no_value()
+    entropy = stats.entropy
     if not is_finite(entropy):
         return Text(f"{fmt_ratio(entropy)} {entropy_bar(entropy)}", style=CRITICAL)
     return Text.assemble(f"{entropy:.2f} ", (entropy_bar(entropy), "cyan"))
 
 
 def _ratio_max_cell(tamiyo: TamiyoState, head: str) -> Text:
-    return ratio_text(tamiyo.ratio_max(head) if head_has_data(tamiyo, head) else None)
+    stats = measured_stats(tamiyo, head)
+    return ratio_text(None if stats is None else stats.ratio_max)
 
 
 def _ratio_min_cell(tamiyo: TamiyoState, head: str) -> Text:
-    if not head_has_data(tamiyo, head):
+    stats = measured_stats(tamiyo, head)
+    if stats is None:
         return no_value()
-    v = head_stats(tamiyo, head).ratio_min
-    return Text(fmt_ratio(v), style=ratio_color(v))
+    return Text(fmt_ratio(stats.ratio_min), style=ratio_color(stats.ratio_min))
 
 
 def _clip_cell(tamiyo: TamiyoState, head: str) -> Text:
-    if not head_has_data(tamiyo, head):
+    stats = measured_stats(tamiyo, head)
+    if stats is None:
         return no_value()
-    return Text(fmt_percent(head_stats(tamiyo, head).clip_fraction))
+    return Text(fmt_percent(stats.clip_fraction))
 
 
 def _samples_cell(tamiyo: TamiyoState, head: str) -> Text:
-    if not tamiyo.ppo_data_received:
+    stats = tamiyo.stats(head)
+    if not tamiyo.ppo_data_received or stats is None:
         return no_value()
-    relevant = head_stats(tamiyo, head).relevant
-    return Text(str(relevant), style=NO_DATA if relevant == 0 else "")
+    return Text(str(stats.relevant), style=NO_DATA if stats.relevant == 0 else "")
 
 
 #: The table's rows: label and how to draw one head's cell.
@@ -134,7 +147,7 @@ def status_line(snapshot: SanctumSnapshot) -> Text:
             f"({snapshot.progress.batches_done} batches done)",
             style=f"bold {WARNING} reverse",
         )
-    return Text(f"PPO update {t.ppo_updates_count} · batch {batch}", style=NO_DATA)
+    return Text(f"PPO update {t.last_update_index} · batch {batch}", style=NO_DATA)
 
 
 #: Width of the row-label column ("ratio max" and "clip frac" are the longest labels).
@@ -142,29 +155,58 @@ LABEL_WIDTH = max(len(label) for label, _ in ROWS)
 
 
 def head_label(name: str, width: int) -> str:
-    """A head's column title, broken over two lines at its underscore when too narrow.
+    """A head's column title, broken over lines at its underscores when too narrow.
 
     Breaking "alpha_target" as "alpha_ / target" keeps it readable where letter-folding
-    would give "alpha_t / arget"; names without an underscore are hyphenated.
+    would give "alpha_t / arget"; a part still too long is hyphenated.
     """
     if len(name) <= width:
         return name
-    first, sep, rest = name.partition("_")
-    if sep:
-        return f"{first}_\n{rest}"
-    cut = max(1, width - 1)
-    return f"{name[:cut]}-\n{name[cut:]}"
+    width = max(2, width)
+    parts = [part + "_" for part in name.split("_")]
+    parts[-1] = parts[-1][:-1]
+    lines: list[str] = []
+    line = ""
+    for part in parts:
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        while len(line) + len(part) > width:  # a part longer than a line: hyphenate
+            cut = width - 1 - len(line)
+            lines.append(f"{line}{part[:cut]}-")
+            line, part = "", part[cut:]
+        line += part
+    return "\n".join([*lines, line] if line else lines)
 
 
-def head_column_width(total_width: int) -> int:
-    """Width each of the eight equal head columns gets in a table `total_width` wide."""
-    gaps = len(HEAD_NAMES)  # one separator space left of each head column
-    return max(1, (total_width - LABEL_WIDTH - gaps) // len(HEAD_NAMES))
+#: Narrowest head column: "1.234" and a wrapped bar below it; narrower, heads wrap.
+MIN_HEAD_COLUMN = 7
 
 
-def heads_table(tamiyo: TamiyoState, width: int) -> Table:
-    """One column per head in HEAD_NAMES order, one row per statistic, `width` cells wide."""
-    column_width = head_column_width(width)
+def head_column_width(total_width: int, columns: int) -> int:
+    """Width each of `columns` equal head columns gets in a table `total_width` wide."""
+    gaps = columns  # one separator space left of each head column
+    return max(1, (total_width - LABEL_WIDTH - gaps) // columns)
+
+
+def head_rows(names: Sequence[str], width: int) -> list[tuple[str, ...]]:
+    """The heads split into as few tables as keep every column MIN_HEAD_COLUMN wide.
+
+    Tables share the heads as evenly as possible (24 heads that fit 10 abreast make
+    three tables of 8, not 10 + 10 + 4), in display order.
+    """
+    if not names:
+        return []
+    fit = max(1, (width - LABEL_WIDTH) // (MIN_HEAD_COLUMN + 1))
+    tables = math.ceil(len(names) / fit)
+    per_table = math.ceil(len(names) / tables)
+    return [tuple(names[i : i + per_table]) for i in range(0, len(names), per_table)]
+
+
+def heads_table(tamiyo: TamiyoState, width: int, names: Sequence[str] | None = None) -> Table:
+    """One column per head (`names`, default all), one row per statistic, `width` wide."""
+    heads = tamiyo.head_names if names is None else tuple(names)
+    column_width = head_column_width(width, max(1, len(heads)))
     table = Table(
         box=box.SIMPLE_HEAD,
         expand=True,
@@ -173,11 +215,16 @@ def heads_table(tamiyo: TamiyoState, width: int) -> Table:
         show_edge=False,
     )
     table.add_column("", style="bold", no_wrap=True)
-    for head in HEAD_NAMES:
+    for head in heads:
         table.add_column(head_label(head, column_width), justify="right", ratio=1)
     for label, cell in ROWS:
-        table.add_row(label, *(cell(tamiyo, head) for head in HEAD_NAMES))
+        table.add_row(label, *(cell(tamiyo, head) for head in heads))
     return table
+
+
+def heads_tables(tamiyo: TamiyoState, width: int) -> list[Table]:
+    """The run's heads as one table, or several stacked when they don't fit abreast."""
+    return [heads_table(tamiyo, width, row) for row in head_rows(tamiyo.head_names, width)]
 
 
 class HeadsTable:
@@ -187,7 +234,13 @@ class HeadsTable:
         self.tamiyo = tamiyo
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield heads_table(self.tamiyo, options.max_width)
+        tables = heads_tables(self.tamiyo, options.max_width)
+        if not tables:
+            yield Text("no heads declared yet", style=NO_DATA)
+        for i, table in enumerate(tables):
+            if i:
+                yield Text("")  # a blank line between the rows of heads
+            yield table
 
 
 def render_action_heads(snapshot: SanctumSnapshot) -> RenderableType:
