@@ -25,7 +25,7 @@ from synthetic_run import (
     update_stats,
 )
 
-from esper.analysis.commands import main as esper_main
+from esper.cli import main as esper_main
 from esper.cli import sanctum_main
 from esper.console import head_table, update_line
 from esper.telemetry.contracts import PPOUpdatePayload

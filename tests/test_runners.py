@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 import os
 import signal
 import socket
@@ -93,7 +92,8 @@ def assert_same_trace(got: list[Any], expected: list[Any]) -> None:
             assert torch.equal(field, field0), name
         assert episodes == episodes0
         assert infos == infos0
-        assert json.dumps(metrics, allow_nan=True) == json.dumps(metrics0, allow_nan=True)
+        # repr compares NaN with NaN and every float to the bit
+        assert repr(metrics) == repr(metrics0)
 
 
 @pytest.fixture(scope="module")

@@ -109,10 +109,11 @@ def update_payloads(
 ) -> list[Payload]:
     """The events one PPO update makes: skipped, or completed plus any explosion report.
 
-    An update none of whose minibatches applied an optimizer step is recorded as skipped,
-    with the heads whose log-probs went non-finite, so the dashboard shows it as stale.
+    An update all of whose minibatches were skipped (no optimizer step applied) is
+    recorded as skipped, with the heads whose log-probs went non-finite, so the dashboard
+    shows it as stale. Zero minibatches run means a trainer that does not count them.
     """
-    if stats.minibatches_run - stats.minibatches_skipped <= 0:
+    if stats.minibatches_skipped > 0 and stats.minibatches_skipped >= stats.minibatches_run:
         reason = f"all {stats.minibatches_run} minibatches had non-finite values"
         return [
             PPOUpdateSkipped(
