@@ -177,6 +177,7 @@ def test_ppo_update_keeps_each_heads_record_as_measured() -> None:
         explained_variance=0.4,
         epochs_run=3,
         early_stopped=True,
+        minibatches_run=4,
         minibatches_skipped=1,
     )
     snap = aggregator.snapshot()
