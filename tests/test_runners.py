@@ -117,8 +117,8 @@ class EventList(list[TelemetryEvent]):
 def train(tmp_path: Path, kill: Callable[[Any], None] | None = None, **overrides: Any) -> EventList:
     """A 2-batch spirals run; `kill(runner)` once after step 2 of env 0 in the first batch."""
     config = TrainConfig(
-        task="spirals", episodes=4, envs=2, episode_length=4, epochs=2, minibatches=2,
-        hidden=32, **overrides,
+        task="spirals", episodes=4, envs=2, episode_length=4,
+        ppo=PPOConfig(epochs=2, minibatches=2, hidden=32), **overrides,
     )  # fmt: skip
     events = EventList()
     trainer = Trainer(config, TelemetryEmitter(events, run_id="t"), tmp_path)

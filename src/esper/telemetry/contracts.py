@@ -230,6 +230,9 @@ class TrainingStarted(Payload):
     device: str
     esper_version: str
     resumed_from_update: int | None = None  # set when `esper ppo --resume` continues a run
+    #: On resume: the batch it restarts at. Events of this batch or later that an earlier
+    #: attempt wrote without committing their update are void (see `committed_events`).
+    resumed_from_batch: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)

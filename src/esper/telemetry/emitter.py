@@ -160,6 +160,7 @@ class TelemetryEmitter:
         head_names: tuple[str, ...] | list[str] = HEAD_NAMES,
         esper_version: str = __version__,
         resumed_from_update: int | None = None,
+        resumed_from_batch: int | None = None,
     ) -> TrainingStarted:
         payload = TrainingStarted(
             config=dict(config),
@@ -171,10 +172,13 @@ class TelemetryEmitter:
             device=device,
             esper_version=esper_version,
             resumed_from_update=resumed_from_update,
+            resumed_from_batch=resumed_from_batch,
         )
         message = f"training started: {task}, {episodes_total} episodes on {n_envs} envs ({device})"
         if resumed_from_update is not None:
             message = f"training resumed at update {resumed_from_update}: {task} ({device})"
+        if resumed_from_batch is not None:
+            message += f"; uncommitted events of batch {resumed_from_batch} on are discarded"
         self._emit(EventType.TRAINING_STARTED, payload, message)
         return payload
 
