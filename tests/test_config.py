@@ -114,9 +114,7 @@ def test_ppo_config_itself_runs_the_same_validator() -> None:
         TrainConfig(ppo={"lr": 0.1})  # type: ignore[arg-type]
 
 
-@given(
-    st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.booleans() | st.none()
-)
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.booleans() | st.none())
 def test_a_value_is_accepted_only_if_it_is_a_finite_clip_in_range(value: Any) -> None:
     """Property: build_config accepts `clip` exactly when it is a real number in (0, 1)."""
     ok = (

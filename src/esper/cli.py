@@ -567,14 +567,14 @@ def sanctum_main(argv: Sequence[str] | None = None) -> int:
         SanctumApp(lambda: snapshots[-1], replay=snapshots).run()
         return 0
 
-    from esper.telemetry.recorder import ReadStats, read_events
+    from esper.telemetry.recorder import ReadStats, committed_events, read_events
 
     aggregator = SanctumAggregator()
     stop = threading.Event()
     stats = ReadStats()
 
-    def follow() -> None:
-        for event in read_events(events, follow=True, stop=stop, stats=stats):
+    def follow() -> None:  # a batch shows once its update is in (exact after a resume)
+        for event in committed_events(read_events(events, follow=True, stop=stop, stats=stats)):
             aggregator.handle_event(event)
             aggregator.set_lines_skipped(stats.skipped)
 

@@ -55,6 +55,7 @@ __all__ = [
     "head_ratio_stats",
 ]
 
+
 def gae(
     rewards: Tensor,
     values: Tensor,
