@@ -46,9 +46,7 @@ def test_every_panel_marks_the_bad_updates(failed_run: Run) -> None:
 def test_a_nan_joint_ratio_does_not_collapse_the_joint_axis(failed_run: Run) -> None:
     u = failed_run.updates
     nan_cols = {u.names.index("joint_ratio_max"), u.names.index("ratio_max_product")}
-    rows = [
-        tuple(math.nan if k in nan_cols else v for k, v in enumerate(row)) for row in u.rows
-    ]
+    rows = [tuple(math.nan if k in nan_cols else v for k, v in enumerate(row)) for row in u.rows]
     run = dataclasses.replace(failed_run, updates=Table(u.name, u.columns, rows))
     fig = report.build_figure([run])
     joint = fig.axes[[p.key for p in report.PANELS].index("joint")]

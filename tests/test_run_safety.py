@@ -337,3 +337,71 @@ def test_an_update_that_makes_weights_non_finite_is_reverted_and_counted_as_skip
     assert main([*argv, "--config", str(tmp_path / "cfg.toml")]) == 1
     err = capsys.readouterr().err
     assert "2 consecutive PPO updates had non-finite values" in err and "Traceback" not in err
+
+
+# --------------------------------------------------------------- 10. the minor ones
+
+
+@pytest.mark.slow  # a new fork server imports torch and scikit-learn again (~15 s)
+def test_a_killed_fork_server_costs_a_worker_restart_not_a_traceback(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from multiprocessing import forkserver
+
+    from esper.config import PPOConfig, TrainConfig
+    from esper.telemetry.contracts import EventType, TelemetryEvent
+    from esper.telemetry.emitter import TelemetryEmitter
+    from esper.trainer import Trainer
+
+    class Sink(list[TelemetryEvent]):
+        def publish(self, event: TelemetryEvent) -> None:
+            self.append(event)
+
+    config = TrainConfig(
+        task="spirals", episodes=4, envs=2, episode_length=4, backend="processes", workers=2,
+        ppo=PPOConfig(epochs=1, minibatches=1, hidden=16),
+    )  # fmt: skip
+    events = Sink()
+    trainer = Trainer(config, TelemetryEmitter(events, run_id="t"), tmp_path)
+    original = trainer._on_step
+
+    def on_step(env_index: int, t: int, info: dict[str, Any]) -> None:
+        original(env_index, t, info)
+        if trainer.batch == 0 and (env_index, t) == (0, 1):
+            server = forkserver._forkserver._forkserver_pid  # type: ignore[attr-defined]
+            os.kill(server, signal.SIGKILL)
+            os.kill(trainer.runner.pids()[0], signal.SIGKILL)  # type: ignore[union-attr]
+
+    trainer._on_step = on_step  # type: ignore[method-assign]
+    result = trainer.run()
+    assert (result.episodes, result.interrupted) == (4, False)
+    # a dead fork server reads as every worker lost (their exit pipes close): all restart
+    restarted = [e.payload.worker for e in events if e.event_type is EventType.WORKER_RESTARTED]
+    assert 0 in restarted
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_raw_pickle_checkpoint_is_refused_in_one_line(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import pickle
+
+    run_dir = tmp_path / "run"
+    assert main(["ppo", "--episodes", "2", *SMALL, "--run-dir", str(run_dir)]) == 0
+    (run_dir / "checkpoint.pt").write_bytes(pickle.dumps({"agent": 1}, protocol=4))
+    capfd.readouterr()
+    with pytest.raises(SystemExit):
+        main(["ppo", "--resume", str(run_dir), "--episodes", "4"])
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "refused, not unpickled" in err, err
+
+
+def test_query_takes_its_flags_anywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from esper.cli import main as esper_main
+
+    run_dir = tmp_path / "run"
+    assert main(["ppo", "--episodes", "2", *SMALL, "--run-dir", str(run_dir)]) == 0
+    capsys.readouterr()
+    assert esper_main(["query", str(run_dir), "--json", "SELECT count(*) AS n FROM episodes"]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"n": 2}]

@@ -488,7 +488,12 @@ def _run_with_dashboard(trainer: Any, hub: Any) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `esper`."""
-    args = _esper_parser().parse_args(argv)
+    parser = _esper_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "query" and extra and not any(e.startswith("-") for e in extra):
+        args.items = [*args.items, *extra]  # `esper query RUN --json SQL`: flags in between
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "ppo":
         return run_ppo(args)
     return int(args.handler(args))  # analysis commands: report, query
