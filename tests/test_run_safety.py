@@ -405,3 +405,23 @@ def test_query_takes_its_flags_anywhere(tmp_path: Path, capsys: pytest.CaptureFi
     capsys.readouterr()
     assert esper_main(["query", str(run_dir), "--json", "SELECT count(*) AS n FROM episodes"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": 2}]
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_missing_or_damaged_run_json_is_said_on_resume(
+    damage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    assert main(["ppo", "--episodes", "2", *SMALL, "--run-dir", str(run_dir)]) == 0
+    if damage == "missing":
+        (run_dir / "run.json").unlink()
+    else:
+        (run_dir / "run.json").write_text('{"run_id": ')
+    capsys.readouterr()
+    assert main(["ppo", "--resume", str(run_dir), "--episodes", "4", "--no-tui"]) == 0
+    err = capsys.readouterr().err
+    said = {"missing": "was missing", "corrupt": "was damaged"}[damage]
+    assert f"esper ppo: note: {run_dir / 'run.json'} {said}" in err
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["config"]["episodes"] == 4 and len(info["resumed_at"]) == 1
+    assert (run_dir / "run.json.damaged").exists() == (damage == "corrupt")

@@ -371,6 +371,8 @@ def run_ppo(args: argparse.Namespace) -> int:
         elif lock is not None:
             lock.release()
         _fail("esper ppo", str(exc))
+    if recorder.note is not None:
+        print(f"esper ppo: note: {recorder.note}", file=sys.stderr)
     trainer.io_failure = recorder.failure
     hub.add_backend(recorder)
     for backend in exporters:

@@ -111,6 +111,8 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.run_id = run_id if run_id is not None else self.run_dir.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        #: What was wrong with the directory on opening (e.g. a damaged run.json), if anything.
+        self.note: str | None = None
         self._write_run_info(config, clock())
         self._lock = threading.Lock()
         self._failure: str | None = None
@@ -131,15 +133,26 @@ class RunRecorder:
             "versions": library_versions(),
             "config": json_value(config, "config"),
         }
+        appending = self.events_path.is_file() and self.events_path.stat().st_size > 0
         if path.is_file() and not path.is_symlink():
             try:
                 previous = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                previous = None
+            except (OSError, ValueError) as exc:
+                previous, why = None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            else:
+                why = "not a JSON object"
             if isinstance(previous, dict):
                 resumed = previous.get("resumed_at")
                 history = resumed if isinstance(resumed, list) else []
                 info = {**previous, "resumed_at": [*history, now]}
+            else:  # keep the damaged file for whoever wants to look, and say so
+                aside = path.with_name(f"{RUN_FILE}.damaged")
+                os.replace(path, aside)
+                self.note = f"{path} was damaged ({why}); kept as {aside.name} and rewritten"
+                info["resumed_at"] = [now]
+        elif appending:
+            self.note = f"{path} was missing; rewritten from this run's configuration"
+            info["resumed_at"] = [now]
         write_json_atomic(path, info)
 
     @property
