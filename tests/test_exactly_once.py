@@ -119,10 +119,15 @@ def reference_run(backend: str, root: Path) -> Path:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 @pytest.mark.parametrize(
-    "backend", ["inprocess", pytest.param("processes", marks=pytest.mark.slow)]
+    ("backend", "kills"),
+    [
+        ("inprocess", "one"),  # before or after the first checkpoint, at random
+        pytest.param("inprocess", "both", marks=pytest.mark.slow),
+        pytest.param("processes", "both", marks=pytest.mark.slow),
+    ],
 )
 def test_killed_at_random_moments_and_resumed_counts_every_event_once(
-    backend: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+    backend: str, kills: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     reference = reference_run(backend, tmp_path_factory.getbasetemp())
     seed = random.randrange(1 << 30)
@@ -130,8 +135,10 @@ def test_killed_at_random_moments_and_resumed_counts_every_event_once(
     ref_lines = _lines(reference / EVENTS_FILE)
     raw = [json.loads(line)["event_type"] for line in (reference / EVENTS_FILE).open()]
     first_update = raw.index("PPO_UPDATE_COMPLETED") + 1  # lines up to the first commit
-    # one kill before the first checkpoint can exist, one well after it
+    # a kill before the first checkpoint can exist, and one well after it
     moments = [rng.randint(1, first_update - 2), rng.randint(first_update + 1, ref_lines - 4)]
+    if kills == "one":
+        moments = [rng.choice(moments)]
     (tmp_path / "run.toml").write_text(CONFIG)
     run_dir = tmp_path / "run"
     events = run_dir / EVENTS_FILE
