@@ -425,3 +425,46 @@ def test_a_missing_or_damaged_run_json_is_said_on_resume(
     info = json.loads((run_dir / "run.json").read_text())
     assert info["config"]["episodes"] == 4 and len(info["resumed_at"]) == 1
     assert (run_dir / "run.json.damaged").exists() == (damage == "corrupt")
+
+
+def test_disk_full_during_a_checkpoint_is_one_line_not_torchs_archive_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ENOSPC inside torch.save surfaces as 'unexpected pos ...'; the cause must be named."""
+    import errno
+    import io
+
+    import esper.checkpoint
+
+    real_fdopen = os.fdopen
+    writes = {"checkpoints": 0}
+
+    class Full(io.RawIOBase):
+        def __init__(self, fd: int) -> None:
+            self.file = real_fdopen(fd, "wb")
+            self.written = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            self.written += len(data)
+            if writes["checkpoints"] >= 1 and self.written > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.file.write(data)
+
+        def fileno(self) -> int:
+            return self.file.fileno()
+
+        def close(self) -> None:
+            writes["checkpoints"] += 1
+            self.file.close()
+            super().close()
+
+    monkeypatch.setattr(esper.checkpoint.os, "fdopen", lambda fd, mode: Full(fd))
+    run_dir = tmp_path / "run"
+    assert main(["ppo", "--episodes", "6", *SMALL, "--run-dir", str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "unexpected pos" not in err, err
+    assert "No space left on device; last durable update: 0" in err
+    assert update_indices(events_of(run_dir)) == [0]

@@ -393,9 +393,12 @@ class Trainer:
         path = self.run_dir / CHECKPOINT_NAME
         try:
             self._write_checkpoint(path)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
+            cause = _os_error(exc)  # torch wraps a failed write in an archive RuntimeError
+            if cause is None:
+                raise
             raise TrainingError(
-                f"cannot write checkpoint {path}: {exc.strerror or exc}; {self._durable_text()}"
+                f"cannot write checkpoint {path}: {cause.strerror or cause}; {self._durable_text()}"
             ) from exc
 
     def _write_checkpoint(self, path: Path) -> None:
@@ -474,6 +477,18 @@ class Trainer:
             interrupted=interrupted,
         )
         return TrainResult(self.episodes_done, self.updates_done, wall, interrupted)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` (itself, or a cause or context of it), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _parameters_finite(module: torch.nn.Module) -> bool:
