@@ -468,3 +468,30 @@ def test_disk_full_during_a_checkpoint_is_one_line_not_torchs_archive_error(
     assert "Traceback" not in err and "unexpected pos" not in err, err
     assert "No space left on device; last durable update: 0" in err
     assert update_indices(events_of(run_dir)) == [0]
+
+
+def test_an_explosion_report_cut_off_by_a_kill_is_emitted_on_resume_once(
+    tmp_path: Path,
+) -> None:
+    """Killed between an update's event and its explosion report: the update is in the
+    log, so only the report is owed; the resume emits it, and a second resume does not."""
+    import torch
+
+    run_dir = tmp_path / "run"
+    assert main(["ppo", "--episodes", "2", *SMALL, "--run-dir", str(run_dir)]) == 0
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    explosion = {
+        "joint_ratio_max": 3.5,
+        "worst_log_ratios": {"op": 0.9, "slot": 0.35},
+        "shares": {"op": 0.72, "slot": 0.28},
+        "driver": "op",
+        "hidden_by_heads": True,
+    }
+    pending = {"update_index": 0, "batch": 0, "metrics": {}, "explosion": explosion}
+    torch.save({**state, "pending": pending}, run_dir / "checkpoint.pt")
+    assert main(["ppo", "--resume", str(run_dir), "--episodes", "4", "--no-tui"]) == 0
+    assert main(["ppo", "--resume", str(run_dir), "--episodes", "6", "--no-tui"]) == 0
+    events = events_of(run_dir)
+    reports = [e for e in events if e["event_type"] == "RATIO_EXPLOSION"]
+    assert [(e["data"]["update_index"], e["data"]["driver"]) for e in reports] == [(0, "op")]
+    assert update_indices(events) == [0, 1, 2]

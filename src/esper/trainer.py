@@ -113,12 +113,15 @@ def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
     state = load_checkpoint(path, map_location=map_location) if has_checkpoint else None
     last_seq = -1
     logged: set[int] = set()
+    exploded: set[int] = set()
     started: dict[str, Any] | None = None
     for event in read_events(run_dir / EVENTS_FILE):
         last_seq = max(last_seq, event.seq)
         index = getattr(event.payload, "update_index", None)
         if event.event_type in UPDATE_EVENTS and index is not None:
             logged.add(int(index))
+        if event.event_type == EventType.RATIO_EXPLOSION and index is not None:
+            exploded.add(int(index))
         if event.event_type == EventType.TRAINING_STARTED and started is None:
             started = dict(getattr(event.payload, "config", {}))
     if state is None:
@@ -131,9 +134,13 @@ def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
             raise ValueError(f"not an esper checkpoint (no {key!r})")
     pending = state.get("pending")
     if pending is not None and int(pending["update_index"]) in logged:
-        state = {**state, "pending": None}
-        pending = None
-    start = int(pending["update_index"]) if pending else int(state["next_update_index"])
+        # the update is in the log; only its explosion report may still be owed
+        owed = pending.get("explosion") is not None and int(pending["update_index"]) not in exploded
+        pending = {**pending, "update_logged": True} if owed else None
+        state = {**state, "pending": pending}
+    start = int(state["next_update_index"])
+    if pending is not None and not pending.get("update_logged"):
+        start = int(pending["update_index"])
     return ResumePoint(
         checkpoint=state,
         config=dict(state["config"]),
@@ -356,6 +363,11 @@ class Trainer:
             return
         metrics: dict[str, float] = pending["metrics"]
         batch = int(pending["batch"])
+        if pending.get("update_logged"):  # a kill fell between the update and its report
+            self.emitter.emit_ratio_explosion(
+                update_index=int(pending["update_index"]), batch=batch, **pending["explosion"]
+            )
+            return
         applied = metrics["minibatches_run"] - metrics["minibatches_skipped"]
         if applied <= 0:
             nonfinite = {h: int(metrics.get(f"head_{h}_nonfinite", 0)) for h in HEAD_NAMES}
