@@ -20,6 +20,7 @@ def failed_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     root = tmp_path_factory.mktemp("bad")
     (root / "cfg.toml").write_text("max_bad_updates = 2\n")
     argv = ["ppo", "--task", "spirals", "--episodes", "20", "--episode-length", "4", "--no-tui"]
+    argv += ["--epochs", "1", "--minibatches", "2"]
     argv += ["--fault", "slot=nan@1-20", "--config", str(root / "cfg.toml")]
     assert main([*argv, "--run-dir", str(root / "run")]) == 1
     return load_run(root / "run")
@@ -56,6 +57,7 @@ def test_a_nan_joint_ratio_does_not_collapse_the_joint_axis(failed_run: Run) -> 
 
 def test_a_clean_run_draws_no_marks(tmp_path: Path) -> None:
     argv = ["ppo", "--task", "spirals", "--episodes", "4", "--episode-length", "4", "--no-tui"]
+    argv += ["--epochs", "1", "--minibatches", "2"]
     assert main([*argv, "--run-dir", str(tmp_path / "ok")]) == 0
     run = load_run(tmp_path / "ok")
     assert report.bad_updates(run) == report.BadUpdates([], [], [])

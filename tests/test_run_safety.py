@@ -20,7 +20,17 @@ from esper.runlock import LOCK_FILE, RunDirBusy, RunLock
 from esper.telemetry.recorder import EVENTS_FILE, RunRecorder
 
 BIN = Path(sys.executable).parent
-SMALL = ["--task", "spirals", "--episode-length", "6", "--no-tui"]
+SMALL = [
+    "--task",
+    "spirals",
+    "--episode-length",
+    "4",
+    "--epochs",
+    "1",
+    "--minibatches",
+    "2",
+    "--no-tui",
+]
 
 
 def events_of(run_dir: Path) -> list[dict[str, Any]]:
