@@ -68,7 +68,7 @@ def _real(
     low: float, high: float = math.inf, *, open_low: bool = False, open_high: bool = False
 ) -> Callable[[object], str | None]:
     left, right = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
-    rule = f"a finite number in {left}{low:g}, {high:g}{right}".replace("inf", "∞")
+    rule = f"a finite number in {left}{low:g}, {high:g}{right}"
     if high == math.inf and not open_low:
         rule = f"a finite number >= {low:g}"
     elif high == math.inf:
@@ -366,7 +366,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(
-            f"config file {path} is not UTF-8 text (byte {exc.start} is 0x{text_byte(exc)})"
+            f"config file {path} is not UTF-8 text (byte {exc.start} is 0x{_text_byte(exc)})"
         ) from None
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else tomllib.loads(text)
@@ -384,7 +384,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def text_byte(exc: UnicodeDecodeError) -> str:
+def _text_byte(exc: UnicodeDecodeError) -> str:
     """The offending byte of a decode error, as two hex digits."""
     return f"{exc.object[exc.start]:02x}"
 
