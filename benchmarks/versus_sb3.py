@@ -188,7 +188,7 @@ def sb3_model(setup: Setup, clock: StepClock) -> Any:
 
 def ours_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Loop:
     """The product's Trainer with the run recorder, its envs wrapped in step timers."""
-    from esper.config import TrainConfig
+    from esper.config import PPOConfig, TrainConfig
     from esper.telemetry.emitter import TelemetryEmitter
     from esper.telemetry.hub import TelemetryHub
     from esper.telemetry.recorder import RunRecorder
@@ -200,8 +200,7 @@ def ours_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Lo
         envs=setup.n_envs,
         episode_length=setup.episode_length,
         slots=DEFAULT_SLOTS,
-        epochs=setup.epochs,
-        minibatches=setup.minibatches,
+        ppo=PPOConfig(epochs=setup.epochs, minibatches=setup.minibatches),
         seed=SEED,
     )
     hub = TelemetryHub()

@@ -99,11 +99,11 @@ def test_sanctum_without_argument_finds_the_latest_run(
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
-        (["esper", "ppo", "--episodes", "0"], "episodes must be a whole number >= 1"),
-        (["esper", "ppo", "--episodes", "-2"], "episodes must be a whole number >= 1"),
+        (["esper", "ppo", "--episodes", "0"], "episodes must be a whole number in [1, "),
+        (["esper", "ppo", "--episodes", "-2"], "episodes must be a whole number in [1, "),
         (["esper", "ppo", "--task", "mnist"], "unknown task 'mnist'"),
-        (["esper", "ppo", "--clip", "0"], "clip must be a number > 0"),
-        (["esper", "ppo", "--epochs", "0"], "epochs must be a whole number >= 1"),
+        (["esper", "ppo", "--clip", "0"], "clip must be a finite number in (0, 1)"),
+        (["esper", "ppo", "--epochs", "0"], "epochs must be a whole number in [1, "),
         (["esper", "ppo", "--episodes", "ten"], "invalid int value: 'ten'"),
         (["esper", "ppo", "--config", "missing.toml"], "cannot read config file"),
         (["esper", "ppo", "--device", "cuda:7"], "no CUDA device is available"),

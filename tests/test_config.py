@@ -1,18 +1,32 @@
-"""Run configuration: defaults, files, flag precedence and the messages for bad values."""
+"""Run configuration: defaults, files, flag precedence, the nested PPO settings and the
+one validator that refuses every value a run cannot work with."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from esper.config import ConfigError, TrainConfig, build_config, read_config_file
+from esper.config import (
+    MAX_ENVS,
+    MAX_SEED,
+    MAX_SLOTS,
+    ConfigError,
+    PPOConfig,
+    TrainConfig,
+    build_config,
+    read_config_file,
+)
 
 
 def test_defaults_are_valid_and_batches_round_up() -> None:
     cfg = TrainConfig()
-    assert (cfg.task, cfg.episodes, cfg.envs, cfg.epochs, cfg.minibatches) == (
+    assert (cfg.task, cfg.episodes, cfg.envs, cfg.ppo.epochs, cfg.ppo.minibatches) == (
         "digits",
         10,
         2,
@@ -23,46 +37,149 @@ def test_defaults_are_valid_and_batches_round_up() -> None:
     assert TrainConfig(episodes=4, envs=2).batches == 2
 
 
+def test_ppo_config_lives_in_the_torch_free_module_and_ppo_reexports_it() -> None:
+    from esper import ppo
+
+    assert ppo.PPOConfig is PPOConfig
+    assert TrainConfig().ppo == PPOConfig()
+    assert TrainConfig().to_dict()["ppo"]["clip_eps"] == 0.2
+
+
 @pytest.mark.parametrize(
     ("field", "value", "fragment"),
     [
-        ("episodes", 0, "episodes must be a whole number >= 1"),
-        ("episodes", -3, "episodes must be a whole number >= 1"),
-        ("epochs", 0, "epochs must be a whole number >= 1"),
-        ("clip", 0.0, "clip must be a number > 0"),
-        ("clip", -0.1, "clip must be a number > 0"),
+        ("episodes", 0, "episodes must be a whole number in [1, 1000000000], got 0"),
+        ("episodes", -3, "episodes must be a whole number in [1, "),
+        ("episodes", True, "episodes must be a whole number in [1, "),
+        ("envs", 1_000_000_000, f"envs must be a whole number in [1, {MAX_ENVS}]"),
+        ("slots", 10_000_000, f"slots must be a whole number in [1, {MAX_SLOTS}]"),
+        ("seed", 10**30, f"seed must be a whole number in [0, {MAX_SEED}]"),
+        ("seed", -1, "seed must be a whole number in [0, "),
         ("task", "mnist", "unknown task 'mnist'; known tasks: digits, spirals"),
-        ("clip_mode", "both", "clip_mode must be one of per_head, joint"),
-        ("gamma", 1.5, "gamma must be in [0, 1]"),
-        ("device", "tpu", "device must be cpu, cuda[:N] or mps"),
-        ("episodes", True, "episodes must be a whole number >= 1"),
+        ("device", "tpu", "device must be cpu, cuda, cuda:N or mps"),
+        ("device", "cpu:abc", "device must be cpu, cuda, cuda:N or mps, got 'cpu:abc'"),
+        ("device", "cuda:x", "device must be cpu, cuda, cuda:N or mps"),
+        ("backend", "slurm", "backend must be one of inprocess, processes, ray"),
+        ("max_bad_updates", 0, "max_bad_updates must be a whole number in [1, "),
+        ("ray_address", " ", "ray_address must be none or a non-empty string"),
     ],
 )
-def test_bad_values_name_the_field(field: str, value: object, fragment: str) -> None:
-    with pytest.raises(ConfigError, match=None) as info:
+def test_bad_run_values_name_the_field(field: str, value: object, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
         TrainConfig(**{field: value})  # type: ignore[arg-type]
     assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        ("clip", 0.0, "clip must be a finite number in (0, 1), got 0.0"),
+        ("clip", 1.5, "clip must be a finite number in (0, 1), got 1.5"),
+        ("clip", 5, "clip must be a finite number in (0, 1), got 5"),
+        ("clip", math.inf, "clip must be a finite number in (0, 1), got inf"),
+        ("lr", math.inf, "lr must be a finite number in (0, 1], got inf"),
+        ("lr", math.nan, "lr must be a finite number in (0, 1], got nan"),
+        ("lr", -1e-3, "lr must be a finite number in (0, 1]"),
+        ("lr", 10**400, "lr must be a finite number in (0, 1]"),
+        ("gamma", True, "gamma must be a finite number in [0, 1], got True"),
+        ("gamma", 1.5, "gamma must be a finite number in [0, 1]"),
+        ("gae_lambda", "0.9", "gae_lambda must be a finite number in [0, 1], got '0.9'"),
+        ("epochs", 0, "epochs must be a whole number in [1, 1000]"),
+        ("epochs", 2.0, "epochs must be a whole number in [1, 1000], got 2.0"),
+        ("minibatches", 10**9, "minibatches must be a whole number in [1, 65536]"),
+        ("hidden", 10**7, "hidden must be a whole number in [1, 8192]"),
+        ("clip_mode", "both", "clip_mode must be one of per_head, joint"),
+        ("entropy_coef", -0.1, "entropy_coef must be a finite number >= 0"),
+        ("value_coef", math.inf, "value_coef must be a finite number >= 0"),
+        ("max_grad_norm", 0, "max_grad_norm must be a finite number > 0"),
+        ("target_kl", 0.0, "target_kl must be none or a finite number > 0"),
+        ("joint_ratio_limit", 1.0, "joint_ratio_limit must be none or a finite number > 1"),
+        ("explosion_threshold", math.nan, "explosion_threshold must be a finite number > 1"),
+    ],
+)
+def test_bad_ppo_values_are_refused_under_the_name_the_user_typed(
+    key: str, value: object, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({key: value}, {})
+    assert str(info.value) == fragment or fragment in str(info.value)
+
+
+def test_ppo_config_itself_runs_the_same_validator() -> None:
+    with pytest.raises(ConfigError, match=r"^invalid PPOConfig: clip_eps must be .*, got 1\.5$"):
+        PPOConfig(clip_eps=1.5)
+    with pytest.raises(ConfigError, match="normalize_advantage must be true or false, got 1"):
+        PPOConfig(normalize_advantage=1)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="ppo must be a PPOConfig"):
+        TrainConfig(ppo={"lr": 0.1})  # type: ignore[arg-type]
+
+
+@given(st.floats(allow_nan=True, allow_infinity=True) | st.integers() | st.booleans() | st.none())
+def test_a_value_is_accepted_only_if_it_is_a_finite_clip_in_range(value: Any) -> None:
+    """Property: build_config accepts `clip` exactly when it is a real number in (0, 1)."""
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and 0 < value < 1
+    )
+    if value is None:  # "not given": the default stands
+        assert build_config({}, {"clip": value}).ppo.clip_eps == 0.2
+        return
+    if ok:
+        assert build_config({"clip": value}, {}).ppo.clip_eps == value
+    else:
+        with pytest.raises(ConfigError):
+            build_config({"clip": value}, {})
 
 
 def test_flags_override_file_and_file_overrides_defaults(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
     path.write_text('task = "spirals"\nepisodes = 6\nepochs = 3\n')
     cfg = build_config(read_config_file(path), {"episodes": 8, "epochs": None})
-    assert (cfg.task, cfg.episodes, cfg.epochs) == ("spirals", 8, 3)
+    assert (cfg.task, cfg.episodes, cfg.ppo.epochs) == ("spirals", 8, 3)
+
+
+def test_a_ppo_table_and_old_flat_keys_both_configure_ppo(tmp_path: Path) -> None:
+    nested = tmp_path / "nested.toml"
+    nested.write_text("episodes = 4\n[ppo]\nclip_eps = 0.1\nlr = 0.001\nhidden = 16\n")
+    cfg = build_config(read_config_file(nested), {"lr": 0.002})
+    assert (cfg.ppo.clip_eps, cfg.ppo.lr, cfg.ppo.hidden, cfg.episodes) == (0.1, 0.002, 16, 4)
+    flat = tmp_path / "flat.toml"
+    flat.write_text("clip = 0.1\nlr = 0.001\nhidden = 16\nepisodes = 4\n")
+    assert build_config(read_config_file(flat), {"lr": 0.002}) == cfg
+
+
+def test_a_saved_config_reads_back_equal_whether_nested_or_flat() -> None:
+    cfg = build_config({"clip": 0.3, "epochs": 2, "task": "spirals"}, {})
+    assert build_config(cfg.to_dict(), {}) == cfg
+    assert build_config(json.loads(json.dumps(cfg.to_dict())), {}) == cfg
+    # a run.json/checkpoint written before PPO settings were nested (flat keys)
+    old = {"task": "spirals", "clip": 0.3, "epochs": 2, "minibatches": 4, "lr": 3e-4}
+    assert build_config(old, {}) == cfg
+
+
+def test_a_setting_given_twice_is_refused() -> None:
+    with pytest.raises(ConfigError, match="clip is given twice"):
+        build_config({"clip": 0.1, "ppo": {"clip_eps": 0.2}}, {})
 
 
 def test_json_config_is_read(tmp_path: Path) -> None:
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"envs": 3, "clip": 0.1}))
     cfg = build_config(read_config_file(path), {})
-    assert (cfg.envs, cfg.clip) == (3, 0.1)
+    assert (cfg.envs, cfg.ppo.clip_eps) == (3, 0.1)
 
 
 def test_unknown_config_keys_are_rejected_by_name(tmp_path: Path) -> None:
     path = tmp_path / "run.toml"
-    path.write_text("episodes = 2\nepisdoes = 3\n")
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) in .*: episdoes"):
+    path.write_text("episodes = 2\nepisdoes = 3\n[ppo]\nclip = 0.1\n")
+    with pytest.raises(ConfigError) as info:
         read_config_file(path)
+    message = str(info.value)
+    assert "unknown key(s) in " in message
+    assert ": episdoes, ppo.clip; known keys: " in message
+    assert "clip, clip_mode" in message and "ppo.clip_eps" in message
 
 
 def test_unreadable_and_malformed_files_are_reported(tmp_path: Path) -> None:
@@ -76,10 +193,17 @@ def test_unreadable_and_malformed_files_are_reported(tmp_path: Path) -> None:
     listing.write_text("[1, 2]")
     with pytest.raises(ConfigError, match="must hold a table"):
         read_config_file(listing)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'task = "caf\xe9"\n')
+    with pytest.raises(ConfigError, match=r"is not UTF-8 text \(byte 11 is 0xe9\)"):
+        read_config_file(latin)
 
 
 def test_wrong_type_in_file_is_a_config_error(tmp_path: Path) -> None:
     path = tmp_path / "run.json"
     path.write_text(json.dumps({"episodes": "ten"}))
     with pytest.raises(ConfigError, match="episodes must be a whole number"):
+        build_config(read_config_file(path), {})
+    path.write_text(json.dumps({"ppo": 3}))
+    with pytest.raises(ConfigError, match="ppo must be a table of PPO settings, got 3"):
         build_config(read_config_file(path), {})

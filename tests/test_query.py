@@ -311,3 +311,24 @@ def test_merged_columns_keep_heads_together_and_scalars_last() -> None:
     assert nullable["head_x_relevant"] and nullable["head_slot_relevant"]  # one run lacks it
     assert not nullable["head_op_relevant"] and not nullable["joint_ratio_max"]
     assert [c.name for c in merged][-3:] == ["mean_return", "host_accuracy", "ratio_max_product"]
+
+
+def test_an_integer_beyond_64_bits_is_skipped_and_counted_not_a_crash(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON allows any int and the contract takes it; BIGINT cannot: skip that line."""
+    damaged = tmp_path / "huge"
+    damaged.mkdir()
+    lines = (run_dir / EVENTS_FILE).read_text().splitlines(keepends=True)
+    episode = next(i for i, line in enumerate(lines) if '"EPISODE_COMPLETED"' in line)
+    record = json.loads(lines[episode])
+    record["data"]["length"] = 10**30
+    lines[episode] = json.dumps(record) + "\n"
+    (damaged / EVENTS_FILE).write_text("".join(lines))
+    expected = len(load_run(run_dir).episodes.rows) - 1
+    assert main(["query", str(damaged), "SELECT count(*) AS n FROM episodes", "--csv"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == ["n", str(expected)]
+    assert "1 damaged line(s)" in captured.err and "Traceback" not in captured.err
+    assert main(["query", str(damaged), "SELECT lines_skipped FROM runs", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["lines_skipped", "1"]

@@ -33,6 +33,7 @@ from esper.telemetry.recorder import (
     RUN_FILE,
     ReadStats,
     RunRecorder,
+    committed_events,
     read_events,
 )
 
@@ -242,3 +243,79 @@ def test_follow_stops_when_asked_even_before_the_file_exists(tmp_path: Path) -> 
     assert out.get(timeout=WAIT) is None
     thread.join(WAIT)
     assert not thread.is_alive()
+
+
+# ----------------------------------------------------------------- committed events
+
+
+def _attempt(em: TelemetryEmitter, batches: range, *, commit_last: bool) -> None:
+    """Batches of one episode each; the last one's update only if `commit_last`."""
+    for batch in batches:
+        em.emit_seed_lifecycle(
+            env_index=0, slot=0, from_stage="DORMANT", to_stage="GERMINATED",
+            blueprint="MLP", alpha=0.0, batch=batch,
+        )  # fmt: skip
+        em.emit_episode_completed(
+            env_index=0, episode_return=float(batch), final_accuracy=0.5, seeds_grown=1,
+            seeds_fossilized=0, seeds_killed=0, length=4, episode=batch, batch=batch,
+        )  # fmt: skip
+        if batch != batches[-1] or commit_last:
+            em.emit_ppo_update({"head_op_relevant": 4.0}, batch=batch)
+
+
+def test_committed_events_count_a_redone_batch_once_and_keep_the_order() -> None:
+    """Batches 0-1 commit, batch 2 dies half-written; the resume redoes 2 and does 3."""
+    sink = ListSink()
+    em = TelemetryEmitter(sink, "r")
+    em.emit_training_started(
+        config={}, task="spirals", head_sizes={"op": 2}, episodes_total=4, n_envs=1, device="cpu"
+    )
+    _attempt(em, range(3), commit_last=False)
+    em.emit_training_started(
+        config={}, task="spirals", head_sizes={"op": 2}, episodes_total=4, n_envs=1,
+        device="cpu", resumed_from_update=2, resumed_from_batch=2,
+    )  # fmt: skip
+    _attempt(em, range(2, 4), commit_last=True)
+    counted = list(committed_events(sink.events))
+    episodes = [e.episode for e in counted if e.event_type == EventType.EPISODE_COMPLETED]
+    assert episodes == [0, 1, 2, 3]  # raw log: 0, 1, 2, 2, 3
+    assert len([e for e in sink.events if e.event_type == EventType.EPISODE_COMPLETED]) == 5
+    lifecycle = [e.batch for e in counted if e.event_type == EventType.SEED_LIFECYCLE]
+    assert lifecycle == [0, 1, 2, 3]
+    # everything kept is in the order it was written
+    assert [e.seq for e in counted] == sorted(e.seq for e in counted)
+    dropped = {e.seq for e in sink.events} - {e.seq for e in counted}
+    assert dropped == {e.seq for e in sink.events if e.batch == 2 and e.seq < 10}
+
+
+def test_a_pending_update_commits_the_batch_written_before_the_kill() -> None:
+    """Killed after the checkpoint of batch 1 but before its update event: the resume
+    (restarting at batch 2) emits that update, and batch 1's episodes count then."""
+    sink = ListSink()
+    em = TelemetryEmitter(sink, "r")
+    _attempt(em, range(2), commit_last=False)
+    em.emit_training_started(
+        config={}, task="spirals", head_sizes={"op": 2}, episodes_total=3, n_envs=1,
+        device="cpu", resumed_from_update=1, resumed_from_batch=2,
+    )  # fmt: skip
+    em.emit_ppo_update({"head_op_relevant": 4.0}, batch=1)  # the pending one
+    _attempt(em, range(2, 3), commit_last=True)
+    counted = list(committed_events(sink.events))
+    assert [e.episode for e in counted if e.event_type == EventType.EPISODE_COMPLETED] == [0, 1, 2]
+
+
+def test_uncommitted_events_at_the_end_are_not_counted() -> None:
+    sink = ListSink()
+    _attempt(TelemetryEmitter(sink, "r"), range(2), commit_last=False)
+    counted = list(committed_events(sink.events))
+    assert [e.batch for e in counted] == [0, 0, 0]  # lifecycle, episode, update of batch 0
+
+
+def test_a_byte_order_mark_does_not_cost_the_first_event(tmp_path: Path) -> None:
+    path = tmp_path / EVENTS_FILE
+    lines = [event_to_json_line(e) for e in sample_events()]
+    path.write_bytes(b"\xef\xbb\xbf" + "\n".join(lines).encode() + b"\n")
+    stats = ReadStats()
+    events = list(read_events(path, stats=stats))
+    assert events[0].event_type == EventType.TRAINING_STARTED
+    assert (len(events), stats.skipped) == (len(lines), 0)

@@ -119,8 +119,8 @@ class EventList(list[TelemetryEvent]):
 def train(tmp_path: Path, kill: Callable[[Any], None] | None = None, **overrides: Any) -> EventList:
     """A 2-batch spirals run; `kill(runner)` once after step 2 of env 0 in the first batch."""
     config = TrainConfig(
-        task="spirals", episodes=4, envs=2, episode_length=4, epochs=2, minibatches=2,
-        hidden=32, **overrides,
+        task="spirals", episodes=4, envs=2, episode_length=4,
+        ppo=PPOConfig(epochs=2, minibatches=2, hidden=32), **overrides,
     )  # fmt: skip
     events = EventList()
     trainer = Trainer(config, TelemetryEmitter(events, run_id="t"), tmp_path)
@@ -362,11 +362,11 @@ def test_a_ray_address_is_probed_before_ray_retries_it_forever() -> None:
     ("overrides", "fragment"),
     [
         ({"backend": "gpu"}, "backend must be one of inprocess, processes, ray, got 'gpu'"),
-        ({"backend": "processes", "workers": 0}, "workers must be a whole number >= 1"),
+        ({"backend": "processes", "workers": 0}, "workers must be none or a whole number in [1, "),
         ({"backend": "processes", "workers": 3}, "workers (3) must be <= envs (2)"),
         ({"workers": 2}, "workers=2 needs backend processes or ray"),
         ({"backend": "processes", "ray_address": "auto"}, "ray_address needs backend ray"),
-        ({"backend": "ray", "ray_address": " "}, "ray_address must be a non-empty string"),
+        ({"backend": "ray", "ray_address": " "}, "ray_address must be none or a non-empty string"),
     ],
 )
 def test_bad_backend_settings_name_the_field(overrides: dict[str, Any], fragment: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     import torch
 
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a foreign pickle's protocol warning is noise here:
+            warnings.simplefilter("ignore", UserWarning)  # the refusal below says it all
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise ValueError(
             f"{path} holds objects other than tensors and plain data; refused, not unpickled"

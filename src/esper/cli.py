@@ -7,8 +7,11 @@ so mistakes are reported instantly and `sanctum` never loads torch at all.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import os
 import secrets
+import signal
 import sys
 import threading
 import traceback
@@ -31,10 +34,15 @@ from esper.config import (
     build_config,
     read_config_file,
 )
-from esper.telemetry.recorder import EVENTS_FILE
+from esper.runlock import LOCK_FILE, RunDirBusy, RunLock
+from esper.telemetry.recorder import EVENTS_FILE, RUN_FILE
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
+#: 128 + SIGTERM: what a scheduler's stop looks like to the shell, as for any tool.
+EXIT_TERMINATED = 143
+#: Longest file name most file systems take (one path component, in bytes).
+NAME_MAX = 255
 #: Flags that are training settings (TrainConfig fields of the same name).
 SETTING_FLAGS = (
     "episodes", "task", "envs", "episode_length", "slots", "epochs", "minibatches",
@@ -79,7 +87,7 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument(
         "--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local one)"
     )
-    p.add_argument("--run-dir", type=Path, help="where to record the run (default runs/<run-id>)")
+    p.add_argument("--run-dir", help="where to record the run (default runs/<run-id>)")
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
     p.add_argument("--no-tui", action="store_true", help="run headless with a progress bar")
     p.add_argument(
@@ -121,18 +129,79 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return build_config(file_values, overrides)
 
 
-def prepare_run_dir(run_dir: Path | None, run_id: str) -> Path:
-    """The run directory, created empty; refuses to write into an existing run."""
-    path = run_dir if run_dir is not None else Path("runs") / run_id
-    if (path / EVENTS_FILE).exists() or (path / EVENTS_FILE).is_symlink():
-        raise UsageError(f"{path} already holds a recorded run; choose another --run-dir")
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"{path} exists and is not a directory")
+def run_dir_path(run_dir: str | Path | None, run_id: str) -> Path:
+    """Where a new run records, checked without touching the disk beyond a look."""
+    if run_dir is None:
+        return Path("runs") / run_id
+    text = str(run_dir)
+    if not text.strip():
+        raise UsageError("--run-dir must name a directory, got an empty string")
+    long = [part for part in Path(text).parts if len(os.fsencode(part)) > NAME_MAX]
+    if long:
+        raise UsageError(
+            f"--run-dir: the name {long[0][:40]!r}... is {len(os.fsencode(long[0]))} bytes; "
+            f"file systems take at most {NAME_MAX}"
+        )
+    path = Path(text)
+    try:
+        if _holds_run(path):
+            raise UsageError(
+                f"{path} already holds a recorded run; choose another --run-dir "
+                f"or continue it with --resume {path}"
+            )
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{path} exists and is not a directory")
+    except OSError as exc:
+        raise UsageError(f"cannot use run directory {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _holds_run(path: Path) -> bool:
+    events = path / EVENTS_FILE
+    return events.exists() or events.is_symlink()
+
+
+@dataclass
+class NewRunDir:
+    """A run directory this process made (or found empty), locked for writing."""
+
+    path: Path
+    created: bool
+    lock: Any
+
+    def discard(self) -> None:
+        """Undo a start that failed before training: leave no trace of this attempt."""
+        self.lock.release()
+        for name in (LOCK_FILE, RUN_FILE, EVENTS_FILE):
+            file = self.path / name
+            with contextlib.suppress(OSError):
+                if name != EVENTS_FILE or file.stat().st_size == 0:
+                    file.unlink()
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # only if now empty
+
+
+def prepare_run_dir(path: Path) -> NewRunDir:
+    """Create and lock the run directory; refuses an existing run and a busy directory."""
+    created = not path.exists()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
-    return path
+    try:
+        lock = RunLock(path)
+    except RunDirBusy as exc:
+        raise UsageError(str(exc)) from None
+    except OSError as exc:
+        if created:
+            with contextlib.suppress(OSError):
+                path.rmdir()
+        raise UsageError(f"cannot lock run directory {path}: {exc.strerror or exc}") from None
+    if _holds_run(path):  # another writer finished a run here while we looked
+        lock.release()
+        raise UsageError(f"{path} already holds a recorded run; choose another --run-dir")
+    return NewRunDir(path, created, lock)
 
 
 def _check_ray(config: TrainConfig) -> None:
@@ -142,10 +211,19 @@ def _check_ray(config: TrainConfig) -> None:
 
 
 def _check_device(device: str) -> None:
+    """The device must exist here; said before any directory is made."""
     import torch
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device} requested but no CUDA device is available")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device} requested but no CUDA device is available")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise UsageError(
+                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here"
+            )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps requested but no MPS device is available")
 
 
 #: Flags a resumed run may change; everything else comes from its checkpoint. Where the
@@ -159,8 +237,8 @@ def _given_settings(args: argparse.Namespace) -> set[str]:
     return given | ({"config"} if args.config is not None else set())
 
 
-def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
-    """Check a `--resume` directory and rebuild its configuration from the checkpoint."""
+def check_resume_args(args: argparse.Namespace) -> Path:
+    """The `--resume` directory, if the flags given with it are ones a resume may change."""
     run_dir: Path = args.resume
     extra = _given_settings(args) - RESUME_FLAGS
     if extra or args.run_dir is not None:
@@ -171,23 +249,43 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
         raise UsageError(f"--resume takes its settings from the checkpoint; drop {named}")
     if not run_dir.is_dir():
         raise UsageError(f"no run directory at {run_dir}")
-    for name in (EVENTS_FILE, CHECKPOINT_NAME):
-        path = run_dir / name
-        if path.is_symlink() or not path.is_file():
-            raise UsageError(f"{run_dir} has no regular {name} to resume from")
+    events = run_dir / EVENTS_FILE
+    if events.is_symlink() or not events.is_file():
+        raise UsageError(f"{run_dir} has no regular {EVENTS_FILE} to resume from")
+    checkpoint = run_dir / CHECKPOINT_NAME
+    if checkpoint.is_symlink() or (checkpoint.exists() and not checkpoint.is_file()):
+        raise UsageError(f"{run_dir} has no regular {CHECKPOINT_NAME} to resume from")
+    return run_dir
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
+    """Rebuild a run's configuration from its checkpoint (or run.json if it died first).
+
+    Call with the run directory locked: the checkpoint and log must not move meanwhile.
+    """
+    run_dir = check_resume_args(args)
     from esper.trainer import load_resume_point
 
     try:
         point = load_resume_point(run_dir)
-        saved = dict(point.checkpoint["config"])
+        saved = dict(point.config)
     except Exception as exc:  # a damaged or foreign file: say which, never unpickle
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"cannot resume from {run_dir / CHECKPOINT_NAME}: {reason}") from None
+        raise UsageError(
+            f"cannot resume from {run_dir / CHECKPOINT_NAME}: {_first_line(exc)}"
+        ) from None
     overrides = {name: getattr(args, name) for name in RESUME_FLAGS}
     if args.backend is not None:  # another backend starts from its own worker defaults
         saved = {k: v for k, v in saved.items() if k not in ("workers", "ray_address")}
-    config = build_config(saved, overrides)
-    done = int(point.checkpoint["episodes_done"])
+    try:
+        config = build_config(saved, overrides)
+    except ConfigError as exc:
+        raise UsageError(f"cannot resume {run_dir}: its configuration is refused: {exc}") from None
+    done = 0 if point.checkpoint is None else int(point.checkpoint["episodes_done"])
     if done >= config.episodes:
         raise UsageError(
             f"{run_dir} already ran {done} of {config.episodes} episodes; "
@@ -196,20 +294,44 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
     return run_dir, config, point
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the training thread so the run ends as on Ctrl-C."""
+
+
+def _open_run(args: argparse.Namespace) -> tuple[Path, str, TrainConfig, Any, Any]:
+    """Validate everything, then lock (and for a new run create) the run directory.
+
+    Returns (run dir, run id, config, resume point or None, lock holder). A new run's
+    directory is made last, so a start refused for any reason leaves nothing behind.
+    """
+    if args.resume is not None:
+        run_dir = check_resume_args(args)
+        try:
+            lock = RunLock(run_dir)
+        except RunDirBusy as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"cannot lock {run_dir}: {exc.strerror or exc}") from None
+        try:
+            run_dir, config, resume = resume_settings(args)
+            _check_ray(config)
+            _check_device(config.device)
+        except BaseException:
+            lock.release()
+            raise
+        return run_dir, run_dir.resolve().name, config, resume, lock
+    config = config_from_args(args)
+    _check_ray(config)
+    run_id = make_run_id()
+    path = run_dir_path(args.run_dir, run_id)
+    _check_device(config.device)
+    return path, run_id, config, None, None
+
+
 def run_ppo(args: argparse.Namespace) -> int:
     """`esper ppo`: train, recording every event; headless or with the live dashboard."""
-    resume = None
     try:
-        if args.resume is not None:
-            run_dir, config, resume = resume_settings(args)
-            run_id = run_dir.resolve().name
-            _check_ray(config)
-        else:
-            config = config_from_args(args)
-            _check_ray(config)  # before the run directory exists: nothing is left behind
-            run_id = make_run_id()
-            run_dir = prepare_run_dir(args.run_dir, run_id)
-        _check_device(config.device)
+        run_dir, run_id, config, resume, lock = _open_run(args)
     except (ConfigError, UsageError) as exc:
         _fail("esper ppo", str(exc))
 
@@ -219,30 +341,70 @@ def run_ppo(args: argparse.Namespace) -> int:
     from esper.trainer import Trainer
 
     hub = TelemetryHub()
-    try:
-        exporters = make_exporters(args.tensorboard, args.wandb, run_dir, config.to_dict())
-    except AnalysisError as exc:
-        _fail("esper ppo", str(exc))
-    hub.add_backend(RunRecorder(run_dir, config=config.to_dict(), run_id=run_id))
-    for backend in exporters:
-        hub.add_backend(backend)
     emitter = TelemetryEmitter(
         hub,
         run_id=run_id,
         start_update_index=0 if resume is None else resume.start_update_index,
         start_seq=0 if resume is None else resume.next_seq,
     )
-    use_tui = not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty()
     stop = threading.Event()
-    trainer = Trainer(config, emitter, run_dir, stop=stop, resume=resume)
-    if use_tui:
-        return _run_with_dashboard(trainer, hub)
+    new_dir: NewRunDir | None = None
+    try:
+        try:
+            trainer = Trainer(config, emitter, run_dir, stop=stop, resume=resume)
+        except Exception as exc:  # e.g. a checkpoint whose agent does not fit its config
+            where = run_dir / CHECKPOINT_NAME if resume is not None else "the run"
+            raise UsageError(f"cannot start {where}: {_first_line(exc)}") from None
+        if resume is None:
+            new_dir = prepare_run_dir(run_dir)
+            lock = new_dir.lock
+        try:
+            exporters = make_exporters(args.tensorboard, args.wandb, run_dir, config.to_dict())
+            recorder = RunRecorder(run_dir, config=config.to_dict(), run_id=run_id)
+        except AnalysisError as exc:
+            raise UsageError(str(exc)) from None
+        except OSError as exc:
+            raise UsageError(f"cannot record into {run_dir}: {exc.strerror or exc}") from None
+    except UsageError as exc:
+        if new_dir is not None:
+            new_dir.discard()
+        elif lock is not None:
+            lock.release()
+        _fail("esper ppo", str(exc))
+    if recorder.note is not None:
+        print(f"esper ppo: note: {recorder.note}", file=sys.stderr)
+    trainer.io_failure = recorder.failure
+    hub.add_backend(recorder)
+    for backend in exporters:
+        hub.add_backend(backend)
+    use_tui = not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty()
+    try:
+        if use_tui:
+            return _run_with_dashboard(trainer, hub)
+        return _run_headless(trainer, hub, config, run_dir)
+    finally:
+        lock.release()
 
+
+def _run_headless(trainer: Any, hub: Any, config: TrainConfig, run_dir: Path) -> int:
     from esper.console import ConsoleBackend
 
     console = ConsoleBackend(config.episodes, completed=trainer.episodes_done)
     hub.add_backend(console)
-    outcome = _train(trainer)
+    terminated = threading.Event()
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one is enough; the run is ending
+        terminated.set()
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        outcome = _train(trainer)
+    except KeyboardInterrupt:  # arrived after the trainer had ended its run: it is complete
+        outcome = _Outcome(result=None)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     hub.close()
     if outcome.result is not None:
         r = outcome.result
@@ -250,7 +412,7 @@ def run_ppo(args: argparse.Namespace) -> int:
             f"{'Interrupted' if r.interrupted else 'Finished'}: {r.episodes} episodes, "
             f"{r.updates} PPO updates in {r.wall_seconds:.1f} s. Run directory: {run_dir}"
         )
-    return _exit_code(outcome, run_dir)
+    return _exit_code(outcome, trainer, terminated.is_set())
 
 
 @dataclass
@@ -269,16 +431,24 @@ def _train(trainer: Any) -> _Outcome:
         return _Outcome(error=exc, traceback=traceback.format_exc())
 
 
-def _exit_code(outcome: _Outcome, run_dir: Path) -> int:
-    """0 done, 130 interrupted, 1 failed (traceback only for unexpected errors)."""
+def _exit_code(outcome: _Outcome, trainer: Any, terminated: bool = False) -> int:
+    """0 done, 130 interrupted, 143 terminated, 1 failed (traceback only if unexpected)."""
     from esper.trainer import TrainingError
 
     if outcome.error is None:
-        return EXIT_INTERRUPTED if outcome.result.interrupted else 0
+        if terminated:
+            return EXIT_TERMINATED
+        return EXIT_INTERRUPTED if outcome.result is None or outcome.result.interrupted else 0
     if not isinstance(outcome.error, TrainingError):
         print(outcome.traceback, file=sys.stderr, end="")
     print(f"esper ppo: training failed: {outcome.error}", file=sys.stderr)
-    print(f"esper ppo: telemetry and checkpoint kept in {run_dir}", file=sys.stderr)
+    durable = trainer.durable_update
+    kept = "no update is durable yet" if durable is None else f"last durable update {durable}"
+    print(
+        f"esper ppo: telemetry kept in {trainer.run_dir} ({kept}); "
+        f"continue with: esper ppo --resume {trainer.run_dir}",
+        file=sys.stderr,
+    )
     return 1
 
 
@@ -296,19 +466,36 @@ def _run_with_dashboard(trainer: Any, hub: Any) -> int:
         outcome = _train(trainer)
 
     thread = threading.Thread(target=work, name="esper-trainer", daemon=True)
-    thread.start()
-    SanctumApp(aggregator.snapshot).run()  # a failure shows in the header until q
-    trainer.stop.set()
-    thread.join()
+    app = SanctumApp(aggregator.snapshot)
+    terminated = threading.Event()
+
+    def on_sigterm(signum: int, frame: object) -> None:  # like q: finish the batch, stop
+        terminated.set()
+        trainer.stop.set()
+        app.exit()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        thread.start()
+        app.run()  # a failure shows in the header until q
+        trainer.stop.set()
+        thread.join()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     hub.close()
     if outcome.result is not None:
         print(f"Run directory: {trainer.run_dir}")
-    return _exit_code(outcome, trainer.run_dir)
+    return _exit_code(outcome, trainer, terminated.is_set())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `esper`."""
-    args = _esper_parser().parse_args(argv)
+    parser = _esper_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "query" and extra and not any(e.startswith("-") for e in extra):
+        args.items = [*args.items, *extra]  # `esper query RUN --json SQL`: flags in between
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "ppo":
         return run_ppo(args)
     return int(args.handler(args))  # analysis commands: report, query
@@ -387,14 +574,14 @@ def sanctum_main(argv: Sequence[str] | None = None) -> int:
         SanctumApp(lambda: snapshots[-1], replay=snapshots).run()
         return 0
 
-    from esper.telemetry.recorder import ReadStats, read_events
+    from esper.telemetry.recorder import ReadStats, committed_events, read_events
 
     aggregator = SanctumAggregator()
     stop = threading.Event()
     stats = ReadStats()
 
-    def follow() -> None:
-        for event in read_events(events, follow=True, stop=stop, stats=stats):
+    def follow() -> None:  # a batch shows once its update is in (exact after a resume)
+        for event in committed_events(read_events(events, follow=True, stop=stop, stats=stats)):
             aggregator.handle_event(event)
             aggregator.set_lines_skipped(stats.skipped)
 

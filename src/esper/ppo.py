@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from esper.config import ClipMode, PPOConfig
 from esper.policy import N_HEADS, N_OPS, TamiyoPolicy
 from esper.ratio_stats import (
     HeadRatioStats,
@@ -51,58 +51,6 @@ __all__ = [
     "gae",
     "head_ratio_stats",
 ]
-
-ClipMode = Literal["per_head", "joint"]
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """PPO hyper-parameters; validated on construction so a typo fails before a run starts."""
-
-    lr: float = 3e-4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    epochs: int = 4
-    minibatches: int = 4
-    value_coef: float = 0.5
-    entropy_coef: float = 0.01
-    max_grad_norm: float = 0.5
-    #: Stop the update once a minibatch's approx KL exceeds 1.5 * target_kl (None: never).
-    target_kl: float | None = 0.05
-    clip_mode: ClipMode = "per_head"
-    #: An update's `explosion` report is made when its joint ratio max exceeds this.
-    explosion_threshold: float = 2.0
-    #: Automated intervention: stop the update once the joint ratio max exceeds this.
-    joint_ratio_limit: float | None = None
-    hidden: int = 128
-    normalize_advantage: bool = True
-
-    def __post_init__(self) -> None:
-        limit = self.joint_ratio_limit
-        checks = [
-            ("lr", self.lr > 0, "> 0"),
-            ("gamma", 0 <= self.gamma <= 1, "in [0, 1]"),
-            ("gae_lambda", 0 <= self.gae_lambda <= 1, "in [0, 1]"),
-            ("clip_eps", 0 < self.clip_eps < 1, "in (0, 1)"),
-            ("epochs", self.epochs >= 1, ">= 1"),
-            ("minibatches", self.minibatches >= 1, ">= 1"),
-            ("value_coef", self.value_coef >= 0, ">= 0"),
-            ("entropy_coef", self.entropy_coef >= 0, ">= 0"),
-            ("max_grad_norm", self.max_grad_norm > 0, "> 0"),
-            ("target_kl", self.target_kl is None or self.target_kl > 0, "None or > 0"),
-            ("clip_mode", self.clip_mode in ("per_head", "joint"), "'per_head' or 'joint'"),
-            ("explosion_threshold", self.explosion_threshold > 1, "> 1"),
-            ("joint_ratio_limit", limit is None or limit > 1, "None or > 1"),
-            ("hidden", self.hidden >= 1, ">= 1"),
-        ]
-        failed = [
-            f"{name} must be {rule}, got {getattr(self, name)!r}"
-            for name, ok, rule in checks
-            if not ok
-        ]
-        if failed:
-            raise ValueError(f"invalid PPOConfig: {'; '.join(failed)}")
 
 
 def gae(

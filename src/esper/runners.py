@@ -420,7 +420,10 @@ class WorkerPoolRunner:
         self._throughput = _Throughput(self.n_workers)
         self._workers: list[WorkerHandle] = []
         try:
-            self._workers = [self._launch(w) for w in range(self.n_workers)]
+            try:
+                self._workers = [self._launch(w) for w in range(self.n_workers)]
+            except WorkerLost as lost:
+                raise WorkerError(f"{self.backend} workers did not start: {lost}") from None
             shapes = self._start_all()
         except BaseException:
             self.close()
@@ -558,7 +561,8 @@ def _process_worker_main(conn: Connection, factories: Sequence[EnvFactory]) -> N
     try:
         group = WorkerEnvGroup(factories)
     except Exception:
-        conn.send((False, traceback.format_exc()))
+        with contextlib.suppress(OSError):
+            conn.send((False, traceback.format_exc()))
         return
     while True:
         try:
@@ -571,7 +575,10 @@ def _process_worker_main(conn: Connection, factories: Sequence[EnvFactory]) -> N
             answer = (True, getattr(group, method)(*args))
         except Exception:
             answer = (False, traceback.format_exc())
-        conn.send(answer)
+        try:
+            conn.send(answer)
+        except OSError:  # the driver is gone or replaced us (e.g. its fork server died)
+            return
 
 
 class _ProcessWorker:
@@ -681,7 +688,12 @@ class ProcessRunner(WorkerPoolRunner):
         super().__init__(factories, n_workers, **kw)
 
     def _launch(self, worker: int) -> WorkerHandle:
-        return _ProcessWorker(self._context, worker, self._worker_factories(worker))
+        try:
+            return _ProcessWorker(self._context, worker, self._worker_factories(worker))
+        except (OSError, EOFError) as exc:  # e.g. the fork server was killed: retried once
+            raise WorkerLost(
+                f"cannot start a worker process ({type(exc).__name__}: {exc})"
+            ) from None
 
     def pids(self) -> list[int | None]:
         """Process ids of the workers, in worker order (for fault drills and tests)."""

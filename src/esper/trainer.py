@@ -9,10 +9,14 @@ tagged with the worker, through the same emitter as everything else.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import functools
+import json
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from esper.actions import head_sizes
 from esper.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from esper.config import TrainConfig, parse_fault
 from esper.environment import MorphogeneticEnv, observation_layout
-from esper.ppo import PPOAgent, PPOConfig
+from esper.ppo import PPOAgent
 from esper.rollout import collect_batch
 from esper.runners import (
     EnvRunner,
@@ -48,7 +52,7 @@ from esper.telemetry.contracts import (
     WorkerStatus,
 )
 from esper.telemetry.emitter import TelemetryEmitter, update_payloads
-from esper.telemetry.recorder import EVENTS_FILE, read_events
+from esper.telemetry.recorder import EVENTS_FILE, RUN_FILE, read_events
 
 UPDATE_EVENTS = frozenset({EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED})
 
@@ -67,26 +71,6 @@ class TrainResult:
     interrupted: bool
 
 
-def ppo_config(cfg: TrainConfig) -> PPOConfig:
-    """The PPO part of a run configuration."""
-    return PPOConfig(
-        lr=cfg.lr,
-        gamma=cfg.gamma,
-        gae_lambda=cfg.gae_lambda,
-        clip_eps=cfg.clip,
-        epochs=cfg.epochs,
-        minibatches=cfg.minibatches,
-        value_coef=cfg.value_coef,
-        entropy_coef=cfg.entropy_coef,
-        max_grad_norm=cfg.max_grad_norm,
-        target_kl=cfg.target_kl,
-        clip_mode=cfg.clip_mode,
-        explosion_threshold=cfg.explosion_threshold,
-        joint_ratio_limit=cfg.joint_ratio_limit,
-        hidden=cfg.hidden,
-    )
-
-
 def observation_size(n_slots: int) -> int:
     """Length of the env's observation vector, known without building an env."""
     return sum(size for _, size, _, _ in observation_layout(n_slots))
@@ -99,33 +83,92 @@ def episode_seeds(base_seed: int, first_episode: int, count: int) -> list[int]:
 
 @dataclass(frozen=True)
 class ResumePoint:
-    """Where a resumed run picks up: checkpoint state and the numbering to continue."""
+    """Where a resumed run picks up: checkpoint state (None: from the start), numbering.
 
-    checkpoint: dict[str, Any]
+    `config` is the run's configuration as recorded (flat or nested PPO keys); `batch`
+    is the batch the resumed run starts at: events of that batch or later written by an
+    earlier attempt were never committed by an update and are void from then on.
+    """
+
+    checkpoint: dict[str, Any] | None
+    config: dict[str, Any]
     next_seq: int
     start_update_index: int
+
+    @property
+    def batch(self) -> int:
+        return 0 if self.checkpoint is None else int(self.checkpoint["batch"])
+
+
+def _recorded_config(run_dir: Path, started: dict[str, Any] | None) -> dict[str, Any]:
+    """The configuration of a run that died before its first checkpoint."""
+    try:
+        info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
+        config = info["config"]
+        if isinstance(config, dict):
+            return config
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if started is not None:  # run.json damaged: the start event carries the same config
+        return started
+    raise ValueError(f"no checkpoint, and neither {RUN_FILE} nor the log holds the configuration")
 
 
 def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
     """Read a run's checkpoint and event log and work out how to continue it.
 
     The checkpoint may hold one update whose event the kill prevented (`pending`); if the
-    log already has that update it is dropped, otherwise it will be emitted on resume.
+    log already has that update it is dropped, otherwise it will be emitted on resume. A
+    run that died before its first checkpoint starts again from batch 0, continuing its log.
     """
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME, map_location=map_location)
+    path = run_dir / CHECKPOINT_NAME
+    has_checkpoint = path.exists() or path.is_symlink()
+    state = load_checkpoint(path, map_location=map_location) if has_checkpoint else None
     last_seq = -1
     logged: set[int] = set()
+    exploded: set[int] = set()
+    started: dict[str, Any] | None = None
     for event in read_events(run_dir / EVENTS_FILE):
         last_seq = max(last_seq, event.seq)
         index = getattr(event.payload, "update_index", None)
         if event.event_type in UPDATE_EVENTS and index is not None:
             logged.add(int(index))
+        if event.event_type == EventType.RATIO_EXPLOSION and index is not None:
+            exploded.add(int(index))
+        if event.event_type == EventType.TRAINING_STARTED and started is None:
+            started = dict(getattr(event.payload, "config", {}))
+    if state is None:
+        if logged:
+            raise ValueError(f"the log holds PPO updates but {CHECKPOINT_NAME} is missing")
+        config = _recorded_config(run_dir, started)
+        return ResumePoint(None, config, next_seq=last_seq + 1, start_update_index=0)
+    for key in ("agent", "config", "episodes_done", "updates_done", "batch"):
+        if key not in state:
+            raise ValueError(f"not an esper checkpoint (no {key!r})")
     pending = state.get("pending")
+    if pending is not None and "events" not in pending:
+        raise ValueError(
+            "its pending update was written by an older esper; finish or restart the run with it"
+        )
     if pending is not None and int(pending["update_index"]) in logged:
-        state = {**state, "pending": None}
-        pending = None
-    start = int(pending["update_index"]) if pending else int(state["next_update_index"])
-    return ResumePoint(checkpoint=state, next_seq=last_seq + 1, start_update_index=start)
+        # the update is in the log; only its explosion report may still be owed
+        index = int(pending["update_index"])
+        owed = [
+            event
+            for event in pending["events"]
+            if event["event_type"] == EventType.RATIO_EXPLOSION.value and index not in exploded
+        ]
+        pending = {**pending, "events": owed, "update_logged": True} if owed else None
+        state = {**state, "pending": pending}
+    start = int(state["next_update_index"])
+    if pending is not None and not pending.get("update_logged"):
+        start = int(pending["update_index"])
+    return ResumePoint(
+        checkpoint=state,
+        config=dict(state["config"]),
+        next_seq=last_seq + 1,
+        start_update_index=start,
+    )
 
 
 class Trainer:
@@ -133,7 +176,12 @@ class Trainer:
 
     After each update the checkpoint is written *before* the update's event: a kill in
     between leaves the event pending in the checkpoint, and `--resume` emits it then, so
-    every completed update appears in the log exactly once.
+    every completed update appears in the log exactly once. A batch's other events
+    (episodes, lifecycle, worker status) count once its update is in the log; a resume
+    names the batch it restarts at, voiding what an earlier attempt left of it.
+
+    `io_failure` (the recorder's) is asked after every update whether telemetry could
+    not be written; if so the run stops with that one line and the last durable update.
 
     The env runner starts with the first batch and stops when `run` returns. With the
     in-process backend it steps `self.envs`, which a caller may wrap before `run`.
@@ -146,6 +194,7 @@ class Trainer:
         run_dir: Path,
         stop: threading.Event | None = None,
         resume: ResumePoint | None = None,
+        io_failure: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
         self.emitter = emitter
@@ -168,7 +217,7 @@ class Trainer:
         self.agent = PPOAgent(
             obs_dim=observation_size(config.slots),
             head_sizes=head_sizes(config.slots),
-            config=ppo_config(config),
+            config=config.ppo,
             device=config.device,
             seed=config.seed,
         )
@@ -178,8 +227,16 @@ class Trainer:
         self._bad_updates = 0
         self._pending: dict[str, Any] | None = None
         self._resume = resume
-        if resume is not None:
+        self.io_failure = io_failure
+        #: The last update a resume would not redo (its checkpoint is on disk), if any.
+        self.durable_update: int | None = None
+        #: True from the start of a batch until its checkpoint is written: the agent and
+        #: its generators hold state no checkpoint may capture (the batch is redone).
+        self._in_batch = False
+        if resume is not None and resume.checkpoint is not None:
             self._restore(resume.checkpoint)
+            last = int(resume.checkpoint.get("next_update_index", 0)) - 1
+            self.durable_update = last if last >= 0 else None
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
@@ -253,6 +310,7 @@ class Trainer:
 
     def _run_batch(self) -> None:
         cfg = self.config
+        self._in_batch = True
         n = min(cfg.envs, cfg.episodes - self.episodes_done)
         seeds = episode_seeds(cfg.seed, self.episodes_done, n)
         runner = self._open_runner()
@@ -273,6 +331,10 @@ class Trainer:
             self.emitter.emit(completed, episode=self.episodes_done + i, batch=self.batch)
         self._emit_worker_status(runner)
         faulty = self.fault is not None and self.fault.active(self.batch)
+        before = {
+            "policy": copy.deepcopy(self.agent.policy.state_dict()),
+            "optimizer": copy.deepcopy(self.agent.optimizer.state_dict()),
+        }
         if faulty:
             assert self.fault is not None
             self.agent.policy.inject_nonfinite = {self.fault.head: self.fault.value}
@@ -280,6 +342,16 @@ class Trainer:
             stats = self.agent.update(buffer)
         finally:
             self.agent.policy.inject_nonfinite = None
+        skip_reason = None
+        if not _parameters_finite(self.agent.policy):
+            # A step that left inf/NaN weights would poison every later rollout: undo it
+            # and count the update as skipped, like one whose minibatches were all bad.
+            self.agent.policy.load_state_dict(before["policy"])
+            self.agent.optimizer.load_state_dict(before["optimizer"])
+            stats = dataclasses.replace(
+                stats, minibatches_skipped=stats.minibatches_run, explosion=None
+            )
+            skip_reason = "the update made the policy's parameters non-finite; reverted"
         index = self.emitter.next_update_index
         payloads = update_payloads(
             stats,
@@ -287,6 +359,7 @@ class Trainer:
             batch=self.batch,
             mean_return=float(np.mean([ep["return"] for ep in episodes])),
             host_accuracy=float(np.mean([ep["final_accuracy"] for ep in episodes])),
+            skip_reason=skip_reason,
         )
         # Plain data (the events' own JSON form), so the checkpoint loads with weights_only.
         self._pending = {
@@ -303,7 +376,10 @@ class Trainer:
         if stats.minibatches_run - stats.minibatches_skipped > 0:
             self.updates_done += 1
         self._save_checkpoint()
+        self._in_batch = False
+        self.durable_update = int(self._pending["update_index"])
         self._emit_pending()
+        self._check_io()
         if self._bad_updates >= self.config.max_bad_updates:
             raise TrainingError(
                 f"{self._bad_updates} consecutive PPO updates had non-finite values "
@@ -315,21 +391,45 @@ class Trainer:
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        index = self.emitter.take_update_index()
-        if index != int(pending["update_index"]):
-            raise TrainingError(
-                f"update numbering diverged: pending update {pending['update_index']}, "
-                f"emitter at {index}"
-            )
+        if not pending.get("update_logged"):  # else a kill fell between update and report
+            index = self.emitter.take_update_index()
+            if index != int(pending["update_index"]):
+                raise TrainingError(
+                    f"update numbering diverged: pending update {pending['update_index']}, "
+                    f"emitter at {index}"
+                )
         for event in pending["events"]:
             payload: Payload = PAYLOAD_TYPES[EventType(event["event_type"])].from_dict(
                 event["data"]
             )
             self.emitter.emit(payload, batch=int(pending["batch"]))
 
+    def _durable_text(self) -> str:
+        if self.durable_update is None:
+            return "no update is durable yet (resume starts at the first batch)"
+        return f"last durable update: {self.durable_update}"
+
+    def _check_io(self) -> None:
+        """Stop with one line if telemetry could not be written (disk full, size limit)."""
+        failure = self.io_failure() if self.io_failure is not None else None
+        if failure is not None:
+            raise TrainingError(f"{failure}; {self._durable_text()}")
+
     def _save_checkpoint(self) -> None:
+        path = self.run_dir / CHECKPOINT_NAME
+        try:
+            self._write_checkpoint(path)
+        except (OSError, RuntimeError) as exc:
+            cause = _os_error(exc)  # torch wraps a failed write in an archive RuntimeError
+            if cause is None:
+                raise
+            raise TrainingError(
+                f"cannot write checkpoint {path}: {cause.strerror or cause}; {self._durable_text()}"
+            ) from exc
+
+    def _write_checkpoint(self, path: Path) -> None:
         save_checkpoint(
-            self.run_dir / CHECKPOINT_NAME,
+            path,
             {
                 "agent": self.agent.state_dict(),
                 "episodes_done": self.episodes_done,
@@ -357,9 +457,11 @@ class Trainer:
             device=cfg.device,
             esper_version=__version__,
             resumed_from_update=None if self._resume is None else self.emitter.next_update_index,
+            resumed_from_batch=None if self._resume is None else self._resume.batch,
         )
         self.emitter.emit(started)
         self._emit_pending()
+        self._check_io()
 
     def _train(self) -> bool:
         """Batches until the run is done (False) or `stop` is set (True)."""
@@ -391,7 +493,12 @@ class Trainer:
         finally:
             self.close()
         wall = time.perf_counter() - start
-        self._save_checkpoint()
+        if not self._in_batch:  # else the last checkpoint stands; its batch is redone
+            try:
+                self._save_checkpoint()
+            except TrainingError as exc:
+                self.emitter.emit(TrainingFailed(error=str(exc)))
+                raise
         finished = TrainingFinished(
             episodes=self.episodes_done,
             updates=self.updates_done,
@@ -401,3 +508,22 @@ class Trainer:
         )
         self.emitter.emit(finished)
         return TrainResult(self.episodes_done, self.updates_done, wall, interrupted)
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """The OSError behind `exc` (itself, or a cause or context of it), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _parameters_finite(module: torch.nn.Module) -> bool:
+    """Whether every parameter is finite (one device->host sync per update)."""
+    flags = [torch.isfinite(p).all() for p in module.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+

@@ -10,6 +10,7 @@ any type) and `runs` (one row per run). Requires the `query` extra (duckdb).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,8 +40,46 @@ def create_table(con: duckdb.DuckDBPyConnection, table: Table) -> None:
     con.execute(f'INSERT INTO "{table.name}" SELECT {select}', columns)
 
 
+#: BIGINT's range: a log line holding an int outside it (JSON allows any size) is skipped.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _fits(row: tuple[Any, ...], int_columns: Sequence[int]) -> bool:
+    return all(row[i] is None or INT64_MIN <= row[i] <= INT64_MAX for i in int_columns)
+
+
+def _without_huge_ints(table: Table) -> tuple[Table, set[Any]]:
+    """`table` less its rows holding an int beyond 64 bits, and those rows' `seq` values."""
+    ints = [i for i, c in enumerate(table.columns) if c.type is int]
+    kept = [row for row in table.rows if _fits(row, ints)]
+    if len(kept) == len(table.rows):
+        return table, set()
+    seq = table.names.index("seq") if "seq" in table.names else None
+    dropped = {
+        row[seq] if seq is not None else id(row) for row in table.rows if not _fits(row, ints)
+    }
+    return Table(table.name, table.columns, kept), dropped
+
+
+def _checked_run(run: Run) -> Run:
+    """`run` with every row an int64 column cannot hold skipped and counted, as the
+    dashboard and the report skip a line they cannot use: one skipped line per event."""
+    parts = {}
+    dropped: set[Any] = set()
+    for name in ("updates", "episodes", "explosions", "events"):
+        table, seqs = _without_huge_ints(getattr(run, name))
+        parts[name] = table
+        dropped |= seqs
+    if not dropped:
+        return run
+    run.stats.skipped += len(dropped)
+    run.stats.malformed.append((0, f"{len(dropped)} event(s) hold an integer beyond 64 bits"))
+    return dataclasses.replace(run, **parts)
+
+
 def tables(runs: Sequence[Run]) -> list[Table]:
     """The queryable tables of several runs, each run's rows after the previous run's."""
+    runs = [_checked_run(r) for r in runs]
     return [
         concat([r.updates for r in runs]),
         concat([r.episodes for r in runs]),

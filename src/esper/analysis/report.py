@@ -207,6 +207,69 @@ def nonfinite_updates(run: Run) -> list[int]:
     return [idx for idx, bad in zip(u.column("update_index"), flagged, strict=True) if bad]
 
 
+@dataclass(frozen=True)
+class BadUpdates:
+    """Where a run's failed updates fall on each kind of axis (see `bad_updates`)."""
+
+    updates: list[int]  # update indices: skipped, or completed with non-finite values
+    skipped: list[int]  # update indices of the skipped ones alone
+    episodes: list[int]  # episode numbers of the batches those updates trained on
+
+
+def bad_updates(run: Run) -> BadUpdates:
+    """Skipped and non-finite updates, on the update axis and on the episode axis.
+
+    A skipped update has no row in `ppo_updates`; its PPO_UPDATE_SKIPPED event gives its
+    batch. Every batch takes one update index, so index - batch is the same for all
+    updates of a run (0 unless its first updates predate its log): read it off a
+    completed update.
+    """
+    u = run.updates
+    offsets = [i - b for i, b in zip(u.column("update_index"), u.column("batch"), strict=True)]
+    offset = next((o for o in offsets if o is not None), 0) if offsets else 0
+    events = zip(run.events.column("event_type"), run.events.column("batch"), strict=True)
+    skipped_batches = {b for kind, b in events if kind == "PPO_UPDATE_SKIPPED" and b is not None}
+    nonfinite = set(nonfinite_updates(run))
+    bad_batches = skipped_batches | {
+        b
+        for i, b in zip(u.column("update_index"), u.column("batch"), strict=True)
+        if i in nonfinite
+    }
+    skipped = sorted(b + offset for b in skipped_batches)
+    episodes = [
+        x
+        for x, b in zip(episode_axis(run), run.episodes.column("batch"), strict=True)
+        if b in bad_batches
+    ]
+    return BadUpdates(sorted(nonfinite | set(skipped)), skipped, episodes)
+
+
+def _mark_bad_updates(ax: Axes, panel: Panel, run: Run, column: int) -> None:
+    """Shade every skipped or non-finite update on this panel's x axis, and keep the axis
+    spanning every update even where all drawn values are NaN (it would collapse)."""
+    bad = bad_updates(run)
+    if panel.over_updates:
+        xs, everything = bad.updates, [*run.updates.column("update_index"), *bad.skipped]
+    else:
+        xs, everything = bad.episodes, episode_axis(run)
+    if everything:
+        lo, hi = ax.get_xlim()
+        if min(everything) < lo or max(everything) > hi or hi - lo < 1:
+            ax.set_xlim(min(everything) - 0.5, max(everything) + 0.5)
+    if xs:
+        lines = ax.vlines(
+            xs,
+            0,
+            1,
+            transform=ax.get_xaxis_transform(),
+            colors=BAND_COLOURS["critical"],
+            alpha=0.3,
+            lw=2,
+            zorder=0.5,
+        )
+        lines.set_gid(f"run{column}-{panel.key}-bad-updates")
+
+
 def episode_axis(run: Run) -> list[int]:
     """Each episode's number (its position in the log where the event carries none)."""
     return [e if e is not None else i for i, e in enumerate(run.episodes.column("episode"))]
@@ -349,6 +412,7 @@ def _draw_panel(ax: Axes, panel: Panel, run: Run, column: int, limits: _Limits) 
             _per_head(ax, run, column, stat, limits.colours)
     if not len(run.updates if panel.over_updates else run.episodes):
         ax.set_xlim(0, 1)  # integer ticks on an empty axis, not -0.045 ... 0.045
+    _mark_bad_updates(ax, panel, run, column)
 
 
 def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure:
@@ -390,7 +454,11 @@ def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure
             _decorate(ax, panel)
             _draw_panel(ax, panel, run, col, limits)
         if not len(run.updates):
-            axes[0].text(0.5, 0.5, "no PPO updates yet", transform=axes[0].transAxes, ha="center")
+            skipped = len(bad_updates(run).skipped)
+            note = (
+                f"no completed PPO updates ({skipped} skipped)" if skipped else "no PPO updates yet"
+            )
+            axes[0].text(0.5, 0.5, note, transform=axes[0].transAxes, ha="center")
         if explosion_text:
             _explosion_text(axes[-1], run)
     handles = [Patch(color=limits.colours[h], label=h) for h in heads]

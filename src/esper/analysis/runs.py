@@ -52,7 +52,7 @@ from esper.telemetry.heads import (
     UpdateStats,
     flat_key,
 )
-from esper.telemetry.recorder import EVENTS_FILE, ReadStats, read_events
+from esper.telemetry.recorder import EVENTS_FILE, ReadStats, committed_events, read_events
 
 #: Per-head statistics that only mean something when the head had relevant samples
 #: (`head_<h>_relevant > 0`); otherwise they hold the neutral defaults. Entropy is taken
@@ -453,7 +453,7 @@ def load_run(path: Path | str, label: str | None = None) -> Run:
     stats = ReadStats()
     builder = _RunBuilder()
     try:
-        for event in read_events(events, stats=stats):
+        for event in committed_events(read_events(events, stats=stats)):
             builder.add(event)
     except OSError as exc:
         raise AnalysisError(f"cannot read {events}: {exc.strerror or exc}") from None

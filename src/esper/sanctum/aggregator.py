@@ -75,7 +75,7 @@ from esper.telemetry.contracts import (
     WorkerStatus,
 )
 from esper.telemetry.heads import NEUTRAL_RATIO, HeadStats
-from esper.telemetry.recorder import ReadStats, read_events
+from esper.telemetry.recorder import ReadStats, committed_events, read_events
 
 #: How many recent episodes `EpisodeStats.mean_return` averages.
 RETURN_MEAN_WINDOW = 20
@@ -432,7 +432,7 @@ def aggregate_file(path: Path | str, history_len: int = HISTORY_LEN) -> SanctumS
     """Replay a recorded `events.jsonl` into a fresh aggregator and return its snapshot."""
     aggregator = SanctumAggregator(history_len)
     stats = ReadStats()
-    for event in read_events(path, stats=stats):
+    for event in committed_events(read_events(path, stats=stats)):
         aggregator.handle_event(event)
     aggregator.set_lines_skipped(stats.skipped)
     return aggregator.snapshot()
@@ -454,7 +454,7 @@ def replay_snapshots(path: Path | str, history_len: int = HISTORY_LEN) -> list[S
         frames.append(aggregator.snapshot())
 
     frame_open = False
-    for event in read_events(path, stats=stats):
+    for event in committed_events(read_events(path, stats=stats)):
         if frame_open and event.event_type in _NEXT_BATCH_EVENTS:
             close_frame()
             frame_open = False

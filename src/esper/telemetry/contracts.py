@@ -257,6 +257,9 @@ class TrainingStarted(Payload):
     device: str
     esper_version: str
     resumed_from_update: int | None = None  # set when `esper ppo --resume` continues a run
+    #: On resume: the batch it restarts at. Events of this batch or later that an earlier
+    #: attempt wrote without committing their update are void (see `committed_events`).
+    resumed_from_batch: int | None = None
 
     EVENT_TYPE: ClassVar[EventType] = EventType.TRAINING_STARTED
 
@@ -274,14 +277,18 @@ class TrainingStarted(Payload):
 
     def summary(self) -> str:
         if self.resumed_from_update is not None:
-            return (
+            message = (
                 f"training resumed at update {self.resumed_from_update}: "
                 f"{self.task} ({self.device})"
             )
-        return (
-            f"training started: {self.task}, {self.episodes_total} episodes on "
-            f"{self.n_envs} envs ({self.device})"
-        )
+        else:
+            message = (
+                f"training started: {self.task}, {self.episodes_total} episodes on "
+                f"{self.n_envs} envs ({self.device})"
+            )
+        if self.resumed_from_batch is not None:
+            message += f"; uncommitted events of batch {self.resumed_from_batch} on are discarded"
+        return message
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -106,15 +106,18 @@ def update_payloads(
     batch: int,
     mean_return: float | None = None,
     host_accuracy: float | None = None,
+    skip_reason: str | None = None,
 ) -> list[Payload]:
     """The events one PPO update makes: skipped, or completed plus any explosion report.
 
     An update all of whose minibatches were skipped (no optimizer step applied) is
     recorded as skipped, with the heads whose log-probs went non-finite, so the dashboard
     shows it as stale. Zero minibatches run means a trainer that does not count them.
+    A trainer that undid an update for another reason says why in `skip_reason`.
     """
-    if stats.minibatches_skipped > 0 and stats.minibatches_skipped >= stats.minibatches_run:
-        reason = f"all {stats.minibatches_run} minibatches had non-finite values"
+    all_skipped = 0 < stats.minibatches_skipped >= stats.minibatches_run
+    if skip_reason is not None or all_skipped:
+        reason = skip_reason or f"all {stats.minibatches_run} minibatches had non-finite values"
         return [
             PPOUpdateSkipped(
                 reason=reason, batch=batch, update_index=update_index, nonfinite=stats.nonfinite()

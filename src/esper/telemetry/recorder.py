@@ -2,9 +2,14 @@
 
 `RunRecorder` is a synchronous hub backend: one JSON line per event, flushed per event and
 fsynced at every PPO update and at the end, so a run killed at any moment keeps every
-update whose emit returned. `read_events` reads (and optionally follows) that file; a bad
-line is reported by number and skipped, never stopping the read, and a torn last line (a
-write cut short) is held back in follow mode and counted as skipped otherwise.
+update whose emit returned. A write that fails (disk full, file-size limit) is not retried:
+the recorder stops and says why through `failure()`, which the trainer checks per update.
+
+`read_events` reads (and optionally follows) that file; a bad line is reported by number
+and skipped, never stopping the read, and a torn last line (a write cut short) is held
+back in follow mode and counted as skipped otherwise. `committed_events` keeps from those
+what a reader counts: a batch's events once its update is in the log, so a batch that a
+killed attempt left half-written and a resume redid counts once.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -106,8 +111,11 @@ class RunRecorder:
         self.run_dir = Path(run_dir)
         self.run_id = run_id if run_id is not None else self.run_dir.name
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        #: What was wrong with the directory on opening (e.g. a damaged run.json), if anything.
+        self.note: str | None = None
         self._write_run_info(config, clock())
         self._lock = threading.Lock()
+        self._failure: str | None = None
         # O_NOFOLLOW: a symlink planted as events.jsonl must not make us append elsewhere.
         self._file = open(  # noqa: SIM115 (owned until close)
             self.events_path, "a", encoding="utf-8", opener=_open_append_no_follow
@@ -125,39 +133,69 @@ class RunRecorder:
             "versions": library_versions(),
             "config": json_value(config, "config"),
         }
+        appending = self.events_path.is_file() and self.events_path.stat().st_size > 0
         if path.is_file() and not path.is_symlink():
             try:
                 previous = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                previous = None
+            except (OSError, ValueError) as exc:
+                previous, why = None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            else:
+                why = "not a JSON object"
             if isinstance(previous, dict):
                 resumed = previous.get("resumed_at")
                 history = resumed if isinstance(resumed, list) else []
                 info = {**previous, "resumed_at": [*history, now]}
+            else:  # keep the damaged file for whoever wants to look, and say so
+                aside = path.with_name(f"{RUN_FILE}.damaged")
+                os.replace(path, aside)
+                self.note = f"{path} was damaged ({why}); kept as {aside.name} and rewritten"
+                info["resumed_at"] = [now]
+        elif appending:
+            self.note = f"{path} was missing; rewritten from this run's configuration"
+            info["resumed_at"] = [now]
         write_json_atomic(path, info)
 
     @property
     def events_path(self) -> Path:
         return self.run_dir / EVENTS_FILE
 
+    def failure(self) -> str | None:
+        """Why the event log could not be written (one line), or None while all is well."""
+        return self._failure
+
+    def _failed(self, exc: OSError) -> None:
+        self._failure = f"cannot write {self.events_path}: {exc.strerror or exc}"
+
     def handle(self, event: TelemetryEvent) -> None:
         line = event_to_json_line(event) + "\n"
         with self._lock:
-            self._file.write(line)
-            self._file.flush()
-            if event.event_type in DURABLE_EVENTS:
-                os.fsync(self._file.fileno())
+            if self._failure is not None:
+                return
+            try:
+                self._file.write(line)
+                self._file.flush()
+                if event.event_type in DURABLE_EVENTS:
+                    os.fsync(self._file.fileno())
+            except OSError as exc:
+                self._failed(exc)
 
     def flush(self) -> None:
         with self._lock:
-            if not self._file.closed:
-                self._file.flush()
-                os.fsync(self._file.fileno())
+            if not self._file.closed and self._failure is None:
+                try:
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+                except OSError as exc:
+                    self._failed(exc)
 
     def close(self) -> None:
         self.flush()
         with self._lock:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError as exc:  # buffered bytes that never reached the disk
+                if self._failure is None:
+                    self._failed(exc)
 
 
 def _open_append_no_follow(path: str, flags: int) -> int:
@@ -182,8 +220,13 @@ class ReadStats:
     torn_tail: bool = False  # the file ended in the middle of a line
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def parse_line(raw: bytes) -> TelemetryEvent:
     """One line of `events.jsonl` (without newline) as an event, or a ContractError why not."""
+    if raw.startswith(_BOM):  # an editor's byte-order mark must not cost the first event
+        raw = raw[len(_BOM) :]
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -263,3 +306,42 @@ def read_events(
     if pending:
         stats.torn_tail = True
         stats.skipped += 1
+
+
+#: Events that commit their batch: once one is read, the batch's other events count.
+_COMMITS: frozenset[EventType] = frozenset(
+    {EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED}
+)
+
+
+def committed_events(events: Iterable[TelemetryEvent]) -> Iterator[TelemetryEvent]:
+    """The events a reader should count: a batch's events only once its update commits.
+
+    A batch's episodes, lifecycle changes and worker reports are held back until the
+    PPO update (completed or skipped) of that batch is read, then yielded, in their
+    order, just before it. A TRAINING_STARTED that resumes a run names the batch it
+    restarts at (`resumed_from_batch`): held events of that batch or later were left by
+    an attempt that died before committing them, and are dropped, since the resumed run
+    records that batch again. Held events still uncommitted at the end are dropped
+    too: the batch never trained. Events without a batch, and everything after an
+    update of its batch (a ratio explosion), pass straight through.
+    """
+    held: list[TelemetryEvent] = []
+    for event in events:
+        batch = event.batch
+        if event.event_type in _COMMITS:
+            ready = [e for e in held if e.batch == batch]
+            held = [e for e in held if e.batch != batch]
+            yield from ready
+            yield event
+            continue
+        if event.event_type == EventType.TRAINING_STARTED:
+            restart = getattr(event.payload, "resumed_from_batch", None)
+            if restart is not None:
+                held = [e for e in held if e.batch is not None and e.batch < restart]
+            yield event
+            continue
+        if batch is None or event.event_type == EventType.RATIO_EXPLOSION:
+            yield event
+            continue
+        held.append(event)
