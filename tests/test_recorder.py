@@ -248,33 +248,31 @@ def test_follow_stops_when_asked_even_before_the_file_exists(tmp_path: Path) -> 
 # ----------------------------------------------------------------- committed events
 
 
+OP_UPDATE = update_stats({"op": HeadStats(relevant=4)}, names=("op",))
+
+
 def _attempt(em: TelemetryEmitter, batches: range, *, commit_last: bool) -> None:
     """Batches of one episode each; the last one's update only if `commit_last`."""
     for batch in batches:
-        em.emit_seed_lifecycle(
+        em.emit(SeedLifecycle(
             env_index=0, slot=0, from_stage="DORMANT", to_stage="GERMINATED",
-            blueprint="MLP", alpha=0.0, batch=batch,
-        )  # fmt: skip
-        em.emit_episode_completed(
+            blueprint="MLP", alpha=0.0,
+        ), batch=batch)  # fmt: skip
+        em.emit(EpisodeCompleted(
             env_index=0, episode_return=float(batch), final_accuracy=0.5, seeds_grown=1,
-            seeds_fossilized=0, seeds_killed=0, length=4, episode=batch, batch=batch,
-        )  # fmt: skip
+            seeds_fossilized=0, seeds_killed=0, length=4,
+        ), episode=batch, batch=batch)  # fmt: skip
         if batch != batches[-1] or commit_last:
-            em.emit_ppo_update({"head_op_relevant": 4.0}, batch=batch)
+            emit_update(em, OP_UPDATE, batch=batch)
 
 
 def test_committed_events_count_a_redone_batch_once_and_keep_the_order() -> None:
     """Batches 0-1 commit, batch 2 dies half-written; the resume redoes 2 and does 3."""
     sink = ListSink()
     em = TelemetryEmitter(sink, "r")
-    em.emit_training_started(
-        config={}, task="spirals", head_sizes={"op": 2}, episodes_total=4, n_envs=1, device="cpu"
-    )
+    em.emit(started(["op"], episodes_total=4))
     _attempt(em, range(3), commit_last=False)
-    em.emit_training_started(
-        config={}, task="spirals", head_sizes={"op": 2}, episodes_total=4, n_envs=1,
-        device="cpu", resumed_from_update=2, resumed_from_batch=2,
-    )  # fmt: skip
+    em.emit(started(["op"], episodes_total=4, resumed_from_update=2, resumed_from_batch=2))
     _attempt(em, range(2, 4), commit_last=True)
     counted = list(committed_events(sink.events))
     episodes = [e.episode for e in counted if e.event_type == EventType.EPISODE_COMPLETED]
@@ -294,11 +292,8 @@ def test_a_pending_update_commits_the_batch_written_before_the_kill() -> None:
     sink = ListSink()
     em = TelemetryEmitter(sink, "r")
     _attempt(em, range(2), commit_last=False)
-    em.emit_training_started(
-        config={}, task="spirals", head_sizes={"op": 2}, episodes_total=3, n_envs=1,
-        device="cpu", resumed_from_update=1, resumed_from_batch=2,
-    )  # fmt: skip
-    em.emit_ppo_update({"head_op_relevant": 4.0}, batch=1)  # the pending one
+    em.emit(started(["op"], episodes_total=3, resumed_from_update=1, resumed_from_batch=2))
+    emit_update(em, OP_UPDATE, batch=1)  # the pending one
     _attempt(em, range(2, 3), commit_last=True)
     counted = list(committed_events(sink.events))
     assert [e.episode for e in counted if e.event_type == EventType.EPISODE_COMPLETED] == [0, 1, 2]

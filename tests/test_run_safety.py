@@ -497,7 +497,8 @@ def test_an_explosion_report_cut_off_by_a_kill_is_emitted_on_resume_once(
         "driver": "op",
         "hidden_by_heads": True,
     }
-    pending = {"update_index": 0, "batch": 0, "metrics": {}, "explosion": explosion}
+    report = {"event_type": "RATIO_EXPLOSION", "data": {"update_index": 0, **explosion}}
+    pending = {"update_index": 0, "batch": 0, "events": [report]}
     torch.save({**state, "pending": pending}, run_dir / "checkpoint.pt")
     assert main(["ppo", "--resume", str(run_dir), "--episodes", "4", "--no-tui"]) == 0
     assert main(["ppo", "--resume", str(run_dir), "--episodes", "6", "--no-tui"]) == 0
