@@ -42,9 +42,7 @@ def test_one_update_known_answer(tmp_path: Path) -> None:
         # log-ratios: x = [0.1, -0.5], y = [0.0, 0.3]
         monitor.observe(t([[-1.0, -2.0], [-1.5, -1.7]]), t([[-1.1, -2.0], [-1.0, -2.0]]))
         # log-ratios: x = [0.4], y irrelevant (its 5.0 must not count)
-        monitor.observe(
-            t([[-0.6, 3.0]]), t([[-1.0, -2.0]]), relevant=torch.tensor([[True, False]])
-        )
+        monitor.observe(t([[-0.6, 3.0]]), t([[-1.0, -2.0]]), relevant=torch.tensor([[True, False]]))
         stats = monitor.end_update(policy_loss=0.25)
     x, y = stats.heads["x"], stats.heads["y"]
     assert x.ratio_max == pytest.approx(math.exp(0.4), rel=1e-6)

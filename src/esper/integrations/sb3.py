@@ -334,6 +334,9 @@ class _PerHeadAlgorithm:
         explosion_threshold: float = DEFAULT_EXPLOSION_THRESHOLD,
         **kwargs: Any,
     ) -> None:
+        env = kwargs.get("env", args[1] if len(args) > 1 else None)
+        if env is not None and not isinstance(env, str):  # before the library's own checks
+            _head_sizes(env.action_space)
         # Set before the library's __init__, which builds the model (`_setup_model`).
         self._requested_run_dir = None if run_dir is None else Path(run_dir)
         self.head_names = None if head_names is None else tuple(head_names)
