@@ -55,11 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timesteps", type=int, default=8192, help="environment steps")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", type=Path, help="default runs/<run-id>")
-    parser.add_argument("--masked", action="store_true", help="use MaskablePPO (no masks set)")
     parser.add_argument("--tiny", action="store_true", help="a few seconds: CI's smoke run")
     args = parser.parse_args(argv)
 
-    from esper.integrations.sb3 import PerHeadMaskablePPO, PerHeadPPO
+    from esper.integrations.sb3 import PerHeadPPO
 
     env = make_env(args.env, args.bins)
     sizes: dict[str, Any] = {}  # SB3's defaults: 2048 steps, minibatches of 64, 10 epochs
@@ -67,8 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.tiny:
         sizes = {"n_steps": 64, "batch_size": 32, "n_epochs": 2}
         timesteps = 128
-    algorithm = PerHeadMaskablePPO if args.masked else PerHeadPPO
-    model = algorithm(
+    model = PerHeadPPO(
         "MlpPolicy",
         env,
         run_dir=args.run_dir,

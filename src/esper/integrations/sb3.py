@@ -433,8 +433,14 @@ class _PerHeadAlgorithm:
             device=str(s.device),
         )
 
-    def learn(self, *args: Any, **kwargs: Any) -> Any:
-        """The library's `learn`, recorded as one run (see the module docstring)."""
+    def start_run(self) -> HeadRatioMonitor:
+        """Open a run directory and record every `train()` into it until `end_run`.
+
+        `learn()` does this itself; call it directly only to record updates run outside
+        `learn()` (e.g. timing `train()` on a filled buffer).
+        """
+        if self._monitor is not None:
+            raise RuntimeError("a run is already being recorded; end_run() it first")
         try:
             monitor = self._open_monitor()
         except ValueError as exc:
@@ -443,20 +449,29 @@ class _PerHeadAlgorithm:
                 "directory, or to None for runs/<run-id>)"
             ) from None
         self._monitor = monitor
-        self.recorded_run_dir = monitor.run_dir
         self._head_tap.monitor = monitor
+        self.recorded_run_dir = monitor.run_dir
+        return monitor
+
+    def end_run(self, error: BaseException | None = None, *, interrupted: bool = False) -> None:
+        """Record how the run ended and close its files (nothing when none is open)."""
+        monitor, self._monitor = self._monitor, None
+        self._head_tap.monitor = None
+        if monitor is not None:
+            monitor.close(error, interrupted=interrupted)
+
+    def learn(self, *args: Any, **kwargs: Any) -> Any:
+        """The library's `learn`, recorded as one run (see the module docstring)."""
+        self.start_run()
         try:
             result = super().learn(*args, **kwargs)  # type: ignore[misc]
         except KeyboardInterrupt:
-            monitor.close(interrupted=True)
+            self.end_run(interrupted=True)
             raise
         except BaseException as exc:
-            monitor.close(exc)
+            self.end_run(exc)
             raise
-        finally:
-            self._head_tap.monitor = None
-            self._monitor = None
-        monitor.close()
+        self.end_run()
         return result
 
     def train(self) -> None:

@@ -1,0 +1,150 @@
+"""What per-head recording costs a Stable-Baselines3 update: PerHeadPPO over PPO.
+
+At SB3's defaults (2048 steps, minibatches of 64, 10 epochs) on the example task
+(HalfCheetah-v5 discretised to six heads of 11 levels), each side learns one rollout
+with the same seed (so both hold the same buffer and have Adam state), then `train()`
+is timed on that buffer from one restored state (policy and optimizer), wall clock, the
+recording side writing a real run directory (one event and fsync per update). The sides
+alternate, rounds are interleaved, and each figure is the median of the per-round ratios
+recording / plain. The same for sb3-contrib's MaskablePPO (no action masks: all legal).
+`--quick` runs 2 epochs per update instead of 10 (the fixed cost per update, the one
+reduction and the fsync, then weighs five times more: the quick figure is the harsher).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    SEED,
+    Row,
+    Section,
+    interleaved,
+    load_average,
+    paired_ratios,
+    spread,
+    timed,
+)
+
+TARGET = 1.05
+ENV_ID = "HalfCheetah-v5"
+BINS = 11
+#: SB3's PPO defaults, spelled out so a change of theirs does not move the figure silently.
+DEFAULTS: dict[str, Any] = {"n_steps": 2048, "batch_size": 64, "n_epochs": 10}
+
+
+def make_env() -> Any:
+    import gymnasium
+
+    from esper.wrappers import DiscretizeActions
+
+    return DiscretizeActions(gymnasium.make(ENV_ID), BINS)
+
+
+class TrainSide:
+    """A timed `train()` on a filled rollout buffer, from one restored state."""
+
+    def __init__(
+        self, cls: type, run_root: Path | None, sizes: dict[str, Any], learn: dict[str, Any]
+    ) -> None:
+        extra = {} if run_root is None else {"run_dir": run_root / "learn"}
+        self.model = cls("MlpPolicy", make_env(), seed=SEED, **sizes, **extra)
+        self.model.learn(sizes["n_steps"], **learn)  # fills the buffer, one update
+        policy = self.model.policy
+        self.state = copy.deepcopy((policy.state_dict(), policy.optimizer.state_dict()))
+        if run_root is not None:  # record every timed update, as learn() would
+            self.model.run_dir = run_root / "timed"
+            self.model.start_run()
+
+    def __call__(self) -> float:
+        weights, optimizer = copy.deepcopy(self.state)
+        self.model.policy.load_state_dict(weights)
+        self.model.policy.optimizer.load_state_dict(optimizer)
+        return timed(self.model.train)()
+
+    def close(self) -> None:
+        end = getattr(self.model, "end_run", None)
+        if end is not None:
+            end()
+
+
+def measure(
+    plain: type, per_head: type, sizes: dict[str, Any], rounds: int, repeats: int, **learn: Any
+) -> dict:
+    """Interleaved update timings of one pair; the per-round ratio per_head / plain."""
+    with tempfile.TemporaryDirectory(prefix="bench_sb3_") as tmp:
+        sides = {
+            "plain": TrainSide(plain, None, sizes, learn),
+            "per_head": TrainSide(per_head, Path(tmp), sizes, learn),
+        }
+        try:
+            samples = interleaved(dict(sides), rounds, warmup=1, repeats=repeats)
+        finally:
+            for side in sides.values():
+                side.close()
+    return {
+        "ratio": spread(paired_ratios(samples["per_head"], samples["plain"])),
+        "plain_seconds": spread(samples["plain"]),
+        "per_head_seconds": spread(samples["per_head"]),
+        "samples": samples,
+    }
+
+
+def run(quick: bool) -> Section:
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO
+
+    from esper.integrations.sb3 import PerHeadMaskablePPO, PerHeadPPO
+
+    rounds, repeats = (3, 2) if quick else (8, 2)
+    sizes = {**DEFAULTS, "n_epochs": 2} if quick else DEFAULTS
+    load = {"before": load_average()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pairs: dict[str, Callable[[], dict]] = {
+            "ppo": lambda: measure(PPO, PerHeadPPO, sizes, rounds, repeats),
+            "maskable": lambda: measure(
+                MaskablePPO, PerHeadMaskablePPO, sizes, rounds, repeats, use_masking=False
+            ),
+        }
+        results = {name: fn() for name, fn in pairs.items()}
+    load["after"] = load_average()
+    rows = [
+        Row(
+            "sb3_per_head_update_ratio",
+            "SB3 PPO update wall time, PerHeadPPO / PPO (HalfCheetah, 6 heads)",
+            results["ppo"]["ratio"],
+            "x",
+            TARGET,
+            higher_is_better=False,
+        ),
+        Row(
+            "sb3_maskable_per_head_update_ratio",
+            "MaskablePPO update wall time, PerHeadMaskablePPO / MaskablePPO",
+            results["maskable"]["ratio"],
+            "x",
+            TARGET,
+            higher_is_better=False,
+        ),
+    ]
+    raw = {
+        "env": ENV_ID,
+        "bins": BINS,
+        **sizes,
+        "rounds": rounds,
+        "repeats": repeats,
+        "load_average": load,
+        **{
+            name: {
+                key: value.as_dict() if hasattr(value, "as_dict") else value
+                for key, value in result.items()
+            }
+            for name, result in results.items()
+        },
+    }
+    return Section("sb3_overhead", rows, raw)
