@@ -235,6 +235,53 @@ def test_training_error_is_recorded(tmp_path: Path) -> None:
     assert last.event_type is EventType.TRAINING_FAILED
 
 
+def test_dict_observations_use_the_dict_buffer(tmp_path: Path) -> None:
+    def make_dict_env() -> Any:
+        def dict_env() -> gymnasium.Env:
+            env = TwoHeadPendulum()
+            space = gymnasium.spaces.Dict({"state": env.observation_space})
+            return gymnasium.wrappers.TransformObservation(env, lambda o: {"state": o}, space)
+
+        return make_vec_env(dict_env, n_envs=2, seed=0)
+
+    seen: list[Any] = []
+
+    def relevance(obs: Any, actions: torch.Tensor) -> torch.Tensor:
+        seen.append(obs)
+        return torch.ones_like(actions, dtype=torch.bool)
+
+    reference = PPO("MultiInputPolicy", make_dict_env(), **SIZES)
+    reference.learn(2 * SIZES["n_steps"] * 2)
+    model = PerHeadPPO(
+        "MultiInputPolicy",
+        make_dict_env(),
+        run_dir=tmp_path / "run",
+        relevance_fn=relevance,
+        **SIZES,
+    )
+    model.learn(2 * SIZES["n_steps"] * 2)
+    for name, tensor in reference.policy.state_dict().items():
+        assert torch.equal(model.policy.state_dict()[name], tensor), name
+    assert len(update_events(tmp_path / "run")) == 2
+    assert isinstance(seen[0], dict) and seen[0]["state"].shape == (32, 3)
+
+
+def test_kl_early_stop_is_recorded_with_the_minibatch_that_stopped_it(tmp_path: Path) -> None:
+    """SB3 evaluates the minibatch whose KL stops the update, then takes no step with it."""
+    model = PerHeadPPO(
+        "MlpPolicy", make_env(), run_dir=tmp_path / "run", **{**SIZES, "target_kl": 1e-9}
+    )
+    spy = MinibatchSpy(model, PPO("MlpPolicy", make_env(), **SIZES))
+    model.learn(SIZES["n_steps"] * 2)
+    (update,) = update_events(tmp_path / "run")
+    assert update.stats.early_stopped and update.stats.epochs_run == 1
+    assert update.stats.minibatches_run == len(spy.rows) == 2  # 1st: KL 0, 2nd: KL > 0
+    new = torch.cat([r[0] for r in spy.rows]).double()
+    old = torch.cat([r[1] for r in spy.rows]).double()
+    expected = math.exp(float((new - old)[:, 0].max()))
+    assert update.heads["a0"].ratio_max == pytest.approx(expected, rel=1e-6)
+
+
 @pytest.mark.parametrize("cls", [PerHeadPPO, PerHeadMaskablePPO])
 def test_unsupported_spaces_and_names_fail_at_construction(tmp_path: Path, cls: type) -> None:
     with pytest.raises(ValueError, match="DiscretizeActions"):
@@ -288,26 +335,42 @@ def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def sb3_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def sb3_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+    """A recorded SB3 run and the number of updates SB3 ran in it."""
     run = tmp_path_factory.mktemp("sb3") / "run"
     model = PerHeadPPO("MlpPolicy", make_env(), run_dir=run, head_names=HEADS, **SIZES)
     model.learn(3 * SIZES["n_steps"] * 2)
-    return run
+    return run, model._n_updates // SIZES["n_epochs"]
 
 
 @CLI_PENDING
-def test_query_counts_the_updates_sb3_ran(sb3_run: Path) -> None:
+def test_query_counts_the_updates_sb3_ran(sb3_run: tuple[Path, int]) -> None:
     pytest.importorskip("duckdb")
-    done = _run_cli(["esper", "query", str(sb3_run), "select count(*) from ppo_updates"], sb3_run)
+    run, updates = sb3_run
+    sql = "select count(*) as n from ppo_updates"
+    done = _run_cli(["esper", "query", str(run), sql, "--csv"], run)
     assert done.returncode == 0, done.stderr
-    assert "3" in done.stdout.split()
+    assert done.stdout.split() == ["n", str(updates)]
 
 
 @CLI_PENDING
-def test_sanctum_screenshot_shows_the_runs_head_names(sb3_run: Path, tmp_path: Path) -> None:
+def test_sanctum_screenshot_shows_the_runs_head_names(
+    sb3_run: tuple[Path, int], tmp_path: Path
+) -> None:
+    run, _ = sb3_run
     svg = tmp_path / "shot.svg"
-    done = _run_cli(["sanctum", str(sb3_run), "--screenshot", str(svg)], sb3_run)
+    done = _run_cli(["sanctum", str(run), "--screenshot", str(svg)], run)
     assert done.returncode == 0, done.stderr
     text = svg.read_text(encoding="utf-8")
     assert "torque" in text and "gain" in text
-    assert "blueprint" not in text  # esper's own heads are not invented for an SB3 run
+
+
+@CLI_PENDING
+def test_report_plots_the_runs_heads(sb3_run: tuple[Path, int], tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    run, _ = sb3_run
+    out = tmp_path / "report.html"
+    done = _run_cli(["esper", "report", str(run), "--out", str(out)], run)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text(encoding="utf-8")
+    assert "torque" in text and "gain" in text
