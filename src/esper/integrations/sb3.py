@@ -20,6 +20,7 @@ One `learn()` call records one run directory (default `runs/<run-id>`, see `run_
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -74,6 +75,7 @@ class _HeadTap:
         self.entropy: Tensor | None = None
         self.log_probs_seen = 0
         self.entropies_seen = 0
+        self.unpaired = 0  # minibatches left out: their evaluation could not be told apart
         self._pending: tuple[Tensor, Tensor | None, int, int] | None = None
 
     def saw_log_prob(self, per_head: Tensor) -> None:
@@ -99,7 +101,16 @@ class _HeadTap:
         old, relevant, _, entropies_seen = pending
         new = self.log_prob
         assert new is not None
-        if new.shape != old.shape:  # not this minibatch's evaluation: nothing to pair it with
+        if new.shape != old.shape:  # the policy's last evaluation was not of this minibatch
+            self.unpaired += 1
+            if self.unpaired == 1:
+                warnings.warn(
+                    "per-head telemetry: a minibatch's evaluation could not be identified "
+                    "(was evaluate_actions called on other data during train()?); such "
+                    "minibatches are left out of the per-head statistics",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
             return
         entropy = self.entropy if self.entropies_seen > entropies_seen else None
         if entropy is not None and entropy.shape != new.shape:
@@ -235,7 +246,8 @@ class _PerHeadBuffer:
         self.head_log_probs = np.zeros(shape, dtype=np.float32)
         self.head_relevant = None
         self._heads_flat = False
-        self._log_probs_added = getattr(self, "tap", _HeadTap()).log_probs_seen
+        tap: _HeadTap | None = getattr(self, "tap", None)  # None while the library builds us
+        self._log_probs_added = 0 if tap is None else tap.log_probs_seen
 
     def add(self, *args: Any, **kwargs: Any) -> None:
         tap = self.tap
