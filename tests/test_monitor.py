@@ -163,6 +163,9 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
         HeadRatioMonitor(tmp_path / "s", ["bad name"])
     with pytest.raises(ValueError, match="already holds a recorded run"):
         HeadRatioMonitor(tmp_path / "r", ["a"])
+    with pytest.raises(ValueError, match="expected a JSON value"):
+        HeadRatioMonitor(tmp_path / "t", ["a"], config={"where": tmp_path})
+    assert not (tmp_path / "t").exists()  # refused before anything was written
 
 
 def test_open_run_defaults_to_runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,20 +135,19 @@ class HeadRatioMonitor:
             "explosion_threshold": self.explosion_threshold,
             **(config or {}),
         }
-        self._run = open_run(run_dir, settings)
         sizes = self.head_sizes or (0,) * len(self.head_names)  # 0: size not declared
-        self._run.emitter.emit(
-            TrainingStarted(
-                config=settings,
-                task=task,
-                head_names=list(self.head_names),
-                head_sizes=dict(zip(self.head_names, sizes, strict=True)),
-                episodes_total=episodes_total,
-                n_envs=n_envs,
-                device=device,
-                esper_version=__version__,
-            )
+        started = TrainingStarted(  # checked (a config that is not JSON, ...) before any file
+            config=settings,
+            task=task,
+            head_names=list(self.head_names),
+            head_sizes=dict(zip(self.head_names, sizes, strict=True)),
+            episodes_total=episodes_total,
+            n_envs=n_envs,
+            device=device,
+            esper_version=__version__,
         )
+        self._run = open_run(run_dir, started.config)
+        self._run.emitter.emit(started)
 
     @property
     def run_dir(self) -> Path:
