@@ -102,7 +102,8 @@ class HeadRatioMonitor:
     per update. `head_names` may be a mapping of name -> number of values; with the
     sizes known, per-head entropies (given to `observe` in nats) are normalised by
     ln(size) as everywhere in esper (1 = uniform). `clip_eps` may be changed between
-    updates (a clip schedule); it is read at `end_update`.
+    updates (a clip schedule); it is read at `end_update`. As a context manager, leaving
+    the block records how the run ended: finished, interrupted (Ctrl-C) or failed.
     """
 
     def __init__(
