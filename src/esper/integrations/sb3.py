@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,23 +61,34 @@ from esper.telemetry.heads import HEAD_STATS, check_head_names
 RelevanceFn = Callable[[Any, Tensor], Tensor]
 
 
+@dataclass(frozen=True)
+class _Minibatch:
+    """One evaluated minibatch: the policy's per-head values and the buffer rows they are of."""
+
+    log_prob: Tensor  # [batch, heads], new
+    entropy: Tensor | None  # [batch, heads], nats
+    rows: np.ndarray  # indices into the flattened rollout buffer
+
+
 class _HeadTap:
     """Where the distribution, the buffer and the algorithm meet, once per minibatch.
 
     The distribution leaves its latest per-head log-probs and entropies here; the buffer
-    announces each minibatch's rollout-time log-probs and relevance. A minibatch is
-    handed to the monitor when the next one starts or the update ends, with the log-probs
-    the policy computed for it (SB3 evaluates each minibatch once).
+    announces which rows each minibatch holds. A minibatch is paired with the log-probs
+    the policy computed for it (SB3 evaluates each minibatch once) when the next one
+    starts or the update ends; the update then gathers every minibatch's rollout-time
+    rows at once. Per minibatch this costs a few references, no tensor operation.
     """
 
     def __init__(self) -> None:
-        self.monitor: HeadRatioMonitor | None = None
+        self.recording = False
         self.log_prob: Tensor | None = None
         self.entropy: Tensor | None = None
         self.log_probs_seen = 0
         self.entropies_seen = 0
         self.unpaired = 0  # minibatches left out: their evaluation could not be told apart
-        self._pending: tuple[Tensor, Tensor | None, int, int] | None = None
+        self.minibatches: list[_Minibatch] = []
+        self._pending: tuple[np.ndarray, int, int] | None = None
 
     def saw_log_prob(self, per_head: Tensor) -> None:
         self.log_prob = per_head.detach()
@@ -86,22 +98,22 @@ class _HeadTap:
         self.entropy = per_head.detach()
         self.entropies_seen += 1
 
-    def begin_minibatch(self, old: Tensor, relevant: Tensor | None) -> None:
-        """A minibatch is about to be evaluated: hand over the previous one first."""
-        if self.monitor is None:
+    def begin_minibatch(self, rows: np.ndarray) -> None:
+        """A minibatch of these buffer rows is about to be evaluated."""
+        if not self.recording:
             return
         self.flush()
-        self._pending = (old, relevant, self.log_probs_seen, self.entropies_seen)
+        self._pending = (rows, self.log_probs_seen, self.entropies_seen)
 
     def flush(self) -> None:
-        """Give the pending minibatch to the monitor if the policy evaluated it."""
+        """Keep the pending minibatch with its evaluation, if the policy evaluated it."""
         pending, self._pending = self._pending, None
-        if pending is None or self.monitor is None or self.log_probs_seen == pending[2]:
+        if pending is None or self.log_probs_seen == pending[1]:
             return
-        old, relevant, _, entropies_seen = pending
+        rows, _, entropies_seen = pending
         new = self.log_prob
         assert new is not None
-        if new.shape != old.shape:  # the policy's last evaluation was not of this minibatch
+        if new.shape[0] != len(rows):  # the policy's last evaluation was not of these rows
             self.unpaired += 1
             if self.unpaired == 1:
                 warnings.warn(
@@ -115,7 +127,13 @@ class _HeadTap:
         entropy = self.entropy if self.entropies_seen > entropies_seen else None
         if entropy is not None and entropy.shape != new.shape:
             entropy = None
-        self.monitor.observe(new, old, relevant, entropy)
+        self.minibatches.append(_Minibatch(new, entropy, rows))
+
+    def take(self) -> list[_Minibatch]:
+        """The minibatches of the update just run (and forget them)."""
+        self.flush()
+        taken, self.minibatches = self.minibatches, []
+        return taken
 
 
 # --------------------------------------------------------------------------- distributions
@@ -289,12 +307,15 @@ class _PerHeadBuffer:
         samples = super()._get_samples(batch_inds, env)  # type: ignore[misc]
         if not self._heads_flat:
             self._prepare_heads()
-        relevant = None if self.head_relevant is None else self.head_relevant[batch_inds]
-        self.tap.begin_minibatch(
-            self.to_torch(self.head_log_probs[batch_inds]),  # type: ignore[attr-defined]
-            None if relevant is None else torch.as_tensor(relevant, device=samples.actions.device),
-        )
+        self.tap.begin_minibatch(batch_inds)
         return samples
+
+    def rollout_rows(self, rows: np.ndarray) -> tuple[Tensor, Tensor | None]:
+        """Rollout-time per-head log-probs and relevance of these rows, on the device."""
+        old = self.to_torch(self.head_log_probs[rows])  # type: ignore[attr-defined]
+        if self.head_relevant is None:
+            return old, None
+        return old, torch.as_tensor(self.head_relevant[rows], device=old.device)
 
 
 class _PerHeadMaskableBuffer(_PerHeadBuffer):
@@ -461,14 +482,15 @@ class _PerHeadAlgorithm:
                 "directory, or to None for runs/<run-id>)"
             ) from None
         self._monitor = monitor
-        self._head_tap.monitor = monitor
+        self._head_tap.recording = True
         self.recorded_run_dir = monitor.run_dir
         return monitor
 
     def end_run(self, error: BaseException | None = None, *, interrupted: bool = False) -> None:
         """Record how the run ended and close its files (nothing when none is open)."""
         monitor, self._monitor = self._monitor, None
-        self._head_tap.monitor = None
+        self._head_tap.recording = False
+        self._head_tap.take()  # an update cut short by an error is not recorded
         if monitor is not None:
             monitor.close(error, interrupted=interrupted)
 
@@ -495,11 +517,20 @@ class _PerHeadAlgorithm:
             return
         epochs_before = s._n_updates
         super().train()  # type: ignore[misc]
-        tap.flush()
+        minibatches = tap.take()
+        if minibatches:  # every minibatch's rollout-time rows, gathered at once
+            rows = np.concatenate([m.rows for m in minibatches])
+            old, relevant = self.rollout_buffer.rollout_rows(rows)  # type: ignore[attr-defined]
+            entropies = [m.entropy for m in minibatches]
+            monitor.observe(
+                torch.cat([m.log_prob for m in minibatches]),
+                old,
+                relevant,
+                None if any(e is None for e in entropies) else torch.cat(entropies),  # type: ignore[arg-type]
+            )
         logged = s.logger.name_to_value
         samples = s.n_steps * s.n_envs
         expected = s.n_epochs * math.ceil(samples / s.batch_size)
-        observed = monitor.minibatches_pending
         monitor.clip_eps = float(s.clip_range(s._current_progress_remaining))
         episodes = [info["r"] for info in s.ep_info_buffer or ()]
         stats = monitor.end_update(
@@ -510,7 +541,8 @@ class _PerHeadAlgorithm:
             clip_fraction=float(logged["train/clip_fraction"]),
             explained_variance=float(logged["train/explained_variance"]),
             epochs_run=s._n_updates - epochs_before,
-            early_stopped=observed < expected,
+            minibatches_run=len(minibatches),
+            early_stopped=len(minibatches) < expected,
         )
         for name, head in stats.heads.items():
             for stat in HEAD_STATS:
