@@ -27,8 +27,9 @@ def load(name: str) -> ModuleType:
 
 @pytest.mark.parametrize("name", ["sb3_multidiscrete", "cleanrl_style_ppo"])
 def test_example_records_a_run_with_the_joints_as_heads(
-    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
     if name == "sb3_multidiscrete":
         pytest.importorskip("stable_baselines3")
     run = tmp_path / "run"
