@@ -396,10 +396,6 @@ class _PerHeadAlgorithm:
             raise ValueError(f"{len(sizes)} action heads but {len(names)} head_names")
         self.head_names = check_head_names(names)
         self.head_sizes = sizes
-        if not hasattr(self, "_head_tap"):  # a model being loaded
-            self._head_tap = _HeadTap()
-            self._monitor = None
-            self._requested_run_dir = None
         chosen = self.rollout_buffer_class  # type: ignore[has-type]
         if chosen is not None and chosen not in self._BUFFERS:
             raise ValueError(
@@ -516,6 +512,7 @@ class _PerHeadAlgorithm:
             super().train()  # type: ignore[misc]
             return
         epochs_before = s._n_updates
+        self.rollout_buffer.relevance_fn = self.relevance_fn  # type: ignore[attr-defined]
         super().train()  # type: ignore[misc]
         minibatches = tap.take()
         if minibatches:  # every minibatch's rollout-time rows, gathered at once
