@@ -151,6 +151,7 @@ def train(
                 for i in np.flatnonzero(terminated | truncated):
                     returns_seen.append(float(episode_return[i]))
                     episode_return[i] = 0.0
+                    monitor.episodes += 1
             with torch.no_grad():
                 last_value = policy.value(torch.as_tensor(obs_np, dtype=torch.float32))
             adv, ret = advantages_and_returns(rewards, values, dones, last_value, s)

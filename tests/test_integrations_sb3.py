@@ -209,17 +209,22 @@ def test_per_head_numbers_reach_the_sb3_logger(tmp_path: Path) -> None:
 def test_run_records_sb3_settings_and_ends(tmp_path: Path) -> None:
     model = PerHeadPPO("MlpPolicy", make_env(), run_dir=tmp_path / "run", **SIZES)
     model.learn(SIZES["n_steps"] * 2)
-    kinds = [e.event_type for e in read_events(tmp_path / "run" / "events.jsonl")]
+    events = list(read_events(tmp_path / "run" / "events.jsonl"))
+    kinds = [e.event_type for e in events]
     assert kinds[0] is EventType.TRAINING_STARTED and kinds[-1] is EventType.TRAINING_FINISHED
+    assert events[-1].payload.updates == 1
+    assert events[-1].payload.episodes == 0  # 16 steps of 50-step episodes: none ended
     started = next(iter(read_events(tmp_path / "run" / "events.jsonl"))).payload
     assert started.head_names == ["a0", "a1"] and started.head_sizes == {"a0": 5, "a1": 3}
     assert started.config["n_steps"] == 16 and started.config["algorithm"] == "PerHeadPPO"
     with pytest.raises(ValueError, match="each learn\\(\\) records one run"):
         model.learn(SIZES["n_steps"] * 2)  # the directory now holds a run
     model.run_dir = tmp_path / "second"
-    model.learn(SIZES["n_steps"] * 2)
+    model.learn(4 * SIZES["n_steps"] * 2)  # 64 steps in each of 2 envs: one episode each
     assert model.recorded_run_dir == tmp_path / "second"
-    assert len(update_events(tmp_path / "second")) == 1
+    assert len(update_events(tmp_path / "second")) == 4
+    finished = list(read_events(tmp_path / "second" / "events.jsonl"))[-1].payload
+    assert finished.episodes == 2
 
 
 def test_training_error_is_recorded(tmp_path: Path) -> None:

@@ -44,6 +44,7 @@ def test_one_update_known_answer(tmp_path: Path) -> None:
         # log-ratios: x = [0.4], y irrelevant (its 5.0 must not count)
         monitor.observe(t([[-0.6, 3.0]]), t([[-1.0, -2.0]]), relevant=torch.tensor([[True, False]]))
         stats = monitor.end_update(policy_loss=0.25)
+        monitor.episodes = 3
     x, y = stats.heads["x"], stats.heads["y"]
     assert x.ratio_max == pytest.approx(math.exp(0.4), rel=1e-6)
     assert x.ratio_min == pytest.approx(math.exp(-0.5), rel=1e-6)
@@ -69,6 +70,7 @@ def test_one_update_known_answer(tmp_path: Path) -> None:
     assert update.update_index == 0 and update.heads == stats.heads
     (finished,) = of_type(run, EventType.TRAINING_FINISHED)
     assert isinstance(finished, TrainingFinished) and finished.updates == 1
+    assert finished.episodes == 3
 
 
 def test_nonfinite_samples_are_counted_not_used(tmp_path: Path) -> None:

@@ -129,6 +129,8 @@ class HeadRatioMonitor:
         self.explosion_threshold = float(explosion_threshold)
         self._parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
         self._updates = 0
+        #: Episodes the loop finished, if it counts them (reported when the run ends).
+        self.episodes = 0
         self._started = time.monotonic()
         self._closed = False
         settings = {
@@ -300,7 +302,7 @@ class HeadRatioMonitor:
             else:
                 emitter.emit(
                     TrainingFinished(
-                        episodes=0,
+                        episodes=self.episodes,
                         updates=self._updates,
                         wall_seconds=time.monotonic() - self._started,
                         run_dir=str(self.run_dir),

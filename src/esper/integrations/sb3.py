@@ -411,6 +411,12 @@ class _PerHeadAlgorithm:
         buffer._log_probs_added = self._head_tap.log_probs_seen
         _record_heads(self.policy, self._head_tap)  # type: ignore[attr-defined]
 
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: Any = None) -> None:
+        """The library's episode bookkeeping; also counts the run's finished episodes."""
+        if self._monitor is not None:
+            self._monitor.episodes += sum("episode" in info for info in infos)
+        super()._update_info_buffer(infos, dones)  # type: ignore[misc]
+
     def _excluded_save_params(self) -> list[str]:
         return [*super()._excluded_save_params(), *self._ESPER_EXCLUDED]  # type: ignore[misc]
 
