@@ -289,8 +289,9 @@ def test_kl_early_stop_is_recorded_with_the_minibatch_that_stopped_it(tmp_path: 
 
 @pytest.mark.parametrize("cls", [PerHeadPPO, PerHeadMaskablePPO])
 def test_unsupported_spaces_and_names_fail_at_construction(tmp_path: Path, cls: type) -> None:
-    with pytest.raises(ValueError, match="DiscretizeActions"):
-        cls("MlpPolicy", gymnasium.make("Pendulum-v1"), run_dir=tmp_path / "r")
+    for env in (gymnasium.make("Pendulum-v1"), "Pendulum-v1"):
+        with pytest.raises(ValueError, match="DiscretizeActions"):
+            cls("MlpPolicy", env, run_dir=tmp_path / "r")
     with pytest.raises(ValueError, match="2 action heads but 1 head_names"):
         cls("MlpPolicy", make_env(), head_names=["only"])
     with pytest.raises(ValueError, match="head name"):

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -352,6 +353,20 @@ def _schedule_value(value: Any) -> float | str:
     return float(value)
 
 
+def _check_env(env: Any) -> None:
+    """Refuse an unsupported action space before the library's own, terser, checks."""
+    if env is None:
+        return
+    if isinstance(env, str):  # the library will make it; a throwaway copy tells the space
+        probe = gymnasium.make(env)
+        try:
+            _head_sizes(probe.action_space)
+        finally:
+            probe.close()
+        return
+    _head_sizes(env.action_space)
+
+
 class _PerHeadAlgorithm:
     """The per-head telemetry shared by `PerHeadPPO` and `PerHeadMaskablePPO`."""
 
@@ -367,9 +382,7 @@ class _PerHeadAlgorithm:
         explosion_threshold: float = DEFAULT_EXPLOSION_THRESHOLD,
         **kwargs: Any,
     ) -> None:
-        env = kwargs.get("env", args[1] if len(args) > 1 else None)
-        if env is not None and not isinstance(env, str):  # before the library's own checks
-            _head_sizes(env.action_space)
+        _check_env(kwargs.get("env", args[1] if len(args) > 1 else None))
         # Set before the library's __init__, which builds the model (`_setup_model`).
         self._requested_run_dir = None if run_dir is None else Path(run_dir)
         self.head_names = None if head_names is None else tuple(head_names)
