@@ -227,6 +227,19 @@ def test_run_records_sb3_settings_and_ends(tmp_path: Path) -> None:
     assert finished.episodes == 2
 
 
+def test_learn_without_reset_continues_the_run(tmp_path: Path) -> None:
+    model = PerHeadPPO("MlpPolicy", make_env(), run_dir=tmp_path / "run", **SIZES)
+    model.learn(SIZES["n_steps"] * 2)
+    model.learn(2 * SIZES["n_steps"] * 2, reset_num_timesteps=False)
+    assert model.recorded_run_dir == tmp_path / "run"
+    seen = list(read_events(tmp_path / "run" / "events.jsonl"))
+    assert [e.seq for e in seen] == list(range(len(seen)))
+    assert [u.update_index for u in update_events(tmp_path / "run")] == [0, 1, 2]
+    restarted = [e.payload for e in seen if e.event_type is EventType.TRAINING_STARTED]
+    assert [p.resumed_from_update for p in restarted] == [None, 1]
+    assert seen[-1].payload.updates == 3
+
+
 def test_training_error_is_recorded(tmp_path: Path) -> None:
     def broken(obs: Any, actions: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("relevance exploded")

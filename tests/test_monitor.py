@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -168,6 +169,38 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="expected a JSON value"):
         HeadRatioMonitor(tmp_path / "t", ["a"], config={"where": tmp_path})
     assert not (tmp_path / "t").exists()  # refused before anything was written
+
+
+def test_reopen_continues_the_run_and_its_numbering(tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    with HeadRatioMonitor(run, ["a"], config={"lr": 0.1}) as first:
+        first.observe(t([[0.5]]), t([[0.0]]))
+        first.end_update()
+        first.episodes = 2
+    with first.reopen() as second:
+        second.observe(t([[0.1]]), t([[0.0]]))
+        second.end_update()
+        second.episodes += 1
+    seen = events(run)
+    assert [e.seq for e in seen] == list(range(len(seen)))
+    assert {e.run_id for e in seen} == {first.run_id}
+    kinds = [e.event_type for e in seen]
+    assert kinds == [
+        EventType.TRAINING_STARTED,
+        EventType.PPO_UPDATE_COMPLETED,
+        EventType.TRAINING_FINISHED,
+        EventType.TRAINING_STARTED,
+        EventType.PPO_UPDATE_COMPLETED,
+        EventType.TRAINING_FINISHED,
+    ]
+    assert seen[3].payload.resumed_from_update == 1
+    assert seen[3].payload.config == seen[0].payload.config
+    assert [e.payload.update_index for e in seen if e.event_type is kinds[1]] == [0, 1]
+    assert seen[-1].payload.updates == 2 and seen[-1].payload.episodes == 3
+    info = json.loads((run / "run.json").read_text())
+    assert len(info["resumed_at"]) == 1
+    with pytest.raises(RuntimeError, match="close"):
+        second.reopen().reopen()
 
 
 def test_open_run_defaults_to_runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -14,6 +14,8 @@ reads the result with a single device->host transfer.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import secrets
 import time
@@ -33,7 +35,7 @@ from esper.telemetry.contracts import TrainingFailed, TrainingFinished, Training
 from esper.telemetry.emitter import TelemetryEmitter, emit_update
 from esper.telemetry.heads import UPDATE_SCALARS, HeadStats, UpdateStats, check_head_names
 from esper.telemetry.hub import TelemetryHub
-from esper.telemetry.recorder import EVENTS_FILE, RunRecorder
+from esper.telemetry.recorder import EVENTS_FILE, RunRecorder, read_events
 
 #: The joint ratio max above which an update carries an explosion report (as esper's PPO).
 DEFAULT_EXPLOSION_THRESHOLD = 2.0
@@ -55,16 +57,34 @@ def new_run_id(now: datetime | None = None) -> str:
     return f"{stamp}-{secrets.token_hex(2)}"
 
 
-def open_run(run_dir: Path | str | None, config: Mapping[str, Any]) -> OpenRun:
+def open_run(
+    run_dir: Path | str | None, config: Mapping[str, Any], *, continue_run: bool = False
+) -> OpenRun:
     """Create a fresh run directory (default `runs/<run-id>`) and start recording into it.
 
     The one place where a library user's run directory is opened, with the refusals of
-    `esper ppo` (a directory already holding a run, a file in the way). Raises
-    ValueError with a one-line reason; nothing is written then.
+    `esper ppo` (a directory already holding a run, a file in the way). With
+    `continue_run` the directory must hold a run instead, and recording appends to it
+    with its run id, sequence numbers and update indices going on (as `esper ppo
+    --resume` does). Raises ValueError with a one-line reason; nothing is written then.
     """
-    run_id = new_run_id()
-    path = Path("runs") / run_id if run_dir is None else Path(run_dir)
+    path = Path("runs") / new_run_id() if run_dir is None else Path(run_dir)
     events = path / EVENTS_FILE
+    if continue_run:
+        if events.is_symlink() or not events.is_file():
+            raise ValueError(f"{path} holds no recorded run to continue")
+        run_id, last_seq, last_update = path.name, -1, -1
+        for event in read_events(events):
+            run_id, last_seq = event.run_id, max(last_seq, event.seq)
+            index = getattr(event.payload, "update_index", None)
+            if isinstance(index, int):
+                last_update = max(last_update, index)
+        hub = TelemetryHub()
+        hub.add_backend(RunRecorder(path, config=dict(config), run_id=run_id))
+        emitter = TelemetryEmitter(
+            hub, run_id=run_id, start_seq=last_seq + 1, start_update_index=last_update + 1
+        )
+        return OpenRun(path, run_id, hub, emitter)
     if events.exists() or events.is_symlink():
         raise ValueError(f"{path} already holds a recorded run; choose another run directory")
     if path.exists() and not path.is_dir():
@@ -73,6 +93,7 @@ def open_run(run_dir: Path | str | None, config: Mapping[str, Any]) -> OpenRun:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ValueError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
+    run_id = path.name if run_dir is None else new_run_id()
     hub = TelemetryHub()
     hub.add_backend(RunRecorder(path, config=dict(config), run_id=run_id))
     return OpenRun(path, run_id, hub, TelemetryEmitter(hub, run_id=run_id))
@@ -149,8 +170,27 @@ class HeadRatioMonitor:
             device=device,
             esper_version=__version__,
         )
+        self._start = started
         self._run = open_run(run_dir, started.config)
         self._run.emitter.emit(started)
+
+    def reopen(self) -> HeadRatioMonitor:
+        """A monitor that continues this closed run in the same directory.
+
+        The run's numbering goes on, its start event is repeated with
+        `resumed_from_update`, and the update and episode counts carry over (this is what
+        an SB3 `learn(reset_num_timesteps=False)` records).
+        """
+        if not self._closed:
+            raise RuntimeError("reopen() continues a closed run; close() it first")
+        again = copy.copy(self)
+        again._parts, again._closed, again._started = [], False, time.monotonic()
+        again._run = open_run(self.run_dir, self._start.config, continue_run=True)
+        resumed = dataclasses.replace(
+            self._start, resumed_from_update=again._run.emitter.next_update_index
+        )
+        again._run.emitter.emit(resumed)
+        return again
 
     @property
     def run_dir(self) -> Path:

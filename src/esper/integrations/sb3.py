@@ -14,7 +14,8 @@ training maths (a test checks the parameters bit for bit against the plain class
   one host transfer, records the update in the run directory and the same numbers go to
   SB3's logger as `per_head/<stat>/<head>` (TensorBoard, CSV, stdout).
 
-One `learn()` call records one run directory (default `runs/<run-id>`, see `run_dir`).
+One `learn()` call records one run directory (default `runs/<run-id>`, see `run_dir`);
+`learn(reset_num_timesteps=False)` continues the previous one, as SB3's own logs do.
 """
 
 from __future__ import annotations
@@ -371,7 +372,12 @@ class _PerHeadAlgorithm:
     """The per-head telemetry shared by `PerHeadPPO` and `PerHeadMaskablePPO`."""
 
     _BUFFERS: ClassVar[tuple[type, type]]  # (flat observations, dict observations)
-    _ESPER_EXCLUDED: ClassVar[tuple[str, ...]] = ("_head_tap", "_requested_run_dir", "_monitor")
+    _ESPER_EXCLUDED: ClassVar[tuple[str, ...]] = (
+        "_head_tap",
+        "_requested_run_dir",
+        "_monitor",
+        "_last_monitor",
+    )
 
     def __init__(
         self,
@@ -391,6 +397,7 @@ class _PerHeadAlgorithm:
         self.recorded_run_dir: Path | None = None
         self._head_tap = _HeadTap()
         self._monitor: HeadRatioMonitor | None = None
+        self._last_monitor: HeadRatioMonitor | None = None  # closed; continued on request
         super().__init__(*args, **kwargs)
 
     @property
@@ -481,20 +488,27 @@ class _PerHeadAlgorithm:
             device=str(s.device),
         )
 
-    def start_run(self) -> HeadRatioMonitor:
+    def start_run(self, *, continue_last: bool = False) -> HeadRatioMonitor:
         """Open a run directory and record every `train()` into it until `end_run`.
 
         `learn()` does this itself; call it directly only to record updates run outside
-        `learn()` (e.g. timing `train()` on a filled buffer).
+        `learn()` (e.g. timing `train()` on a filled buffer). `continue_last` appends to
+        the run this model recorded last (unless `run_dir` now names another directory).
         """
         if self._monitor is not None:
             raise RuntimeError("a run is already being recorded; end_run() it first")
+        last = self._last_monitor
+        same_dir = self._requested_run_dir in (None, getattr(last, "run_dir", None))
         try:
-            monitor = self._open_monitor()
+            if continue_last and last is not None and same_dir:
+                monitor = last.reopen()
+            else:
+                monitor = self._open_monitor()
         except ValueError as exc:
             raise ValueError(
-                f"{exc} (each learn() records one run: set model.run_dir to a new "
-                "directory, or to None for runs/<run-id>)"
+                f"{exc} (each learn() records one run unless reset_num_timesteps=False "
+                "continues the last: set model.run_dir to a new directory, or to None for "
+                "runs/<run-id>)"
             ) from None
         self._monitor = monitor
         self._head_tap.recording = True
@@ -508,10 +522,16 @@ class _PerHeadAlgorithm:
         self._head_tap.take()  # an update cut short by an error is not recorded
         if monitor is not None:
             monitor.close(error, interrupted=interrupted)
+            self._last_monitor = monitor
 
     def learn(self, *args: Any, **kwargs: Any) -> Any:
-        """The library's `learn`, recorded as one run (see the module docstring)."""
-        self.start_run()
+        """The library's `learn`, recorded as one run (see the module docstring).
+
+        `reset_num_timesteps=False` (continuing training, as in the library) continues
+        the run directory of the previous `learn()` too.
+        """
+        reset = kwargs.get("reset_num_timesteps", args[4] if len(args) > 4 else True)
+        self.start_run(continue_last=not reset)
         try:
             result = super().learn(*args, **kwargs)  # type: ignore[misc]
         except KeyboardInterrupt:
