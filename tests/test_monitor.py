@@ -74,6 +74,17 @@ def test_one_update_known_answer(tmp_path: Path) -> None:
     assert finished.episodes == 3
 
 
+def test_scalars_may_be_numpy_or_tensor_numbers(tmp_path: Path) -> None:
+    with HeadRatioMonitor(tmp_path / "r", ["a"]) as monitor:
+        monitor.observe(t([[0.0]]), t([[0.0]]))
+        stats = monitor.end_update(
+            policy_loss=np.float32(0.5), value_loss=torch.tensor(2.0), epochs_run=np.int64(3)
+        )
+    assert (stats.policy_loss, stats.value_loss, stats.epochs_run) == (0.5, 2.0, 3)
+    (update,) = of_type(tmp_path / "r", EventType.PPO_UPDATE_COMPLETED)
+    assert update.stats.value_loss == 2.0
+
+
 def test_nonfinite_samples_are_counted_not_used(tmp_path: Path) -> None:
     with HeadRatioMonitor(tmp_path / "r", ["a", "b"]) as monitor:
         monitor.observe(t([[math.nan, -1.0], [-1.0, -1.0]]), t([[-1.0, -1.2], [-1.1, -1.0]]))

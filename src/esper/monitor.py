@@ -257,7 +257,9 @@ class HeadRatioMonitor:
         old = torch.cat([p[1] for p in parts]).to(new)
         relevant = torch.cat(
             [
-                torch.ones_like(p[0], dtype=torch.bool) if p[2] is None else p[2].to(torch.bool)
+                torch.ones_like(p[0], dtype=torch.bool)
+                if p[2] is None
+                else p[2].to(device=new.device, dtype=torch.bool)
                 for p in parts
             ]
         )
@@ -290,9 +292,10 @@ class HeadRatioMonitor:
         """Reduce the update's minibatches, record the PPO update event, return its stats.
 
         `scalars` are `UpdateStats` fields the loop measured itself (policy_loss,
-        value_loss, grad_norm, ...). Unless given: `clip_fraction` and `approx_kl` are
-        the joint ratio's, `entropy` the mean normalised head entropy, `minibatches_run`
-        the minibatches observed. One device->host transfer.
+        value_loss, grad_norm, ...), as Python, numpy or 0-d torch numbers. Unless given:
+        `clip_fraction` and `approx_kl` are the joint ratio's, `entropy` the mean
+        normalised head entropy, `minibatches_run` the minibatches observed. One
+        device->host transfer (plus one per 0-d tensor passed in `scalars`).
         """
         if self._closed:
             raise RuntimeError("end_update() after close()")
@@ -318,14 +321,15 @@ class HeadRatioMonitor:
         if self.head_sizes is not None and any(p[3] is not None for p in self._parts):
             measured["entropy"] = sum(h.entropy for h in heads.values()) / len(heads)
         explosion = reading.explosion(self.clip_eps, self.explosion_threshold)
-        update = UpdateStats(heads=heads, explosion=explosion, **{**measured, **scalars})
+        given = {name: _plain_number(value) for name, value in scalars.items()}
+        update = UpdateStats(heads=heads, explosion=explosion, **{**measured, **given})
         self._parts = []
         emit_update(
             self._run.emitter,
             update,
             batch=self._updates if batch is None else batch,
-            mean_return=_finite_or_none(mean_return),
-            host_accuracy=host_accuracy,
+            mean_return=_finite_or_none(_plain_number(mean_return)),
+            host_accuracy=_plain_number(host_accuracy),
         )
         self._updates += 1
         return update
@@ -365,6 +369,13 @@ class HeadRatioMonitor:
             self.close(interrupted=True)
         else:
             self.close(exc)
+
+
+def _plain_number(value: Any) -> Any:
+    """A numpy scalar or 0-d tensor as the Python number it holds; anything else as is."""
+    if isinstance(value, (bool, int, float)) or not hasattr(value, "item"):
+        return value
+    return value.item()
 
 
 def _finite_or_none(value: float | None) -> float | None:
