@@ -3,7 +3,7 @@
 The policy has one categorical head per action dimension of a discretised MuJoCo task
 (HalfCheetah: six joints, 11 torque levels each). Like most single-file PPOs it clips the
 joint ratio, the product of the heads' ratios; the monitor is told every minibatch's
-per-head log-probs (three added lines, marked `# esper`) and records which head moved.
+per-head log-probs (the lines marked `# esper`) and records which head moved.
 
     python examples/cleanrl_style_ppo.py                    # 8192 steps, 4 PPO updates
     python examples/cleanrl_style_ppo.py --env Pendulum-v1
@@ -151,7 +151,7 @@ def train(
                 for i in np.flatnonzero(terminated | truncated):
                     returns_seen.append(float(episode_return[i]))
                     episode_return[i] = 0.0
-                    monitor.episodes += 1
+                    monitor.episodes += 1  # esper: counted for the run's summary
             with torch.no_grad():
                 last_value = policy.value(torch.as_tensor(obs_np, dtype=torch.float32))
             adv, ret = advantages_and_returns(rewards, values, dones, last_value, s)
