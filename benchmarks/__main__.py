@@ -18,7 +18,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import memory, sanctum_load, scaling, telemetry_overhead, versus_sb3
+from benchmarks import memory, sanctum_load, sb3_overhead, scaling, telemetry_overhead, versus_sb3
 from benchmarks.common import Row, Section, load_average, machine_info, pin_threads
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -28,6 +28,7 @@ SECTIONS: dict[str, Callable[[bool], Section]] = {
     "sanctum_load": sanctum_load.run,
     "memory": memory.run,
     "scaling": scaling.run,
+    "sb3_overhead": sb3_overhead.run,
 }
 
 

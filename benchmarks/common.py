@@ -188,7 +188,7 @@ def machine_info() -> dict[str, Any]:
         "stable_baselines3": _version("stable-baselines3"),
         "gymnasium": _version("gymnasium"),
         "textual": _version("textual"),
-        "esper": _version("esper"),
+        "esper": _version("esper-ppo"),  # the distribution name of `import esper`
     }
 
 

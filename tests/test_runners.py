@@ -402,7 +402,7 @@ def test_ray_backend_without_ray_is_one_line_and_exit_2(
         cli.main(["ppo", "--backend", "ray", "--no-tui"])
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "install esper[ray]" in err[0]
+    assert len(err) == 1 and "install esper-ppo[ray]" in err[0]
     assert not (tmp_path / "runs").exists()  # refused before a run directory was made
 
 

@@ -94,12 +94,12 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
         "--tensorboard",
         type=Path,
         metavar="DIR",
-        help="also write TensorBoard scalars to DIR/<run-id> (esper[tensorboard])",
+        help="also write TensorBoard scalars to DIR/<run-id> (esper-ppo[tensorboard])",
     )
     p.add_argument(
         "--wandb",
         action="store_true",
-        help="also log an offline W&B run into the run directory (esper[wandb])",
+        help="also log an offline W&B run into the run directory (esper-ppo[wandb])",
     )
     p.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its checkpoint"
@@ -207,7 +207,7 @@ def prepare_run_dir(path: Path) -> NewRunDir:
 def _check_ray(config: TrainConfig) -> None:
     """The ray backend needs the optional extra; say so before any worker starts."""
     if config.backend == "ray" and importlib.util.find_spec("ray") is None:
-        raise UsageError("--backend ray needs Ray, which is not installed: install esper[ray]")
+        raise UsageError("--backend ray needs Ray, which is not installed: install esper-ppo[ray]")
 
 
 def _check_device(device: str) -> None:

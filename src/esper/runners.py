@@ -708,7 +708,7 @@ def import_ray() -> ModuleType:
     try:
         import ray
     except ImportError:
-        raise WorkerError("the ray backend needs Ray: install esper[ray]") from None
+        raise WorkerError("the ray backend needs Ray: install esper-ppo[ray]") from None
     return ray
 
 

@@ -1,0 +1,1 @@
+"""esper's per-head telemetry inside other people's PPO implementations."""

@@ -1,0 +1,383 @@
+"""Per-head ratio telemetry for a PPO loop esper did not write (TELE-151 for anyone).
+
+A hand-written factored PPO (one log-prob per action head, summed into the joint) hands
+`HeadRatioMonitor` each minibatch's new and rollout-time per-head log-probs; once per
+update the monitor reduces them exactly as esper's own PPO does (clamped log-ratios, max
+and min over every epoch and minibatch, non-finite samples left out and counted, the
+explosion attribution) and records one PPO update event in a run directory that
+`sanctum`, `esper report` and `esper query` read.
+
+`observe` only keeps references to the (detached) tensors, so it neither launches
+kernels nor waits for the device; `end_update` concatenates them, reduces once and
+reads the result with a single device->host transfer.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from esper import __version__
+from esper.ratio_stats import HeadRatioStats, log_ratios
+from esper.telemetry.contracts import TrainingFailed, TrainingFinished, TrainingStarted
+from esper.telemetry.emitter import TelemetryEmitter, emit_update
+from esper.telemetry.heads import UPDATE_SCALARS, HeadStats, UpdateStats, check_head_names
+from esper.telemetry.hub import TelemetryHub
+from esper.telemetry.recorder import EVENTS_FILE, RunRecorder, read_events
+
+#: The joint ratio max above which an update carries an explosion report (as esper's PPO).
+DEFAULT_EXPLOSION_THRESHOLD = 2.0
+
+
+@dataclass(frozen=True)
+class OpenRun:
+    """A run directory being recorded: where, under which id, and its telemetry door."""
+
+    run_dir: Path
+    run_id: str
+    hub: TelemetryHub
+    emitter: TelemetryEmitter
+
+
+def new_run_id(now: datetime | None = None) -> str:
+    """Sortable, collision-resistant run id: UTC time plus four random hex digits."""
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{secrets.token_hex(2)}"
+
+
+def open_run(
+    run_dir: Path | str | None, config: Mapping[str, Any], *, continue_run: bool = False
+) -> OpenRun:
+    """Create a fresh run directory (default `runs/<run-id>`) and start recording into it.
+
+    The one place where a library user's run directory is opened, with the refusals of
+    `esper ppo` (a directory already holding a run, a file in the way). With
+    `continue_run` the directory must hold a run instead, and recording appends to it
+    with its run id, sequence numbers and update indices going on (as `esper ppo
+    --resume` does). Raises ValueError with a one-line reason; nothing is written then.
+    """
+    path = Path("runs") / new_run_id() if run_dir is None else Path(run_dir)
+    events = path / EVENTS_FILE
+    if continue_run:
+        if events.is_symlink() or not events.is_file():
+            raise ValueError(f"{path} holds no recorded run to continue")
+        run_id, last_seq, last_update = path.name, -1, -1
+        for event in read_events(events):
+            run_id, last_seq = event.run_id, max(last_seq, event.seq)
+            index = getattr(event.payload, "update_index", None)
+            if isinstance(index, int):
+                last_update = max(last_update, index)
+        hub = TelemetryHub()
+        hub.add_backend(RunRecorder(path, config=dict(config), run_id=run_id))
+        emitter = TelemetryEmitter(
+            hub, run_id=run_id, start_seq=last_seq + 1, start_update_index=last_update + 1
+        )
+        return OpenRun(path, run_id, hub, emitter)
+    if events.exists() or events.is_symlink():
+        raise ValueError(f"{path} already holds a recorded run; choose another run directory")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
+    run_id = path.name if run_dir is None else new_run_id()
+    hub = TelemetryHub()
+    hub.add_backend(RunRecorder(path, config=dict(config), run_id=run_id))
+    return OpenRun(path, run_id, hub, TelemetryEmitter(hub, run_id=run_id))
+
+
+def _head_table(
+    head_names: Sequence[str] | Mapping[str, int], head_sizes: Sequence[int] | None
+) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
+    """Checked names and sizes (sizes from a name->size mapping or `head_sizes`)."""
+    if isinstance(head_names, Mapping):
+        if head_sizes is not None:
+            raise ValueError("give head sizes either in head_names or as head_sizes, not both")
+        head_sizes = list(head_names.values())
+    names = check_head_names(head_names)
+    if head_sizes is None:
+        return names, None
+    sizes = tuple(int(s) for s in head_sizes)
+    if len(sizes) != len(names) or any(s < 1 for s in sizes):
+        raise ValueError(f"need one size >= 1 per head ({len(names)}), got {list(sizes)}")
+    return names, sizes
+
+
+class HeadRatioMonitor:
+    """Records per-head ratio statistics of a hand-written PPO loop into a run directory.
+
+    Call `observe` once per minibatch with `[batch, heads]` log-probs, `end_update` once
+    per update. `head_names` may be a mapping of name -> number of values; with the
+    sizes known, per-head entropies (given to `observe` in nats) are normalised by
+    ln(size) as everywhere in esper (1 = uniform). `clip_eps` may be changed between
+    updates (a clip schedule); it is read at `end_update`. As a context manager, leaving
+    the block records how the run ended: finished, interrupted (Ctrl-C) or failed.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path | str | None,
+        head_names: Sequence[str] | Mapping[str, int],
+        clip_eps: float = 0.2,
+        *,
+        head_sizes: Sequence[int] | None = None,
+        explosion_threshold: float = DEFAULT_EXPLOSION_THRESHOLD,
+        config: Mapping[str, Any] | None = None,
+        task: str = "custom",
+        n_envs: int = 1,
+        episodes_total: int = 0,
+        device: str = "cpu",
+    ) -> None:
+        self.head_names, self.head_sizes = _head_table(head_names, head_sizes)
+        if not clip_eps > 0:
+            raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+        if not explosion_threshold > 1:
+            raise ValueError(f"explosion_threshold must be > 1, got {explosion_threshold}")
+        self.clip_eps = float(clip_eps)
+        self.explosion_threshold = float(explosion_threshold)
+        self._parts: list[tuple[Tensor, Tensor, Tensor | None, Tensor | None]] = []
+        self._updates = 0
+        #: Episodes the loop finished, if it counts them (reported when the run ends).
+        self.episodes = 0
+        self._started = time.monotonic()
+        self._closed = False
+        settings = {
+            "clip_eps": self.clip_eps,
+            "explosion_threshold": self.explosion_threshold,
+            **(config or {}),
+        }
+        sizes = self.head_sizes or (0,) * len(self.head_names)  # 0: size not declared
+        started = TrainingStarted(  # checked (a config that is not JSON, ...) before any file
+            config=settings,
+            task=task,
+            head_names=list(self.head_names),
+            head_sizes=dict(zip(self.head_names, sizes, strict=True)),
+            episodes_total=episodes_total,
+            n_envs=n_envs,
+            device=device,
+            esper_version=__version__,
+        )
+        self._start = started
+        self._run = open_run(run_dir, started.config)
+        self._run.emitter.emit(started)
+
+    def reopen(self) -> HeadRatioMonitor:
+        """A monitor that continues this closed run in the same directory.
+
+        The run's numbering goes on, its start event is repeated with
+        `resumed_from_update`, and the update and episode counts carry over (this is what
+        an SB3 `learn(reset_num_timesteps=False)` records).
+        """
+        if not self._closed:
+            raise RuntimeError("reopen() continues a closed run; close() it first")
+        again = copy.copy(self)
+        again._parts, again._closed, again._started = [], False, time.monotonic()
+        again._run = open_run(self.run_dir, self._start.config, continue_run=True)
+        resumed = dataclasses.replace(
+            self._start, resumed_from_update=again._run.emitter.next_update_index
+        )
+        again._run.emitter.emit(resumed)
+        return again
+
+    @property
+    def run_dir(self) -> Path:
+        return self._run.run_dir
+
+    @property
+    def run_id(self) -> str:
+        return self._run.run_id
+
+    @property
+    def minibatches_pending(self) -> int:
+        """Minibatches observed since the last `end_update`."""
+        return len(self._parts)
+
+    @property
+    def updates(self) -> int:
+        """Updates recorded so far."""
+        return self._updates
+
+    def observe(
+        self,
+        new_logp: Tensor,
+        old_logp: Tensor,
+        relevant: Tensor | None = None,
+        entropy: Tensor | None = None,
+    ) -> None:
+        """Keep one minibatch: `[batch, heads]` new and rollout-time log-probs.
+
+        `relevant` ([batch, heads] bool, default all) says which heads acted on which
+        sample; `entropy` ([batch, heads], nats) is each head's entropy per sample.
+        Only shapes are checked here (host metadata): no kernel runs, nothing syncs.
+        """
+        if self._closed:
+            raise RuntimeError("observe() after close()")
+        shape = (new_logp.shape[0], len(self.head_names)) if new_logp.dim() == 2 else None
+        for name, t in (("old_logp", old_logp), ("relevant", relevant), ("entropy", entropy)):
+            if shape is None or (t is not None and tuple(t.shape) != shape):
+                got = ", ".join(
+                    f"{n} {tuple(x.shape)}"
+                    for n, x in (("new_logp", new_logp), (name, t))
+                    if x is not None
+                )
+                raise ValueError(
+                    f"expected [batch, {len(self.head_names)}] tensors (one column per "
+                    f"head {list(self.head_names)}), got {got}"
+                )
+        if entropy is not None and self.head_sizes is None:
+            raise ValueError("entropy needs the head sizes: pass head_names as {name: size}")
+        self._parts.append(
+            (
+                new_logp.detach(),
+                old_logp.detach(),
+                None if relevant is None else relevant.detach(),
+                None if entropy is None else entropy.detach(),
+            )
+        )
+
+    def _reduce(self) -> tuple[HeadRatioStats, Tensor]:
+        """Every observed minibatch as one statistics object, plus the joint approx KL."""
+        parts, n_heads = self._parts, len(self.head_names)
+        if not parts:
+            return HeadRatioStats.empty(self.head_names), torch.zeros(1, dtype=torch.float64)
+        new = torch.cat([p[0] for p in parts])
+        old = torch.cat([p[1] for p in parts]).to(new)
+        relevant = torch.cat(
+            [
+                torch.ones_like(p[0], dtype=torch.bool)
+                if p[2] is None
+                else p[2].to(device=new.device, dtype=torch.bool)
+                for p in parts
+            ]
+        )
+        lr = log_ratios(new, old, relevant)
+        entropies = [p[3] for p in parts if p[3] is not None]
+        if entropies:
+            joined = torch.cat(entropies)
+            entropy_sum = joined.sum(dim=0, dtype=torch.float64)
+            entropy_count = torch.tensor(float(joined.shape[0]), dtype=torch.float64)
+        else:
+            entropy_sum = torch.zeros(n_heads, dtype=torch.float64, device=new.device)
+            entropy_count = torch.zeros((), dtype=torch.float64)
+        stats = HeadRatioStats.from_log_ratios(
+            lr, self.clip_eps, self.head_names, entropy_sum, entropy_count.to(new.device)
+        )
+        # The joint's own approximate KL, (r - 1) - log r, over the samples in the joint.
+        joint = lr.joint_log_ratio.to(torch.float64)
+        kl = torch.special.expm1(joint) - joint
+        joint_kl = kl.sum() / lr.joint_valid.sum().clamp(min=1)
+        return stats, joint_kl.reshape(1)
+
+    def end_update(
+        self,
+        *,
+        batch: int | None = None,
+        mean_return: float | None = None,
+        host_accuracy: float | None = None,
+        **scalars: Any,
+    ) -> UpdateStats:
+        """Reduce the update's minibatches, record the PPO update event, return its stats.
+
+        `scalars` are `UpdateStats` fields the loop measured itself (policy_loss,
+        value_loss, grad_norm, ...), as Python, numpy or 0-d torch numbers. Unless given:
+        `clip_fraction` and `approx_kl` are the joint ratio's, `entropy` the mean
+        normalised head entropy, `minibatches_run` the minibatches observed. One
+        device->host transfer (plus one per 0-d tensor passed in `scalars`).
+        """
+        if self._closed:
+            raise RuntimeError("end_update() after close()")
+        unknown = sorted(set(scalars) - set(UPDATE_SCALARS))
+        if unknown:
+            raise TypeError(f"unknown update scalar(s) {unknown}; known: {list(UPDATE_SCALARS)}")
+        stats, joint_kl = self._reduce()
+        log_sizes = (
+            None
+            if self.head_sizes is None
+            else torch.tensor(self.head_sizes, dtype=torch.float64).log()
+        )
+        reading_tensor = stats.reading_tensor(log_sizes)
+        values = torch.cat([reading_tensor, joint_kl.to(reading_tensor)]).tolist()
+        reading = stats.read(values[:-1])
+        heads: dict[str, HeadStats] = reading.heads
+        measured: dict[str, Any] = {
+            "joint_ratio_max": reading.joint_ratio_max,
+            "clip_fraction": reading.joint_clip_fraction,
+            "approx_kl": values[-1],
+            "minibatches_run": len(self._parts),
+        }
+        if self.head_sizes is not None and any(p[3] is not None for p in self._parts):
+            measured["entropy"] = sum(h.entropy for h in heads.values()) / len(heads)
+        explosion = reading.explosion(self.clip_eps, self.explosion_threshold)
+        given = {name: _plain_number(value) for name, value in scalars.items()}
+        update = UpdateStats(heads=heads, explosion=explosion, **{**measured, **given})
+        self._parts = []
+        emit_update(
+            self._run.emitter,
+            update,
+            batch=self._updates if batch is None else batch,
+            mean_return=_finite_or_none(_plain_number(mean_return)),
+            host_accuracy=_plain_number(host_accuracy),
+        )
+        self._updates += 1
+        return update
+
+    def close(self, error: BaseException | None = None, *, interrupted: bool = False) -> None:
+        """Record how the run ended (finished, interrupted or failed) and close the files."""
+        if self._closed:
+            return
+        self._closed = True
+        emitter = self._run.emitter
+        try:
+            if error is not None:
+                emitter.emit(TrainingFailed.from_exception(error))
+            else:
+                emitter.emit(
+                    TrainingFinished(
+                        episodes=self.episodes,
+                        updates=self._updates,
+                        wall_seconds=time.monotonic() - self._started,
+                        run_dir=str(self.run_dir),
+                        interrupted=interrupted,
+                    )
+                )
+        finally:
+            self._run.hub.close()
+
+    def __enter__(self) -> HeadRatioMonitor:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            self.close(interrupted=True)
+        else:
+            self.close(exc)
+
+
+def _plain_number(value: Any) -> Any:
+    """A numpy scalar or 0-d tensor as the Python number it holds; anything else as is."""
+    if isinstance(value, (bool, int, float)) or not hasattr(value, "item"):
+        return value
+    return value.item()
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    """A mean return that is NaN (no episode ended yet) is recorded as missing."""
+    return None if value is None or not math.isfinite(value) else float(value)

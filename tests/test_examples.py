@@ -1,0 +1,48 @@
+"""The examples run end to end (at their --tiny size) and leave a run directory esper reads."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from esper.telemetry.contracts import EventType
+from esper.telemetry.recorder import read_events
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CHEETAH_JOINTS = ["bthigh", "bshin", "bfoot", "fthigh", "fshin", "ffoot"]
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name", ["sb3_multidiscrete", "cleanrl_style_ppo"])
+def test_example_records_a_run_with_the_joints_as_heads(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # MuJoCo writes MUJOCO_LOG.TXT into the working directory
+    if name == "sb3_multidiscrete":
+        pytest.importorskip("stable_baselines3")
+    run = tmp_path / "run"
+    assert load(name).main(["--tiny", "--run-dir", str(run)]) == 0
+    assert f"sanctum {run}" in capsys.readouterr().out
+    events = list(read_events(run / "events.jsonl"))
+    assert events[0].event_type is EventType.TRAINING_STARTED
+    assert events[0].payload.head_names == CHEETAH_JOINTS
+    assert events[0].payload.head_sizes == dict.fromkeys(CHEETAH_JOINTS, 11)
+    updates = [e.payload for e in events if e.event_type is EventType.PPO_UPDATE_COMPLETED]
+    assert len(updates) == 2
+    for update in updates:
+        assert list(update.heads) == CHEETAH_JOINTS
+        assert all(h.relevant > 0 and h.ratio_max >= 1.0 for h in update.heads.values())
+        assert 0.0 < update.stats.entropy <= 1.0
+    assert events[-1].event_type is EventType.TRAINING_FINISHED
