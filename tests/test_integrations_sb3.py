@@ -332,14 +332,8 @@ def test_save_and_load_keep_recording(tmp_path: Path) -> None:
     assert len(update_events(tmp_path / "again")) == 1
 
 
-# ---- checks that need the dashboard and the query engine to read any set of heads ----
+# ---- the dashboard and the query engine read an SB3 run by its own head names ----
 # They read an SB3 run through the real CLIs.
-
-CLI_PENDING = pytest.mark.xfail(
-    reason="sanctum/query reading arbitrary head names lands with the heads-as-data merge",
-    strict=False,
-)
-
 
 def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     code = "import sys; from esper.cli import {0}; sys.exit({0}(sys.argv[1:]))"
@@ -362,7 +356,6 @@ def sb3_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
     return run, model._n_updates // SIZES["n_epochs"]
 
 
-@CLI_PENDING
 def test_query_counts_the_updates_sb3_ran(sb3_run: tuple[Path, int]) -> None:
     pytest.importorskip("duckdb")
     run, updates = sb3_run
@@ -372,7 +365,6 @@ def test_query_counts_the_updates_sb3_ran(sb3_run: tuple[Path, int]) -> None:
     assert done.stdout.split() == ["n", str(updates)]
 
 
-@CLI_PENDING
 def test_sanctum_screenshot_shows_the_runs_head_names(
     sb3_run: tuple[Path, int], tmp_path: Path
 ) -> None:
@@ -384,7 +376,6 @@ def test_sanctum_screenshot_shows_the_runs_head_names(
     assert "torque" in text and "gain" in text
 
 
-@CLI_PENDING
 def test_report_plots_the_runs_heads(sb3_run: tuple[Path, int], tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     run, _ = sb3_run

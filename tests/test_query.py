@@ -214,7 +214,7 @@ def test_missing_duckdb_names_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "duckdb", None)
     assert main(["query", str(run_dir), "SELECT 1"]) == 2
-    assert "pip install 'esper[query]'" in one_error_line(capsys, "query")
+    assert "pip install 'esper-ppo[query]'" in one_error_line(capsys, "query")
 
 
 def test_damaged_lines_are_skipped_and_counted(

@@ -186,7 +186,7 @@ def test_missing_matplotlib_names_the_extra(
 ) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     assert main(["report", str(run_dir), "--out", str(tmp_path / "r.html")]) == 2
-    assert "pip install 'esper[report]'" in one_error_line(capsys, "report")
+    assert "pip install 'esper-ppo[report]'" in one_error_line(capsys, "report")
     assert not (tmp_path / "r.html").exists()
 
 

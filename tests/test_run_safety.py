@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from esper.cli import main
-from esper.runlock import LOCK_FILE, RunDirBusy, RunLock
+from esper.rundir import LOCK_FILE, RunDirBusy, RunLock
 from esper.telemetry.recorder import EVENTS_FILE, RunRecorder
 
 BIN = Path(sys.executable).parent
@@ -75,7 +75,7 @@ def esper(*args: str, cwd: Path, limit_bytes: int | None = None) -> subprocess.P
 HOLDER = """
 import sys, time
 from pathlib import Path
-from esper.runlock import RunLock
+from esper.rundir import RunLock
 lock = RunLock(Path(sys.argv[1]))
 print("locked", flush=True)
 sys.stdin.read()

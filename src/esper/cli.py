@@ -7,17 +7,14 @@ so mistakes are reported instantly and `sanctum` never loads torch at all.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import os
-import secrets
 import signal
 import sys
 import threading
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -34,8 +31,15 @@ from esper.config import (
     build_config,
     read_config_file,
 )
-from esper.runlock import LOCK_FILE, RunDirBusy, RunLock
-from esper.telemetry.recorder import EVENTS_FILE, RUN_FILE
+from esper.rundir import (
+    NewRunDir,
+    RunDirError,
+    holds_run,
+    lock_run_dir,
+    new_run_id,
+    prepare_run_dir,
+)
+from esper.telemetry.recorder import EVENTS_FILE
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -116,12 +120,6 @@ def _esper_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_run_id(now: datetime | None = None) -> str:
-    """Sortable, collision-resistant run id: UTC time plus four random hex digits."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{secrets.token_hex(2)}"
-
-
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults <- config file <- flags; raises ConfigError naming the bad value."""
     file_values = read_config_file(args.config) if args.config is not None else None
@@ -144,7 +142,7 @@ def run_dir_path(run_dir: str | Path | None, run_id: str) -> Path:
         )
     path = Path(text)
     try:
-        if _holds_run(path):
+        if holds_run(path):
             raise UsageError(
                 f"{path} already holds a recorded run; choose another --run-dir "
                 f"or continue it with --resume {path}"
@@ -154,54 +152,6 @@ def run_dir_path(run_dir: str | Path | None, run_id: str) -> Path:
     except OSError as exc:
         raise UsageError(f"cannot use run directory {path}: {exc.strerror or exc}") from None
     return path
-
-
-def _holds_run(path: Path) -> bool:
-    events = path / EVENTS_FILE
-    return events.exists() or events.is_symlink()
-
-
-@dataclass
-class NewRunDir:
-    """A run directory this process made (or found empty), locked for writing."""
-
-    path: Path
-    created: bool
-    lock: Any
-
-    def discard(self) -> None:
-        """Undo a start that failed before training: leave no trace of this attempt."""
-        self.lock.release()
-        for name in (LOCK_FILE, RUN_FILE, EVENTS_FILE):
-            file = self.path / name
-            with contextlib.suppress(OSError):
-                if name != EVENTS_FILE or file.stat().st_size == 0:
-                    file.unlink()
-        if self.created:
-            with contextlib.suppress(OSError):
-                self.path.rmdir()  # only if now empty
-
-
-def prepare_run_dir(path: Path) -> NewRunDir:
-    """Create and lock the run directory; refuses an existing run and a busy directory."""
-    created = not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
-    try:
-        lock = RunLock(path)
-    except RunDirBusy as exc:
-        raise UsageError(str(exc)) from None
-    except OSError as exc:
-        if created:
-            with contextlib.suppress(OSError):
-                path.rmdir()
-        raise UsageError(f"cannot lock run directory {path}: {exc.strerror or exc}") from None
-    if _holds_run(path):  # another writer finished a run here while we looked
-        lock.release()
-        raise UsageError(f"{path} already holds a recorded run; choose another --run-dir")
-    return NewRunDir(path, created, lock)
 
 
 def _check_ray(config: TrainConfig) -> None:
@@ -307,11 +257,9 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, str, TrainConfig, Any, An
     if args.resume is not None:
         run_dir = check_resume_args(args)
         try:
-            lock = RunLock(run_dir)
-        except RunDirBusy as exc:
+            lock = lock_run_dir(run_dir)
+        except RunDirError as exc:
             raise UsageError(str(exc)) from None
-        except OSError as exc:
-            raise UsageError(f"cannot lock {run_dir}: {exc.strerror or exc}") from None
         try:
             run_dir, config, resume = resume_settings(args)
             _check_ray(config)
@@ -322,7 +270,7 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, str, TrainConfig, Any, An
         return run_dir, run_dir.resolve().name, config, resume, lock
     config = config_from_args(args)
     _check_ray(config)
-    run_id = make_run_id()
+    run_id = new_run_id()
     path = run_dir_path(args.run_dir, run_id)
     _check_device(config.device)
     return path, run_id, config, None, None
@@ -356,7 +304,10 @@ def run_ppo(args: argparse.Namespace) -> int:
             where = run_dir / CHECKPOINT_NAME if resume is not None else "the run"
             raise UsageError(f"cannot start {where}: {_first_line(exc)}") from None
         if resume is None:
-            new_dir = prepare_run_dir(run_dir)
+            try:
+                new_dir = prepare_run_dir(run_dir)
+            except RunDirError as exc:
+                raise UsageError(str(exc)) from None
             lock = new_dir.lock
         try:
             exporters = make_exporters(args.tensorboard, args.wandb, run_dir, config.to_dict())

@@ -17,11 +17,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,6 +29,7 @@ from torch import Tensor
 
 from esper import __version__
 from esper.ratio_stats import HeadRatioStats, log_ratios
+from esper.rundir import RunDirError, RunLock, lock_run_dir, new_run_id, prepare_run_dir
 from esper.telemetry.contracts import TrainingFailed, TrainingFinished, TrainingStarted
 from esper.telemetry.emitter import TelemetryEmitter, emit_update
 from esper.telemetry.heads import UPDATE_SCALARS, HeadStats, UpdateStats, check_head_names
@@ -43,18 +42,20 @@ DEFAULT_EXPLOSION_THRESHOLD = 2.0
 
 @dataclass(frozen=True)
 class OpenRun:
-    """A run directory being recorded: where, under which id, and its telemetry door."""
+    """A run directory being recorded: where, under which id, its telemetry door and lock."""
 
     run_dir: Path
     run_id: str
     hub: TelemetryHub
     emitter: TelemetryEmitter
+    lock: RunLock
 
-
-def new_run_id(now: datetime | None = None) -> str:
-    """Sortable, collision-resistant run id: UTC time plus four random hex digits."""
-    stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
-    return f"{stamp}-{secrets.token_hex(2)}"
+    def close(self) -> None:
+        """Flush and close the recording, then let another writer have the directory."""
+        try:
+            self.hub.close()
+        finally:
+            self.lock.release()
 
 
 def open_run(
@@ -62,41 +63,36 @@ def open_run(
 ) -> OpenRun:
     """Create a fresh run directory (default `runs/<run-id>`) and start recording into it.
 
-    The one place where a library user's run directory is opened, with the refusals of
-    `esper ppo` (a directory already holding a run, a file in the way). With
-    `continue_run` the directory must hold a run instead, and recording appends to it
-    with its run id, sequence numbers and update indices going on (as `esper ppo
-    --resume` does). Raises ValueError with a one-line reason; nothing is written then.
+    The directory is created and locked as `esper ppo` does (`esper.rundir`): one writer
+    per run directory, an existing run refused. With `continue_run` the directory must
+    hold a run instead, and recording appends to it with its run id, sequence numbers and
+    update indices going on (as `esper ppo --resume` does). Raises ValueError
+    (`RunDirError`) with a one-line reason; nothing is written then.
     """
     path = Path("runs") / new_run_id() if run_dir is None else Path(run_dir)
-    events = path / EVENTS_FILE
     if continue_run:
+        events = path / EVENTS_FILE
         if events.is_symlink() or not events.is_file():
-            raise ValueError(f"{path} holds no recorded run to continue")
+            raise RunDirError(f"{path} holds no recorded run to continue")
+        lock = lock_run_dir(path)
         run_id, last_seq, last_update = path.name, -1, -1
         for event in read_events(events):
             run_id, last_seq = event.run_id, max(last_seq, event.seq)
             index = getattr(event.payload, "update_index", None)
             if isinstance(index, int):
                 last_update = max(last_update, index)
-        hub = TelemetryHub()
-        hub.add_backend(RunRecorder(path, config=dict(config), run_id=run_id))
-        emitter = TelemetryEmitter(
-            hub, run_id=run_id, start_seq=last_seq + 1, start_update_index=last_update + 1
-        )
-        return OpenRun(path, run_id, hub, emitter)
-    if events.exists() or events.is_symlink():
-        raise ValueError(f"{path} already holds a recorded run; choose another run directory")
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ValueError(f"cannot create run directory {path}: {exc.strerror or exc}") from None
-    run_id = path.name if run_dir is None else new_run_id()
+        emitter_start = {"start_seq": last_seq + 1, "start_update_index": last_update + 1}
+    else:
+        lock = prepare_run_dir(path).lock
+        run_id = path.name if run_dir is None else new_run_id()
+        emitter_start = {}
     hub = TelemetryHub()
-    hub.add_backend(RunRecorder(path, config=dict(config), run_id=run_id))
-    return OpenRun(path, run_id, hub, TelemetryEmitter(hub, run_id=run_id))
+    try:
+        hub.add_backend(RunRecorder(path, config=dict(config), run_id=run_id))
+    except BaseException:
+        lock.release()
+        raise
+    return OpenRun(path, run_id, hub, TelemetryEmitter(hub, run_id=run_id, **emitter_start), lock)
 
 
 def _head_table(
@@ -354,7 +350,7 @@ class HeadRatioMonitor:
                     )
                 )
         finally:
-            self._run.hub.close()
+            self._run.close()
 
     def __enter__(self) -> HeadRatioMonitor:
         return self

@@ -18,11 +18,11 @@ class AnalysisError(Exception):
 
 
 def require_extra(module: str, extra: str) -> ModuleType:
-    """Import `module`, or raise AnalysisError saying which `esper[extra]` provides it."""
+    """Import `module`, or raise AnalysisError saying which `esper-ppo[extra]` provides it."""
     try:
         return importlib.import_module(module)
     except ImportError:
         top = module.split(".", 1)[0]
         raise AnalysisError(
-            f"{top} is not installed; install it with: pip install 'esper[{extra}]'"
+            f"{top} is not installed; install it with: pip install 'esper-ppo[{extra}]'"
         ) from None

@@ -139,7 +139,7 @@ class _ScalarBackend:
 
 
 class TensorBoardBackend(_ScalarBackend):
-    """Writes the scalars to a TensorBoard event file in `log_dir` (`esper[tensorboard]`)."""
+    """Writes the scalars to a TensorBoard event file in `log_dir` (`esper-ppo[tensorboard]`)."""
 
     name = "tensorboard"
 
@@ -166,7 +166,7 @@ class WandbBackend(_ScalarBackend):
     Updates and episodes are two x-axes, so each scalar is declared against its own step
     metric (`update` or `episode`) rather than W&B's single monotonic step. Heads are
     known from the data only, so a scalar is declared the first time it is logged. `init`
-    is `wandb.init` (`esper[wandb]`); passing another lets a caller supply the run.
+    is `wandb.init` (`esper-ppo[wandb]`); passing another lets a caller supply the run.
     """
 
     name = "wandb"
