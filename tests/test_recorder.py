@@ -113,7 +113,9 @@ def test_recorder_fsyncs_at_updates_and_run_end_only(
     for e in SAMPLES:
         current.append(e.event_type)
         recorder.handle(e)
-    assert synced == [EventType.PPO_UPDATE_COMPLETED, EventType.TRAINING_FINISHED]
+    # The start event also rewrites run.json (its heads) atomically, with its own fsyncs.
+    events_synced = [e for e in synced if e is not EventType.TRAINING_STARTED]
+    assert events_synced == [EventType.PPO_UPDATE_COMPLETED, EventType.TRAINING_FINISHED]
     recorder.close()
 
 
@@ -314,3 +316,35 @@ def test_a_byte_order_mark_does_not_cost_the_first_event(tmp_path: Path) -> None
     events = list(read_events(path, stats=stats))
     assert events[0].event_type == EventType.TRAINING_STARTED
     assert (len(events), stats.skipped) == (len(lines), 0)
+
+
+def test_run_json_declares_the_heads_of_the_start_event(tmp_path: Path) -> None:
+    recorder = RunRecorder(tmp_path, {"lr": 0.1})
+    em = TelemetryEmitter(recorder_sink(recorder), "r")
+    em.emit(started(["zeta", "alpha", "mid"]))
+    recorder.close()
+    heads = json.loads((tmp_path / RUN_FILE).read_text())["heads"]
+    assert heads == {"names": ["zeta", "alpha", "mid"], "sizes": dict.fromkeys(heads["names"], 3)}
+
+
+def test_a_lost_start_line_keeps_the_declared_head_order(tmp_path: Path) -> None:
+    from esper.analysis.runs import load_run
+
+    recorder = RunRecorder(tmp_path, {})
+    em = TelemetryEmitter(recorder_sink(recorder), "r")
+    em.emit(started(["zeta", "alpha"]))
+    emit_update(em, update_stats(names=["alpha", "zeta"]), batch=0)
+    recorder.close()
+    lines = (tmp_path / EVENTS_FILE).read_text().splitlines(keepends=True)
+    (tmp_path / EVENTS_FILE).write_text("garbage\n" + "".join(lines[1:]))  # start line lost
+    assert load_run(tmp_path).head_names == ("zeta", "alpha")
+
+
+def recorder_sink(recorder: RunRecorder) -> Any:
+    """The recorder as the emitter's sink (what the hub does for a synchronous backend)."""
+
+    class Sink:
+        def publish(self, event: TelemetryEvent) -> None:
+            recorder.handle(event)
+
+    return Sink()

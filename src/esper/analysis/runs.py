@@ -25,6 +25,7 @@ included), so a query gives the numbers the aggregator shows. `measured` is wher
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -52,7 +53,13 @@ from esper.telemetry.heads import (
     UpdateStats,
     flat_key,
 )
-from esper.telemetry.recorder import EVENTS_FILE, ReadStats, committed_events, read_events
+from esper.telemetry.recorder import (
+    EVENTS_FILE,
+    RUN_FILE,
+    ReadStats,
+    committed_events,
+    read_events,
+)
 
 #: Per-head statistics that only mean something when the head had relevant samples
 #: (`head_<h>_relevant > 0`); otherwise they hold the neutral defaults. Entropy is taken
@@ -446,12 +453,25 @@ def events_path(path: Path | str) -> Path:
     return events
 
 
+def declared_heads(run_dir: Path) -> list[str]:
+    """The heads run.json declares, in display order ([] when it declares none or is damaged).
+
+    The start event declares the same heads; this keeps their order when that line is lost.
+    """
+    try:
+        heads = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))["heads"]["names"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [h for h in heads if isinstance(h, str)] if isinstance(heads, list) else []
+
+
 def load_run(path: Path | str, label: str | None = None) -> Run:
     """Read one run (its directory or its `events.jsonl`) into tables; see the module doc."""
     events = events_path(path)
     run_dir = events.parent
     stats = ReadStats()
     builder = _RunBuilder()
+    builder.head_names = dict.fromkeys(declared_heads(run_dir))
     try:
         for event in committed_events(read_events(events, stats=stats)):
             builder.add(event)

@@ -33,6 +33,7 @@ from esper.telemetry.contracts import (
     ContractError,
     EventType,
     TelemetryEvent,
+    TrainingStarted,
     event_from_json_line,
     event_to_json_line,
     json_value,
@@ -113,7 +114,7 @@ class RunRecorder:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         #: What was wrong with the directory on opening (e.g. a damaged run.json), if anything.
         self.note: str | None = None
-        self._write_run_info(config, clock())
+        self._info = self._write_run_info(config, clock())
         self._lock = threading.Lock()
         self._failure: str | None = None
         # O_NOFOLLOW: a symlink planted as events.jsonl must not make us append elsewhere.
@@ -124,7 +125,7 @@ class RunRecorder:
             self._file.write("\n")
             self._file.flush()
 
-    def _write_run_info(self, config: Mapping[str, Any], now: float) -> None:
+    def _write_run_info(self, config: Mapping[str, Any], now: float) -> dict[str, Any]:
         """Write run.json; a resumed run keeps the original and records when it resumed."""
         path = self.run_dir / RUN_FILE
         info: dict[str, Any] = {
@@ -154,6 +155,18 @@ class RunRecorder:
             self.note = f"{path} was missing; rewritten from this run's configuration"
             info["resumed_at"] = [now]
         write_json_atomic(path, info)
+        return info
+
+    def _declare_heads(self, started: TrainingStarted) -> None:
+        """Copy the run's declared heads (names in display order, sizes) into run.json.
+
+        The start event is where a run declares its heads; run.json mirrors them so a
+        reader holding only the directory's metadata knows them too.
+        """
+        heads = {"names": list(started.head_names), "sizes": dict(started.head_sizes)}
+        if self._info.get("heads") != heads:
+            self._info = {**self._info, "heads": heads}
+            write_json_atomic(self.run_dir / RUN_FILE, self._info)
 
     @property
     def events_path(self) -> Path:
@@ -176,6 +189,8 @@ class RunRecorder:
                 self._file.flush()
                 if event.event_type in DURABLE_EVENTS:
                     os.fsync(self._file.fileno())
+                if isinstance(event.payload, TrainingStarted):
+                    self._declare_heads(event.payload)
             except OSError as exc:
                 self._failed(exc)
 
