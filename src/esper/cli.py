@@ -31,6 +31,7 @@ from esper.config import (
     build_config,
     read_config_file,
 )
+from esper.evaluate import add_eval_command
 from esper.telemetry.recorder import EVENTS_FILE
 
 EXIT_USAGE = 2
@@ -105,6 +106,7 @@ def _esper_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _ppo_parser(sub)
     add_analysis_commands(sub)
+    add_eval_command(sub)
     return parser
 
 
