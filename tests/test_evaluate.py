@@ -205,3 +205,20 @@ def test_bad_input_through_the_console_script(
     prepare(setup, tmp_path)
     proc = run_cli(*args, cwd=tmp_path)
     assert_one_line(proc.returncode, proc.stderr, fragment)
+
+
+def test_report_shows_eval_json_when_present(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from esper.analysis.report import _eval_section
+
+    run = SimpleNamespace(label="r1", run_dir=tmp_path)
+    assert _eval_section([run]) == ""  # type: ignore[list-item]
+    result = ev.summarize("grow-norm-early", [{"return": 0.25, "final_accuracy": 0.5,
+                                               "seeds_grown": 3}])  # fmt: skip
+    ev.write_eval(tmp_path, [result], seed=10_000)
+    section = _eval_section([run])  # type: ignore[list-item]
+    assert "Evaluation on fixed seeds" in section
+    assert "<td>grow-norm-early</td><td>0.250</td>" in section
+    (tmp_path / ev.EVAL_FILE).write_text("{broken")
+    assert "eval.json unreadable" in _eval_section([run])  # type: ignore[list-item]
