@@ -297,14 +297,16 @@ def tamiyo_policies(agent: Any) -> dict[str, BatchPolicy]:
 
 
 def load_run_agent(run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """The run's PPO agent restored from its checkpoint, and the run's config dict.
+    """The run's PPO agent restored from its checkpoint, and what the env needs to know.
 
-    The checkpoint is read with `weights_only=True` (see `esper.checkpoint`); anything
-    missing or of the wrong shape is an `EvalError`.
+    The checkpoint is read with `weights_only=True` (see `esper.checkpoint`). The agent is
+    rebuilt from the checkpoint's own shapes (observation size, head sizes, trunk width),
+    so evaluation reads only `task`, `slots` and `episode_length` from the run's config.
+    Anything missing, foreign or of the wrong shape is an `EvalError`.
     """
     from esper.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from esper.config import TrainConfig
-    from esper.trainer import observation_size, ppo_config
+    from esper.ppo import PPOAgent, PPOConfig
+    from esper.tasks import TASKS
 
     path = run_dir / CHECKPOINT_NAME
     if not run_dir.is_dir():
@@ -313,23 +315,28 @@ def load_run_agent(run_dir: Path) -> tuple[Any, dict[str, Any]]:
         raise EvalError(f"{run_dir} has no {CHECKPOINT_NAME}; is it an esper run directory?")
     try:
         state = load_checkpoint(path)
-        config_dict = dict(state["config"])
-        known = {f for f in TrainConfig.__dataclass_fields__}
-        cfg = TrainConfig(**{k: v for k, v in config_dict.items() if k in known})
-        from esper.ppo import PPOAgent
-
+        config = state["config"]
+        env = {
+            "task": str(config["task"]),
+            "slots": int(config["slots"]),
+            "episode_length": int(config["episode_length"]),
+        }
+        if env["task"] not in TASKS or env["slots"] < 1 or env["episode_length"] < 1:
+            raise ValueError(f"run config names no playable environment: {env}")
+        saved = state["agent"]
+        hidden = int(saved["policy"]["value_head.weight"].shape[1])
         agent = PPOAgent(
-            obs_dim=observation_size(cfg.slots),
-            head_sizes=head_sizes(cfg.slots),
-            config=ppo_config(cfg),
+            obs_dim=int(saved["obs_dim"]),
+            head_sizes=dict(saved["head_sizes"]),
+            config=PPOConfig(hidden=hidden),
             device="cpu",
-            seed=cfg.seed,
         )
-        agent.load_state_dict(state["agent"])
+        agent.load_state_dict(saved)
     except Exception as exc:  # any unreadable or foreign checkpoint: one line, no traceback
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise EvalError(f"cannot load the checkpoint in {run_dir}: {first}") from None
-    return agent, cfg.to_dict()
+    return agent, env
 
 
 def evaluate_run(
