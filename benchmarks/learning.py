@@ -184,15 +184,25 @@ def run(
                     "table": ev.format_table(results),
                 }
             )
-        doc["tasks"][task] = runs
+            doc["tasks"][task] = runs
+            _write(doc, load, curves, lines, out)  # after every seed: a cut run keeps its part
+    print(f"\nload {load['before']} -> {load['after']}; wrote {out}/learning.png, learning.json")
+    return doc
+
+
+def _write(
+    doc: dict[str, Any],
+    load: dict[str, Any],
+    curves: dict[str, dict[int, list[float]]],
+    lines: dict[str, dict[str, float]],
+    out: Path,
+) -> None:
     load["after"] = load_average()
     doc["load_average"] = load
     doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     plot(curves, lines, out / "learning.png")
     (out / "learning.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    print(f"\nload {load['before']} -> {load['after']}; wrote {out}/learning.png, learning.json")
-    return doc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
