@@ -131,7 +131,8 @@ def plot(
         styles = {"wait": ":", "random": "-."}
         for name, value in lines[task].items():
             ax.axhline(value, linestyle=styles.get(name, "--"), linewidth=1, color="grey")
-            ax.annotate(name, (0, value), fontsize=7, va="bottom")
+            ax.text(0.01, value, name, transform=ax.get_yaxis_transform(), fontsize=7,
+                    va="bottom", color="grey")  # fmt: skip
         ax.set_title(f"{task}: training return per {BLOCK} episodes")
         ax.set_xlabel("episodes")
         ax.set_ylabel("episode return")
@@ -205,6 +206,20 @@ def _write(
     (out / "learning.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
 
 
+def replot(out: Path) -> None:
+    """Redraw learning.png from an existing learning.json (no training)."""
+    doc = json.loads((out / "learning.json").read_text(encoding="utf-8"))
+    curves = {
+        task: {r["seed"]: block_means(r["train_returns"], BLOCK) for r in runs}
+        for task, runs in doc["tasks"].items()
+    }
+    lines = {}
+    for task, runs in doc["tasks"].items():
+        baseline = [e for e in runs[-1]["eval"] if not e["policy"].startswith("tamiyo")]
+        lines[task] = {e["policy"]: e["mean_return"] for e in baseline}
+    plot(curves, lines, out / "learning.png")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks learning", description=__doc__)
     parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -218,7 +233,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--eval-episodes", type=int, default=30)
     parser.add_argument("--eval-seed", type=int, default=10_000)
     parser.add_argument("--output", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw learning.png from learning.json"
+    )
     args = parser.parse_args(argv)
+    if args.replot:
+        replot(args.output)
+        return 0
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     pin_threads(1)
     run(
