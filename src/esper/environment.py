@@ -17,7 +17,7 @@ minus the rent paid: growth pays only when it buys more accuracy than its parame
 Why the default task is `spirals` (`esper eval` and `python -m benchmarks learning`
 print the numbers; BENCHMARKS.md records them): a policy can only learn decisions that
 change the return by more than the noise between episodes. On `digits` the width-16 host
-reaches about 0.93 validation accuracy alone within the 25 epochs, so a seed buys about
+reaches about 0.945 validation accuracy alone within the 25 epochs, so a seed buys about
 0.001 and every grow heuristic loses to always-WAIT by its rent. On three-arm spirals the
 same host is too small: alone it ends near 0.54, and the right seeds early lift it to
 about 0.89 (return 0.99 against WAIT's 0.47, paired difference +0.52 +- 0.04 over 30
