@@ -18,7 +18,8 @@ Why the default task is `spirals` (`esper eval` and `python -m benchmarks learni
 print the numbers; BENCHMARKS.md records them): a policy can only learn decisions that
 change the return by more than the noise between episodes. On `digits` the width-16 host
 reaches about 0.945 validation accuracy alone within the 25 epochs, so a seed buys about
-0.001 and every grow heuristic loses to always-WAIT by its rent. On three-arm spirals the
+0.001 and no grow heuristic beats always-WAIT (NORM seeds tie it, the others lose up to
+0.09 of return to rent); the right policy there is WAIT. On three-arm spirals the
 same host is too small: alone it ends near 0.54, and the right seeds early lift it to
 about 0.89 (return 0.99 against WAIT's 0.47, paired difference +0.52 +- 0.04 over 30
 seeds). Every head that GROW reads carries information there:
