@@ -13,9 +13,9 @@ from esper.config import ConfigError, TrainConfig, build_config, read_config_fil
 def test_defaults_are_valid_and_batches_round_up() -> None:
     cfg = TrainConfig()
     assert (cfg.task, cfg.episodes, cfg.envs, cfg.epochs, cfg.minibatches) == (
-        "digits",
+        "spirals",
         10,
-        2,
+        8,
         4,
         4,
     )
