@@ -20,6 +20,7 @@ from esper.config import TrainConfig
 from esper.environment import MorphogeneticEnv
 from esper.lifecycle import Stage
 from esper.ppo import PPOAgent
+from esper.runners import InProcessRunner
 from esper.trainer import observation_size, ppo_config
 
 LENGTH, SLOTS = 4, 3
@@ -66,9 +67,6 @@ def test_heuristics_grow_at_their_steps_and_nothing_else() -> None:
     assert {h.blueprint for h in named.values()} >= {Blueprint.NORM, Blueprint.WIDE_MLP}
     # two steps of a 4-step schedule: exactly two seeds, both NORM
     env = make_env()
-    states = None
-    from esper.runners import InProcessRunner
-
     runner = InProcessRunner([env])
     states = runner.reset([3])
     schedule = ev.GrowSchedule(Blueprint.NORM, (1, 3))
@@ -82,8 +80,6 @@ def test_heuristics_grow_at_their_steps_and_nothing_else() -> None:
 def test_random_masked_only_plays_valid_actions() -> None:
     policy = ev.RandomMasked(seed=1, n_slots=SLOTS)
     env = make_env()
-    from esper.runners import InProcessRunner
-
     runner = InProcessRunner([env])
     for episode in range(3):
         states = runner.reset([episode])
