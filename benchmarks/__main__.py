@@ -1,5 +1,7 @@
 """`python -m benchmarks [--quick]`: every benchmark, one table of ratios, latest.json.
 
+`python -m benchmarks learning` is separate (see benchmarks/learning.py): it trains.
+
 Sections run in a fixed order in one process (the memory run in its own child process),
 with torch pinned to one thread. The JSON holds one top-level key per figure (its median),
 then per figure its spread and target, the raw measurements of each section, the machine
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -80,11 +83,16 @@ def report(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else list(argv)
+    if args_list[:1] == ["learning"]:  # minutes of training per seed: its own command
+        from benchmarks import learning
+
+        return learning.main(args_list[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (under 2 minutes)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     pin_threads(1)
     console = Console(width=max(Console().width, 110))
     load = {"before": load_average()}

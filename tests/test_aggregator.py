@@ -511,3 +511,12 @@ def test_replay_gives_one_frame_per_update_with_its_annotations(tmp_path: Path) 
     assert last.progress.finished
     assert last == aggregate_file(tmp_path / EVENTS_FILE)
     assert last.lines_skipped == 1
+
+
+def test_best_return_is_the_running_maximum_and_skips_nan() -> None:
+    from esper.sanctum.aggregator import _best
+
+    best = None
+    for value, expected in ((0.5, 0.5), (0.3, 0.5), (float("nan"), 0.5), (0.9, 0.9)):
+        best = _best(best, value)
+        assert best == expected

@@ -35,7 +35,7 @@ def recorded_run(
     root = tmp_path_factory.mktemp("e2e")
     run_dir = root / "run"
     proc = run_cli(
-        "esper", "ppo", "--episodes", "4", "--no-tui", "--task", "spirals",
+        "esper", "ppo", "--episodes", "4", "--envs", "2", "--no-tui", "--task", "spirals",
         "--episode-length", "10", "--run-dir", str(run_dir), cwd=root,
     )  # fmt: skip
     return run_dir, proc

@@ -27,9 +27,9 @@ from esper.config import (
 def test_defaults_are_valid_and_batches_round_up() -> None:
     cfg = TrainConfig()
     assert (cfg.task, cfg.episodes, cfg.envs, cfg.ppo.epochs, cfg.ppo.minibatches) == (
-        "digits",
+        "spirals",
         10,
-        2,
+        8,
         4,
         4,
     )

@@ -17,7 +17,7 @@ from esper.cli import main, sanctum_main
 from esper.telemetry.recorder import RunRecorder
 
 BIN = Path(sys.executable).parent
-SMALL = ["--task", "spirals", "--episode-length", "6", "--no-tui"]
+SMALL = ["--task", "spirals", "--episode-length", "6", "--envs", "2", "--no-tui"]
 
 
 def events_of(run_dir: Path) -> list[dict[str, Any]]:

@@ -363,7 +363,7 @@ def test_a_ray_address_is_probed_before_ray_retries_it_forever() -> None:
     [
         ({"backend": "gpu"}, "backend must be one of inprocess, processes, ray, got 'gpu'"),
         ({"backend": "processes", "workers": 0}, "workers must be none or a whole number in [1, "),
-        ({"backend": "processes", "workers": 3}, "workers (3) must be <= envs (2)"),
+        ({"backend": "processes", "envs": 2, "workers": 3}, "workers (3) must be <= envs (2)"),
         ({"workers": 2}, "workers=2 needs backend processes or ray"),
         ({"backend": "processes", "ray_address": "auto"}, "ray_address needs backend ray"),
         ({"backend": "ray", "ray_address": " "}, "ray_address must be none or a non-empty string"),

@@ -669,3 +669,14 @@ def test_footer_counts_and_keys() -> None:
         "q",
         "quit",
     ]
+
+
+def test_host_panel_shows_recent_returns_beside_the_best_so_far() -> None:
+    from esper.sanctum.widgets.slots import return_history_text, return_sparkline
+
+    assert return_sparkline([0.0, 0.5, 1.0], top=1.0) == "▁▅█"  # 0.5 * 7 = 3.5 -> level 4
+    assert return_sparkline([0.2, 0.2], top=0.2) == "██"  # flat at the best: full
+    assert return_sparkline([float("nan"), 0.0, 2.0], top=2.0) == "▁▁█"
+    assert return_history_text(EpisodeStats()) is None  # nothing yet: no line
+    text = return_history_text(EpisodeStats(return_history=(0.4, 1.0), best_return=1.2))
+    assert text is not None and text.plain == "recent ▁▆  best 1.200"

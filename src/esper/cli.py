@@ -31,6 +31,7 @@ from esper.config import (
     build_config,
     read_config_file,
 )
+from esper.evaluate import add_eval_command
 from esper.rundir import (
     NewRunDir,
     RunDirError,
@@ -73,8 +74,8 @@ class OneLineParser(argparse.ArgumentParser):
 def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("ppo", help="train a morphogenetic policy with factored PPO")
     p.add_argument("--episodes", type=int, help="episodes in total (default 10)")
-    p.add_argument("--task", help=f"host task: {', '.join(TASKS)} (default digits)")
-    p.add_argument("--envs", type=int, help="parallel environments per PPO batch (default 2)")
+    p.add_argument("--task", help=f"host task: {', '.join(TASKS)} (default spirals)")
+    p.add_argument("--envs", type=int, help="parallel environments per PPO batch (default 8)")
     p.add_argument("--episode-length", type=int, help="host epochs per episode (default 25)")
     p.add_argument("--slots", type=int, help="seed slots in the host (default 3)")
     p.add_argument("--epochs", type=int, help="PPO epochs per update (default 4)")
@@ -117,6 +118,7 @@ def _esper_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     _ppo_parser(sub)
     add_analysis_commands(sub)
+    add_eval_command(sub)
     return parser
 
 

@@ -207,9 +207,9 @@ class TrainConfig:
     and `ray_address` say where the envs step; they change the wall time, not the numbers.
     """
 
-    task: str = "digits"
+    task: str = "spirals"
     episodes: int = 10
-    envs: int = 2
+    envs: int = 8
     episode_length: int = 25
     slots: int = 3
     ppo: PPOConfig = field(default_factory=PPOConfig)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import html
 import io
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -568,6 +569,42 @@ def _explosions_table(runs: Sequence[Run]) -> str:
     return _table(EXPLOSION_HEADERS, rows, "explosions")
 
 
+EVAL_HEADERS = ("Run", "Policy", "Mean return", "Std", "Std error", "Episodes", "Host accuracy")
+
+
+def _eval_section(runs: Sequence[Run]) -> str:
+    """`esper eval`'s table for each run whose directory holds an eval.json (else nothing).
+
+    A damaged or foreign eval.json is said in one line, never fatal to the report.
+    """
+    rows, notes = [], []
+    for run in runs:
+        path = run.run_dir / "eval.json"
+        if not path.is_file():
+            continue
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+            for p in doc["policies"]:
+                rows.append(
+                    (
+                        run.label,
+                        p["policy"],
+                        f"{float(p['mean_return']):.3f}",
+                        f"{float(p['std_return']):.3f}",
+                        f"{float(p['stderr_return']):.3f}",
+                        int(p["episodes"]),
+                        f"{float(p.get('host_accuracy', float('nan'))):.3f}",
+                    )
+                )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            notes.append(f"{run.label}: eval.json unreadable ({type(exc).__name__})")
+    if not rows and not notes:
+        return ""
+    body = _table(EVAL_HEADERS, rows, "eval") if rows else ""
+    body += "".join(f'<p class="none">{html.escape(n)}</p>' for n in notes)
+    return f"<h2>Evaluation on fixed seeds (esper eval)</h2>{body}"
+
+
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
@@ -585,7 +622,7 @@ def render_html(runs: Sequence[Run], svg: bytes) -> str:
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1>{_runs_table(runs)}"
         f"<figure>{inline_svg(svg)}</figure>"
-        f"<h2>Ratio explosions</h2>{_explosions_table(runs)}</body></html>\n"
+        f"<h2>Ratio explosions</h2>{_explosions_table(runs)}{_eval_section(runs)}</body></html>\n"
     )
 
 

@@ -116,6 +116,13 @@ def nonfinite_latches(ratio_max: float, ratio_min: float, nonfinite: int) -> tup
     return nan, inf
 
 
+def _best(best: float | None, value: float) -> float | None:
+    """The larger of the best so far and a new return; a NaN return is never the best."""
+    if math.isnan(value):
+        return best
+    return value if best is None or value > best else best
+
+
 def _mean(values: deque[float]) -> float | None:
     return math.fsum(values) / len(values) if values else None
 
@@ -248,6 +255,7 @@ class SanctumAggregator:
             seeds_grown=e.seeds_grown + p.seeds_grown,
             seeds_fossilized=e.seeds_fossilized + p.seeds_fossilized,
             seeds_killed=e.seeds_killed + p.seeds_killed,
+            best_return=_best(e.best_return, p.episode_return),
         )
 
     def _handle_seed_lifecycle(self, event: TelemetryEvent) -> None:

@@ -128,6 +128,9 @@ class EpisodeStats:
     seeds_grown: int = 0
     seeds_fossilized: int = 0
     seeds_killed: int = 0
+    #: Best episode return so far in the run: the level a learning policy's recent
+    #: returns should approach (see the Host panel's return sparkline).
+    best_return: float | None = None
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -14,6 +17,7 @@ from esper.sanctum.widgets.style import (
     HEALTHY,
     NO_DATA,
     NO_VALUE,
+    SPARK_LEVELS,
     fmt_percent,
     fraction_bar,
     no_value,
@@ -67,6 +71,46 @@ def episode_text(episodes: EpisodeStats) -> Text:
     )
 
 
+#: Episodes the return sparkline shows (the most recent ones).
+RETURN_SPARK_WIDTH = 24
+
+
+def return_sparkline(values: Sequence[float], top: float) -> str:
+    """Recent returns, one cell each, on a linear scale from their minimum to `top`.
+
+    `top` is the best return so far, so a full cell means "as good as the run has ever
+    been": a learning policy's line climbs and stays high; a flat low line means no
+    learning. Non-finite returns draw as the lowest cell.
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return SPARK_LEVELS[0] * len(values)
+    low, top_level = min(finite), len(SPARK_LEVELS) - 1
+    span = top - low
+
+    def level(v: float) -> int:
+        if not math.isfinite(v):
+            return 0
+        if span <= 0:
+            return top_level
+        return round(top_level * min(max((v - low) / span, 0.0), 1.0))
+
+    return "".join(SPARK_LEVELS[level(v)] for v in values)
+
+
+def return_history_text(episodes: EpisodeStats) -> Text | None:
+    """The last episodes' returns as a sparkline, beside the best return so far."""
+    recent = list(episodes.return_history[-RETURN_SPARK_WIDTH:])
+    if not recent or episodes.best_return is None:
+        return None
+    return Text.assemble(
+        ("recent ", "bold"),
+        return_sparkline(recent, episodes.best_return),
+        ("  best ", "bold"),
+        f"{episodes.best_return:.3f}",
+    )
+
+
 def seeds_table(episodes: EpisodeStats) -> Table:
     """Seed outcomes over the run, counts under their names (no wrap splits a pair)."""
     table = Table(box=None, padding=(0, 1, 0, 0), pad_edge=False, header_style=NO_DATA)
@@ -89,7 +133,9 @@ def render_slots(snapshot: SanctumSnapshot) -> RenderableType:
         for slot in sorted(snapshot.slots, key=lambda s: s.index):
             table.add_row(*slot_row(slot))
         slots = table
-    return Group(slots, episode_text(snapshot.episodes), seeds_table(snapshot.episodes))
+    history = return_history_text(snapshot.episodes)
+    lines = [episode_text(snapshot.episodes)] + ([history] if history is not None else [])
+    return Group(slots, *lines, seeds_table(snapshot.episodes))
 
 
 class SlotsPanel(SnapshotPanel):

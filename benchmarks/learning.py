@@ -1,0 +1,257 @@
+"""`python -m benchmarks learning`: does Tamiyo learn the growth decisions, on every seed?
+
+For each task and training seed, PPO trains at the default hyper-parameters
+(`TrainConfig()`, the same batches, episode seeds and updates as `esper ppo`, without the
+telemetry), recording the mean training return per PPO update. Then the greedy and sampled
+policy and every baseline of `esper.evaluate` play the fixed evaluation seeds. Written:
+the learning curve (return per block of episodes, baselines as horizontal lines) as a PNG,
+the final evaluation table, and a JSON of every number, under `benchmarks/results/`.
+
+This is not a test: it takes minutes of CPU per seed. The pass mark is the issue's: the
+greedy policy reaches the best fixed heuristic minus one standard error on every seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import load_average, machine_info, pin_threads
+
+RESULTS_DIR = Path(__file__).parent / "results"
+TASKS = ("spirals", "digits")
+SEEDS = (0, 1, 2)
+#: Episodes per point of the plotted curve.
+BLOCK = 40
+
+
+def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """Train one seed at the defaults (plus `overrides`); returns the agent and its curve.
+
+    The loop is `Trainer._run_batch` without telemetry: the same episode seeds, rollouts
+    and updates, so the agent is the one `esper ppo` would have trained.
+    """
+    import torch
+
+    from esper.actions import head_sizes
+    from esper.config import TrainConfig
+    from esper.environment import MorphogeneticEnv
+    from esper.ppo import PPOAgent
+    from esper.rollout import collect_batch
+    from esper.trainer import episode_seeds, observation_size, ppo_config
+
+    cfg = replace(TrainConfig(), task=task, seed=seed, **overrides)
+    if episodes is not None:
+        cfg = replace(cfg, episodes=episodes)
+    torch.manual_seed(cfg.seed)
+    envs = [
+        MorphogeneticEnv(task=cfg.task, n_slots=cfg.slots, episode_length=cfg.episode_length)
+        for _ in range(cfg.envs)
+    ]
+    agent = PPOAgent(
+        observation_size(cfg.slots), head_sizes(cfg.slots), ppo_config(cfg), seed=cfg.seed
+    )
+    returns: list[float] = []
+    done = 0
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    while done < cfg.episodes:
+        n = min(cfg.envs, cfg.episodes - done)
+        seeds = episode_seeds(cfg.seed, done, n)
+        buffer, eps = collect_batch(agent, envs[:n], cfg.episode_length, seeds)
+        agent.update(buffer)
+        returns += [float(ep["return"]) for ep in eps]
+        done += n
+    return {
+        "agent": agent,
+        "config": cfg.to_dict(),
+        "returns": returns,
+        "cpu_seconds": time.process_time() - cpu0,
+        "wall_seconds": time.perf_counter() - wall0,
+    }
+
+
+def evaluate_agent(agent: Any, cfg: dict[str, Any], episodes: int, seed: int) -> list[Any]:
+    """Tamiyo greedy and sampled plus every baseline, on the fixed evaluation seeds."""
+    from esper import evaluate as ev
+    from esper.environment import MorphogeneticEnv
+
+    length, n_slots = int(cfg["episode_length"]), int(cfg["slots"])
+
+    def make_env() -> MorphogeneticEnv:
+        return MorphogeneticEnv(task=cfg["task"], n_slots=n_slots, episode_length=length)
+
+    policies = {**ev.tamiyo_policies(agent), **ev.baselines(length, n_slots, seed)}
+    return ev.evaluate_policies(policies, make_env, ev.eval_seeds(seed, episodes), length)
+
+
+def block_means(returns: Sequence[float], block: int) -> list[float]:
+    """Mean return of each full block of `block` consecutive episodes."""
+    n = len(returns) // block
+    return [float(np.mean(returns[k * block : (k + 1) * block])) for k in range(n)]
+
+
+def verdict(results: Sequence[Any]) -> dict[str, Any]:
+    """Greedy vs the best fixed heuristic: the pass mark is best - 1 standard error."""
+    by_name = {r.policy: r for r in results}
+    heuristics = [r for r in results if r.policy.startswith("grow-")]
+    best = max(heuristics, key=lambda r: r.mean_return)
+    greedy = by_name["tamiyo-greedy"]
+    mark = best.mean_return - best.stderr_return
+    return {
+        "best_heuristic": best.policy,
+        "best_mean": best.mean_return,
+        "mark": mark,
+        "greedy_mean": greedy.mean_return,
+        "passed": greedy.mean_return >= mark,
+    }
+
+
+def plot(
+    curves: dict[str, dict[int, list[float]]], lines: dict[str, dict[str, float]], path: Path
+) -> None:
+    """One panel per task: per-seed block means, baselines as horizontal lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(curves), figsize=(6 * len(curves), 4), squeeze=False)
+    for ax, (task, per_seed) in zip(axes[0], curves.items(), strict=True):
+        for seed, points in per_seed.items():
+            x = [(k + 1) * BLOCK for k in range(len(points))]
+            ax.plot(x, points, marker=".", label=f"Tamiyo seed {seed} (sampled)")
+        styles = {"wait": ":", "random": "-."}
+        for name, value in lines[task].items():
+            ax.axhline(value, linestyle=styles.get(name, "--"), linewidth=1, color="grey")
+            ax.text(0.01, value, name, transform=ax.get_yaxis_transform(), fontsize=7,
+                    va="bottom", color="grey")  # fmt: skip
+        ax.set_title(f"{task}: training return per {BLOCK} episodes")
+        ax.set_xlabel("episodes")
+        ax.set_ylabel("episode return")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    episodes: int | None,
+    eval_episodes: int,
+    eval_seed: int,
+    out: Path,
+) -> dict[str, Any]:
+    from esper import evaluate as ev
+
+    load = {"before": load_average()}
+    doc: dict[str, Any] = {"tasks": {}, "machine": machine_info()}
+    curves: dict[str, dict[int, list[float]]] = {}
+    lines: dict[str, dict[str, float]] = {}
+    for task in tasks:
+        runs = []
+        for seed in seeds:
+            trained = train(task, seed, episodes)
+            results = evaluate_agent(trained["agent"], trained["config"], eval_episodes, eval_seed)
+            check = verdict(results)
+            print(
+                f"\n{task} seed {seed}: {trained['cpu_seconds']:.0f} CPU-s, "
+                f"{len(trained['returns'])} episodes; greedy {check['greedy_mean']:.3f} vs "
+                f"mark {check['mark']:.3f} ({check['best_heuristic']}) -> "
+                f"{'PASS' if check['passed'] else 'FAIL'}"
+            )
+            print(ev.format_table(results))
+            curves.setdefault(task, {})[seed] = block_means(trained["returns"], BLOCK)
+            lines[task] = {
+                r.policy: r.mean_return for r in results if not r.policy.startswith("tamiyo")
+            }
+            runs.append(
+                {
+                    "seed": seed,
+                    "config": trained["config"],
+                    "cpu_seconds": trained["cpu_seconds"],
+                    "wall_seconds": trained["wall_seconds"],
+                    "train_returns": trained["returns"],
+                    "verdict": check,
+                    "eval": [r.to_dict() for r in results],
+                    "table": ev.format_table(results),
+                }
+            )
+            doc["tasks"][task] = runs
+            _write(doc, load, curves, lines, out)  # after every seed: a cut run keeps its part
+    print(f"\nload {load['before']} -> {load['after']}; wrote {out}/learning.png, learning.json")
+    return doc
+
+
+def _write(
+    doc: dict[str, Any],
+    load: dict[str, Any],
+    curves: dict[str, dict[int, list[float]]],
+    lines: dict[str, dict[str, float]],
+    out: Path,
+) -> None:
+    load["after"] = load_average()
+    doc["load_average"] = load
+    doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    out.mkdir(parents=True, exist_ok=True)
+    plot(curves, lines, out / "learning.png")
+    (out / "learning.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def replot(out: Path) -> None:
+    """Redraw learning.png from an existing learning.json (no training)."""
+    doc = json.loads((out / "learning.json").read_text(encoding="utf-8"))
+    curves = {
+        task: {r["seed"]: block_means(r["train_returns"], BLOCK) for r in runs}
+        for task, runs in doc["tasks"].items()
+    }
+    lines = {}
+    for task, runs in doc["tasks"].items():
+        baseline = [e for e in runs[-1]["eval"] if not e["policy"].startswith("tamiyo")]
+        lines[task] = {e["policy"]: e["mean_return"] for e in baseline}
+    plot(curves, lines, out / "learning.png")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks learning", description=__doc__)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument(
+        "--episodes",
+        type=int,
+        default=None,
+        help="training episodes per seed (default: the benchmark's)",
+    )
+    parser.add_argument("--eval-episodes", type=int, default=30)
+    parser.add_argument("--eval-seed", type=int, default=10_000)
+    parser.add_argument("--output", type=Path, default=RESULTS_DIR)
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw learning.png from learning.json"
+    )
+    args = parser.parse_args(argv)
+    if args.replot:
+        replot(args.output)
+        return 0
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    pin_threads(1)
+    run(
+        args.tasks,
+        args.seeds,
+        args.episodes or EPISODES,
+        args.eval_episodes,
+        args.eval_seed,
+        args.output,
+    )
+    return 0
+
+
+#: Training episodes per seed: what fits in the issue's 10 CPU-minutes with room to spare.
+EPISODES = 1000
