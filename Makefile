@@ -17,7 +17,7 @@ run: $(VENV_OK)
 	.venv/bin/esper ppo --episodes 10
 
 test: $(VENV_OK)
-	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m ruff check src tests benchmarks examples
 	$(PY) -m mypy
 	.venv/bin/lint-imports
 	$(PY) -m pytest -q -n 2

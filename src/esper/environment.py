@@ -141,7 +141,8 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
     it trains in isolation) minus the accuracy with that seed switched off (alpha = 0).
     """
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
+    # gymnasium declares `metadata` as an instance attribute but reads it off the class.
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}  # type: ignore[misc]
 
     def __init__(
         self,

@@ -316,12 +316,10 @@ def load_run_agent(run_dir: Path) -> tuple[Any, dict[str, Any]]:
     try:
         state = load_checkpoint(path)
         config = state["config"]
-        env = {
-            "task": str(config["task"]),
-            "slots": int(config["slots"]),
-            "episode_length": int(config["episode_length"]),
-        }
-        if env["task"] not in TASKS or env["slots"] < 1 or env["episode_length"] < 1:
+        task, slots = str(config["task"]), int(config["slots"])
+        length = int(config["episode_length"])
+        env: dict[str, Any] = {"task": task, "slots": slots, "episode_length": length}
+        if task not in TASKS or slots < 1 or length < 1:
             raise ValueError(f"run config names no playable environment: {env}")
         saved = state["agent"]
         hidden = int(saved["policy"]["value_head.weight"].shape[1])

@@ -16,6 +16,7 @@ import functools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -214,7 +215,7 @@ class HostNetwork(nn.Module):
             alpha = alphas.get(i, 0.0 if seed is None else seed.alpha)
             h = self._slot(i, h, alpha, frozen)
             if i < self.n_slots - 1:
-                h = F.relu(self._layer(self.hidden[i], h, frozen))
+                h = F.relu(self._layer(cast(nn.Linear, self.hidden[i]), h, frozen))
         return self._layer(self.head, h, frozen)
 
     def forward(self, x: Tensor, alphas: Mapping[int, float] | None = None) -> Tensor:
@@ -237,7 +238,7 @@ class HostNetwork(nn.Module):
             h_in = h.detach()
             h_out = blend(seed.style, h_in, seed.module(h_in), seed.probe_alpha)
             if i < self.n_slots - 1:
-                h_out = F.relu(self._layer(self.hidden[i], h_out, frozen=True))
+                h_out = F.relu(self._layer(cast(nn.Linear, self.hidden[i]), h_out, frozen=True))
             probe_logits.append(self._from_slot(h_out, i + 1, {}, frozen=True))
         return logits, probe_logits
 

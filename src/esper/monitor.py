@@ -81,18 +81,21 @@ def open_run(
             index = getattr(event.payload, "update_index", None)
             if isinstance(index, int):
                 last_update = max(last_update, index)
-        emitter_start = {"start_seq": last_seq + 1, "start_update_index": last_update + 1}
+        start_seq, start_update = last_seq + 1, last_update + 1
     else:
         lock = prepare_run_dir(path).lock
         run_id = path.name if run_dir is None else new_run_id()
-        emitter_start = {}
+        start_seq = start_update = 0
     hub = TelemetryHub()
     try:
         hub.add_backend(RunRecorder(path, config=dict(config), run_id=run_id))
     except BaseException:
         lock.release()
         raise
-    return OpenRun(path, run_id, hub, TelemetryEmitter(hub, run_id=run_id, **emitter_start), lock)
+    emitter = TelemetryEmitter(
+        hub, run_id=run_id, start_seq=start_seq, start_update_index=start_update
+    )
+    return OpenRun(path, run_id, hub, emitter, lock)
 
 
 def _head_table(

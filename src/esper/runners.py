@@ -202,11 +202,15 @@ class RestartNotice:
 class EnvRunner(Protocol):
     """Steps a fixed set of envs for the driver; see the module docstring."""
 
-    backend: str
     n_envs: int
     n_workers: int
     obs_dim: int
     n_slots: int
+
+    @property
+    def backend(self) -> str:
+        """"inprocess", "processes" or "ray" (a class attribute of each runner)."""
+        ...
 
     def reset(self, seeds: Sequence[int | None]) -> EnvStates: ...
 
@@ -586,7 +590,9 @@ class _ProcessWorker:
 
     def __init__(
         self,
-        context: multiprocessing.context.BaseContext,
+        context: multiprocessing.context.DefaultContext
+        | multiprocessing.context.ForkServerContext
+        | multiprocessing.context.SpawnContext,
         worker: int,
         factories: Sequence[EnvFactory],
     ) -> None:
@@ -679,7 +685,11 @@ class ProcessRunner(WorkerPoolRunner):
     backend = "processes"
 
     def __init__(self, factories: Sequence[EnvFactory], n_workers: int | None = None, **kw: Any):
-        self._context: multiprocessing.context.BaseContext
+        self._context: (
+            multiprocessing.context.DefaultContext
+            | multiprocessing.context.ForkServerContext
+            | multiprocessing.context.SpawnContext
+        )
         if "forkserver" in multiprocessing.get_all_start_methods():
             self._context = multiprocessing.get_context("forkserver")
             self._context.set_forkserver_preload(FORKSERVER_PRELOAD)

@@ -53,7 +53,7 @@ class DiscretizeActions(gymnasium.ActionWrapper):
             action_grid(lo, hi, n) for lo, hi, n in zip(low, high, self.bins, strict=True)
         )
         self._box = box
-        self.action_space = spaces.MultiDiscrete(self.bins)
+        self.action_space = spaces.MultiDiscrete(list(self.bins))
 
     def action(self, action: Any) -> npt.NDArray[Any]:
         """The Box action for one index per head."""

@@ -64,17 +64,22 @@ def _without_huge_ints(table: Table) -> tuple[Table, set[Any]]:
 def _checked_run(run: Run) -> Run:
     """`run` with every row an int64 column cannot hold skipped and counted, as the
     dashboard and the report skip a line they cannot use: one skipped line per event."""
-    parts = {}
-    dropped: set[Any] = set()
-    for name in ("updates", "episodes", "explosions", "events"):
-        table, seqs = _without_huge_ints(getattr(run, name))
-        parts[name] = table
-        dropped |= seqs
+    updates, episodes, explosions, events = (
+        _without_huge_ints(table)
+        for table in (run.updates, run.episodes, run.explosions, run.events)
+    )
+    dropped: set[Any] = updates[1] | episodes[1] | explosions[1] | events[1]
     if not dropped:
         return run
     run.stats.skipped += len(dropped)
     run.stats.malformed.append((0, f"{len(dropped)} event(s) hold an integer beyond 64 bits"))
-    return dataclasses.replace(run, **parts)
+    return dataclasses.replace(
+        run,
+        updates=updates[0],
+        episodes=episodes[0],
+        explosions=explosions[0],
+        events=events[0],
+    )
 
 
 def tables(runs: Sequence[Run]) -> list[Table]:

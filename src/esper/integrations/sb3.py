@@ -372,6 +372,7 @@ class _PerHeadAlgorithm:
     """The per-head telemetry shared by `PerHeadPPO` and `PerHeadMaskablePPO`."""
 
     _BUFFERS: ClassVar[tuple[type, type]]  # (flat observations, dict observations)
+    rollout_buffer_class: type[Any] | None  # SB3's attribute, set by its constructor
     _ESPER_EXCLUDED: ClassVar[tuple[str, ...]] = (
         "_head_tap",
         "_requested_run_dir",
@@ -416,7 +417,7 @@ class _PerHeadAlgorithm:
             raise ValueError(f"{len(sizes)} action heads but {len(names)} head_names")
         self.head_names = check_head_names(names)
         self.head_sizes = sizes
-        chosen = self.rollout_buffer_class  # type: ignore[has-type]
+        chosen = self.rollout_buffer_class
         if chosen is not None and chosen not in self._BUFFERS:
             raise ValueError(
                 f"{type(self).__name__} brings its own rollout buffer; got rollout_buffer_class="

@@ -48,7 +48,8 @@ class SanctumApp(App[None]):
     CSS_PATH = "sanctum.tcss"
     TITLE = "Sanctum"
     #: Narrow terminals stack the middle and bottom panels instead of placing them side by side.
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (100, "-wide")]
+    # Textual declares it on instances but reads the class's; a ClassVar says what we mean.
+    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]]] = [(0, "-narrow"), (100, "-wide")]  # type: ignore[misc]
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "quit"),
         # Operators expect Ctrl-C to stop a run; Textual's default only hints at ctrl+q.
