@@ -11,6 +11,7 @@ time, which waiting for a core does not inflate; whole training loops in wall ti
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 import os
@@ -245,11 +246,12 @@ DEFAULT_SLOTS = 3
 SEED = 0
 
 
+@functools.cache
 def fixed_rollout(task: str, n_envs: int, episode_length: int, seed: int = SEED) -> tuple[Any, int]:
     """One batch of episodes from a fresh seed-`seed` agent: (RolloutBuffer, obs_dim).
 
     Every timed update is fed this same buffer, so the two sides of a comparison train
-    on identical samples.
+    on identical samples; it is collected once per process (updates only read it).
     """
     from esper.actions import head_sizes
     from esper.environment import MorphogeneticEnv
