@@ -13,7 +13,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,6 +32,7 @@ from esper.config import (
     read_config_file,
 )
 from esper.telemetry.recorder import EVENTS_FILE
+from esper.threads import learner_threads
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -39,6 +40,7 @@ EXIT_INTERRUPTED = 130
 SETTING_FLAGS = (
     "episodes", "task", "envs", "episode_length", "slots", "epochs", "minibatches",
     "clip", "clip_mode", "lr", "seed", "device", "fault", "backend", "workers", "ray_address",
+    "threads",
 )  # fmt: skip
 
 
@@ -79,6 +81,7 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument(
         "--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local one)"
     )
+    p.add_argument("--threads", type=int, help="torch threads of the learner (default: by size)")
     p.add_argument("--run-dir", type=Path, help="where to record the run (default runs/<run-id>)")
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
     p.add_argument("--no-tui", action="store_true", help="run headless with a progress bar")
@@ -150,7 +153,7 @@ def _check_device(device: str) -> None:
 
 #: Flags a resumed run may change; everything else comes from its checkpoint. Where the
 #: envs step changes the wall time only, so a resumed run may move to other workers.
-RESUME_FLAGS = frozenset({"episodes", "device", "backend", "workers", "ray_address"})
+RESUME_FLAGS = frozenset({"episodes", "device", "backend", "workers", "ray_address", "threads"})
 
 
 def _given_settings(args: argparse.Namespace) -> set[str]:
@@ -212,6 +215,7 @@ def run_ppo(args: argparse.Namespace) -> int:
         _check_device(config.device)
     except (ConfigError, UsageError) as exc:
         _fail("esper ppo", str(exc))
+    config = replace(config, threads=learner_threads(config))  # the count, into run.json
 
     from esper.telemetry.emitter import TelemetryEmitter
     from esper.telemetry.hub import TelemetryHub

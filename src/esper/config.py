@@ -64,6 +64,8 @@ class TrainConfig:
     #: Fault injection for tests and drills: "HEAD=nan@FIRST[-LAST]" (or inf) makes that
     #: head's logits non-finite in every minibatch of updates FIRST..LAST (batch indices).
     fault: str | None = None
+    #: Torch intra-op threads of the learner (default: chosen by size, esper.threads).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -139,6 +141,8 @@ def validate(cfg: TrainConfig) -> None:
         _positive_float(cfg, name, optional=True)
     _positive_int(cfg, "hidden")
     _positive_int(cfg, "max_bad_updates")
+    if cfg.threads is not None:
+        _positive_int(cfg, "threads")
     if cfg.task not in TASKS:
         raise ConfigError(f"unknown task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
     if cfg.clip_mode not in CLIP_MODES:
