@@ -32,6 +32,14 @@ def worst_ratio(values: Sequence[float]) -> float | None:
     """The value farthest from 1 in log space (non-finite counts as farthest); None if empty."""
     if not values:
         return None
+    lo, hi = min(values), max(values)
+    if lo > 0.0 and math.isfinite(sum(values)):  # every value finite and > 0: the fast path
+        # |ln v| grows with v above 1 and shrinks below it: the worst is the max or the min;
+        # on a tie, the one met first, as max() with a key returns.
+        up, down = math.log(hi), -math.log(lo)
+        if up != down:
+            return hi if up > down else lo
+        return hi if values.index(hi) < values.index(lo) else lo
 
     def badness(v: float) -> tuple[bool, float]:
         finite = math.isfinite(v) and v > 0.0
