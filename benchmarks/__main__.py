@@ -1,15 +1,17 @@
 """`python -m benchmarks [--quick]`: every benchmark, one table of ratios, latest.json.
 
-Sections run in a fixed order in one process (the memory run in its own child process),
-with torch pinned to one thread. The JSON holds one top-level key per figure (its median),
-then per figure its spread and target, the raw measurements of each section, the machine
-and the load average before and after.
+Sections run in a fixed order in one process (the `esper ppo` runs of `cli_run` and the
+memory run in child processes), with torch pinned to one thread in this one. The JSON
+holds one top-level key per figure (its median), then per figure its spread and target,
+the raw measurements of each section, the machine and the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,14 +20,24 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import memory, sanctum_load, scaling, telemetry_overhead, versus_sb3
+from benchmarks import (
+    cli_run,
+    emit_path,
+    memory,
+    sanctum_load,
+    scaling,
+    telemetry_overhead,
+    versus_sb3,
+)
 from benchmarks.common import Row, Section, load_average, machine_info, pin_threads
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 SECTIONS: dict[str, Callable[[bool], Section]] = {
+    "cli_run": cli_run.run,
     "telemetry_overhead": telemetry_overhead.run,
     "versus_sb3": versus_sb3.run,
     "sanctum_load": sanctum_load.run,
+    "emit_path": emit_path.run,
     "memory": memory.run,
     "scaling": scaling.run,
 }
@@ -78,6 +90,30 @@ def report(
     }
 
 
+def temp_entries() -> set[str]:
+    """Names in the system temp directory (shared: other processes add to it too)."""
+    return set(os.listdir(tempfile.gettempdir()))
+
+
+def clean_temp(before: set[str]) -> list[str]:
+    """Remove what a run leaves in the temp directory and can be known to be its own.
+
+    Every section cleans up after itself; what torch adds on its own is the empty
+    `torchinductor_<user>` cache folder that importing `torch._dynamo` creates (any
+    `torch.optim` optimiser, e.g. SB3's, imports it). Whatever else is new is listed, not
+    deleted: on a shared machine it may be another process's.
+    """
+    root = Path(tempfile.gettempdir())
+    left = []
+    for name in sorted(temp_entries() - before):
+        path = root / name
+        if name.startswith("torchinductor_") and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        else:
+            left.append(name)
+    return left
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (under 2 minutes)")
@@ -85,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args(argv)
     pin_threads(1)
+    temp_before = temp_entries()
     console = Console(width=max(Console().width, 110))
     load = {"before": load_average()}
     start = time.perf_counter()
@@ -97,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - start
     load["after"] = load_average()
     document = report(sections, args.quick, wall, load)
+    document["temp_left_behind"] = clean_temp(temp_before)
     mode = "quick" if args.quick else "full"
     title = f"esper benchmarks ({mode}, {wall:.0f} s; load {load['before']} -> {load['after']})"
     console.print(results_table([r for s in sections for r in s.rows], title))

@@ -34,7 +34,7 @@ from typing import Any
 
 from benchmarks.common import Row, Section, interleaved, paired_ratios, spread
 
-EPISODES_QUICK, EPISODES_FULL = 4, 10
+EPISODES_QUICK, EPISODES_FULL = 2, 10
 PROBE = """
 import sys, time
 import esper.environment as _env
@@ -117,20 +117,19 @@ def run(quick: bool) -> Section:
     train = interleaved(dict(sides), rounds=rounds, warmup=0)
     # the import breakdown explains the start-up figure; --quick leaves it out
     imports = interleaved(
-        {name: import_seconds(code) for name, code in IMPORTS.items()},
-        rounds=1 if quick else 5,
+        {name: import_seconds(code) for name, code in IMPORTS.items()} if not quick else {},
+        rounds=5,
         warmup=0,
     )
     speedup = spread(paired_ratios(train["torch_default"], train["policy"]))
     startup = spread(sides["policy"].startup)
     breakdown = {
-        "torch_s": spread(imports["torch"]).as_dict(),
-        "torch_dynamo_extra_s": spread(
-            [d - t for d, t in zip(imports["torch_dynamo"], imports["torch"], strict=True)]
-        ).as_dict(),
-        "sklearn_datasets_extra_s": spread(
-            [s - t for s, t in zip(imports["sklearn_datasets"], imports["torch"], strict=True)]
-        ).as_dict(),
+        f"{name}_extra_s" if name != "torch" else "torch_s": spread(
+            [s - t for s, t in zip(seconds, imports["torch"], strict=True)]
+            if name != "torch"
+            else seconds
+        ).as_dict()
+        for name, seconds in imports.items()
     }
     raw: dict[str, Any] = {
         "episodes": episodes,

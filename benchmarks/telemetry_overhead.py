@@ -15,7 +15,8 @@ state (weights, Adam state, RNGs) before every timed update, interleaved:
   fraction read once per update (what SB3 logs).
 
 Two sizes: the product defaults (2 envs x 25 steps, 4 epochs x 4 minibatches) and a
-realistic one (2048 samples: 16 envs x 128 steps, 4 epochs x 8 minibatches of 256).
+realistic one (2048 samples, 4 epochs x 8 minibatches of 256: a 16-env x 32-step
+rollout repeated four times in time, see `common.tiled_rollout`).
 Updates are timed in thread CPU seconds (torch runs on this one thread). A count of the
 aten operations each side dispatches per update says where the difference goes.
 """
@@ -40,19 +41,19 @@ from benchmarks.common import (
     Row,
     Section,
     cpu_clock,
-    fixed_rollout,
     interleaved,
     paired_ratios,
     spread,
+    tiled_rollout,
     timed,
 )
 
 TARGET = 1.05
 TASK = "spirals"  # the update never sees the task, only the rollout's shape
-#: name -> (envs, steps per env, minibatches); epochs are the default 4 everywhere.
-SIZES: dict[str, tuple[int, int, int]] = {
-    "default": (DEFAULT_ENVS, DEFAULT_EPISODE_LENGTH, 4),
-    "2048": (16, 128, 8),
+#: name -> (envs, steps per env, times the steps repeat, minibatches); epochs are 4.
+SIZES: dict[str, tuple[int, int, int, int]] = {
+    "default": (DEFAULT_ENVS, DEFAULT_EPISODE_LENGTH, 1, 4),
+    "2048": (16, 32, 4, 8),
 }
 
 
@@ -178,8 +179,8 @@ def measure(size: str, rounds: int, repeats: int) -> dict[str, Any]:
     from esper.actions import head_sizes
     from esper.ppo import PPOAgent, PPOConfig
 
-    n_envs, steps, minibatches = SIZES[size]
-    buffer, obs_dim = fixed_rollout(TASK, n_envs, steps)
+    n_envs, steps, repeats_in_time, minibatches = SIZES[size]
+    buffer, obs_dim = tiled_rollout(TASK, n_envs, steps, repeats_in_time)
     heads = head_sizes(DEFAULT_SLOTS)
     agents = {
         "ours": PPOAgent(obs_dim, heads, PPOConfig(minibatches=minibatches), seed=SEED),
@@ -194,7 +195,7 @@ def measure(size: str, rounds: int, repeats: int) -> dict[str, Any]:
     sides = {name: ReloadingUpdate(agent, state, buffer) for name, agent in agents.items()}
     samples = interleaved(dict(sides), rounds=rounds, warmup=2, repeats=repeats)
     return {
-        "samples_per_update": n_envs * steps,
+        "samples_per_update": n_envs * steps * repeats_in_time,
         "minibatches": minibatches,
         "epochs": 4,
         "rounds": rounds,
