@@ -2,17 +2,19 @@
 
 `python -m benchmarks learning` is separate (see benchmarks/learning.py): it trains.
 
-Sections run in a fixed order in one process (the memory run in its own child process),
-with torch pinned to one thread. The JSON holds one top-level key per figure (its median),
-then per figure its spread and target, the raw measurements of each section, the machine
-and the load average before and after.
+Sections run in a fixed order in one process (the `esper ppo` runs of `cli_run` and the
+memory run in child processes), with torch pinned to one thread in this one. The JSON
+holds one top-level key per figure (its median), then per figure its spread and target,
+the raw measurements of each section, the machine and the load average before and after.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,14 +23,25 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import memory, sanctum_load, sb3_overhead, scaling, telemetry_overhead, versus_sb3
+from benchmarks import (
+    cli_run,
+    emit_path,
+    memory,
+    sanctum_load,
+    sb3_overhead,
+    scaling,
+    telemetry_overhead,
+    versus_sb3,
+)
 from benchmarks.common import Row, Section, load_average, machine_info, pin_threads
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 SECTIONS: dict[str, Callable[[bool], Section]] = {
+    "cli_run": cli_run.run,
     "telemetry_overhead": telemetry_overhead.run,
     "versus_sb3": versus_sb3.run,
     "sanctum_load": sanctum_load.run,
+    "emit_path": emit_path.run,
     "memory": memory.run,
     "scaling": scaling.run,
     "sb3_overhead": sb3_overhead.run,
@@ -82,6 +95,30 @@ def report(
     }
 
 
+def temp_entries() -> set[str]:
+    """Names in the system temp directory (shared: other processes add to it too)."""
+    return set(os.listdir(tempfile.gettempdir()))
+
+
+def clean_temp(before: set[str]) -> list[str]:
+    """Remove what a run leaves in the temp directory and can be known to be its own.
+
+    Every section cleans up after itself; what torch adds on its own is the empty
+    `torchinductor_<user>` cache folder that importing `torch._dynamo` creates (any
+    `torch.optim` optimiser, e.g. SB3's, imports it). Whatever else is new is listed, not
+    deleted: on a shared machine it may be another process's.
+    """
+    root = Path(tempfile.gettempdir())
+    left = []
+    for name in sorted(temp_entries() - before):
+        path = root / name
+        if name.startswith("torchinductor_") and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        else:
+            left.append(name)
+    return left
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else list(argv)
     if args_list[:1] == ["learning"]:  # minutes of training per seed: its own command
@@ -94,6 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
     args = parser.parse_args(args_list)
     pin_threads(1)
+    temp_before = temp_entries()
     console = Console(width=max(Console().width, 110))
     load = {"before": load_average()}
     start = time.perf_counter()
@@ -106,6 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     wall = time.perf_counter() - start
     load["after"] = load_average()
     document = report(sections, args.quick, wall, load)
+    document["temp_left_behind"] = clean_temp(temp_before)
     mode = "quick" if args.quick else "full"
     title = f"esper benchmarks ({mode}, {wall:.0f} s; load {load['before']} -> {load['after']})"
     console.print(results_table([r for s in sections for r in s.rows], title))

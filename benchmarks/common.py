@@ -11,6 +11,7 @@ time, which waiting for a core does not inflate; whole training loops in wall ti
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import math
 import os
@@ -245,11 +246,12 @@ DEFAULT_SLOTS = 3
 SEED = 0
 
 
+@functools.cache
 def fixed_rollout(task: str, n_envs: int, episode_length: int, seed: int = SEED) -> tuple[Any, int]:
     """One batch of episodes from a fresh seed-`seed` agent: (RolloutBuffer, obs_dim).
 
     Every timed update is fed this same buffer, so the two sides of a comparison train
-    on identical samples.
+    on identical samples; it is collected once per process (updates only read it).
     """
     from esper.actions import head_sizes
     from esper.environment import MorphogeneticEnv
@@ -264,3 +266,29 @@ def fixed_rollout(task: str, n_envs: int, episode_length: int, seed: int = SEED)
     seeds = [seed * 1000 + i for i in range(n_envs)]
     buffer, _ = collect_batch(agent, envs, episode_length, seeds)
     return buffer, envs[0].obs_dim
+
+
+@functools.cache
+def tiled_rollout(task: str, n_envs: int, steps: int, repeats: int) -> tuple[Any, int]:
+    """A `steps * repeats`-step rollout of `n_envs` envs: one real `fixed_rollout` of
+    `steps` steps repeated in time (each repeat starts an episode), GAE recomputed.
+
+    An update's cost depends on the rollout's shape, not on its values; collecting 2048
+    real env steps costs half a minute of a loaded machine, a quarter of them a quarter.
+    """
+    import torch
+
+    from esper.ppo import RolloutBuffer
+
+    real, obs_dim = fixed_rollout(task, n_envs, steps)
+    tiled = RolloutBuffer(
+        steps * repeats, n_envs, obs_dim, real.slot_by_op.shape[-1],
+        gamma=real.gamma, gae_lambda=real.gae_lambda,
+    )  # fmt: skip
+    for name in ("obs", "actions", "log_probs", "values", "rewards", "op_mask", "slot_by_op"):
+        field = getattr(real, name)
+        getattr(tiled, name).copy_(field.tile((repeats,) + (1,) * (field.dim() - 1)))
+    tiled.episode_starts.zero_()
+    tiled.episode_starts[::steps] = True
+    tiled.compute_returns_and_advantages(torch.zeros(n_envs), torch.ones(n_envs, dtype=torch.bool))
+    return tiled, obs_dim

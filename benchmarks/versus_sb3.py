@@ -1,22 +1,32 @@
-"""esper against Stable-Baselines3 PPO on the same environment, side by side.
+"""esper against sb3-contrib's MaskablePPO on the same environment, side by side.
 
-SB3 runs `PPO("MlpPolicy")` on `esper/Morphogenetic-v0` through the gymnasium API (a
-MultiDiscrete action space, no masks) with the sizes of ours: Tamiyo's shared trunk
-(two tanh layers of `hidden` units) as SB3's shared features extractor and `net_arch=[]`,
-so both have one trunk, a linear action head and a linear value head; n envs in a
-`DummyVecEnv`, `n_steps` = episode length, `n_epochs`, `batch_size` =
-ceil(n_envs * n_steps / minibatches) (the minibatches of ours), and the same learning
-rate, clip range, coefficients, target KL, task and host.
+MaskablePPO with `action_masks()` is what a Stable-Baselines3 user would pick for this
+env: plain PPO gets no masks, so its invalid actions run as WAIT and its env does less
+work than ours (fewer seeds alive). MaskablePPO runs `MlpPolicy` on
+`esper/Morphogenetic-v0` through the gymnasium API (a MultiDiscrete action space, the
+env's flat per-head mask) with the sizes of ours: Tamiyo's shared trunk (two tanh layers
+of `hidden` units) as its shared features extractor and `net_arch=[]`, so both have one
+trunk, a linear action head and a linear value head; the same learning rate, clip range,
+coefficients, epochs and minibatch size, task and host. The KL early stop is off on both
+sides (`target_kl=None`), so both run every epoch. The optimisers differ and are
+recorded: ours is Adam with `fused=True` (one kernel per step, and the sync-free skip of
+a minibatch), MaskablePPO's is torch's default Adam (eps 1e-5, the for-loop kernel on CPU).
 
 Two figures, both > 1 when esper is faster:
 
+- update: CPU seconds of one update on the same 2048-sample rollout (16 envs x 128
+  steps: a real 32-step rollout repeated four times in time), 4 epochs of minibatches
+  of 64 (SB3's default) and of 256: MaskablePPO
+  `model.train()` on its buffer filled with our rollout (observations, actions, joint
+  log-probs, values, advantages, returns and the flat masks), ours `PPOAgent.update()`;
+  each restored to one saved state (weights and Adam state) before every timing.
 - steps: environment steps per second of the whole loop (collect + update) for the same
-  number of steps; ours is the `Trainer` with telemetry on (emitter, hub, run recorder
-  writing a temp run dir, checkpoint per batch), SB3 is `model.learn`. The env is the
-  same code on both sides and most of the time; it is timed inside a wrapper so the
-  framework's own time per step is reported too.
-- update: CPU seconds per sample of one update on a filled rollout: SB3 `model.train()`,
-  ours `PPOAgent.update()`, each restored to one saved state before every timing.
+  number of steps at the product's sizes (2 envs x 25 steps); ours is the `Trainer` with
+  telemetry on (emitter, hub, run recorder writing a temp run dir, checkpoint per batch),
+  MaskablePPO's is `model.learn`. The env is the same code on both sides and most of the
+  time; it is timed inside a wrapper so the framework's own time per step is reported too.
+
+MaskablePPO logs to an in-memory logger with no output, so no run leaves a folder behind.
 """
 
 from __future__ import annotations
@@ -44,10 +54,10 @@ from benchmarks.common import (
     Section,
     Spread,
     cpu_clock,
-    fixed_rollout,
     interleaved,
     paired_ratios,
     spread,
+    tiled_rollout,
     timed,
 )
 from benchmarks.telemetry_overhead import ReloadingUpdate
@@ -79,6 +89,10 @@ class TimedEnv(gymnasium.Wrapper[Any, Any, Any, Any]):
     @property
     def obs_dim(self) -> int:
         return int(self.env.unwrapped.obs_dim)  # type: ignore[attr-defined]
+
+    def action_masks(self) -> Any:
+        """The env's flat per-head mask (MaskablePPO asks the outermost wrapper)."""
+        return self.env.unwrapped.action_masks()  # type: ignore[attr-defined]
 
     @property
     def n_slots(self) -> int:
@@ -121,9 +135,14 @@ class Setup:
 
 
 def sb3_model(setup: Setup, clock: StepClock) -> Any:
-    """SB3 PPO matched to `setup` and to esper's default PPOConfig and TamiyoPolicy."""
+    """MaskablePPO matched to `setup` and to esper's default PPOConfig and TamiyoPolicy.
+
+    The KL early stop is off (as on our side, see `our_config`), and the logger writes
+    nothing: SB3's default logger would leave a folder in the temp directory per model.
+    """
     import torch
-    from stable_baselines3 import PPO
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3.common.logger import Logger
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -159,7 +178,7 @@ def sb3_model(setup: Setup, clock: StepClock) -> Any:
     vec_env = DummyVecEnv([make_env] * setup.n_envs)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*mini-batch size.*")
-        return PPO(
+        model = MaskablePPO(
             "MlpPolicy",
             vec_env,
             learning_rate=cfg.lr,
@@ -172,7 +191,7 @@ def sb3_model(setup: Setup, clock: StepClock) -> Any:
             ent_coef=cfg.entropy_coef,
             vf_coef=cfg.value_coef,
             max_grad_norm=cfg.max_grad_norm,
-            target_kl=cfg.target_kl,
+            target_kl=None,
             normalize_advantage=cfg.normalize_advantage,
             policy_kwargs={
                 "features_extractor_class": TamiyoTrunk,
@@ -184,6 +203,15 @@ def sb3_model(setup: Setup, clock: StepClock) -> Any:
             device="cpu",
             verbose=0,
         )
+    model.set_logger(Logger(folder=None, output_formats=[]))
+    return model
+
+
+def optimiser_name(optimizer: Any) -> str:
+    """Which Adam a side steps with: its class, kernel and epsilon."""
+    group = optimizer.param_groups[0]
+    kernel = "fused" if group.get("fused") else "foreach" if group.get("foreach") else "for-loop"
+    return f"{type(optimizer).__name__} ({kernel}, eps={group['eps']:g})"
 
 
 def ours_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Loop:
@@ -200,7 +228,7 @@ def ours_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Lo
         envs=setup.n_envs,
         episode_length=setup.episode_length,
         slots=DEFAULT_SLOTS,
-        ppo=PPOConfig(epochs=setup.epochs, minibatches=setup.minibatches),
+        ppo=PPOConfig(epochs=setup.epochs, minibatches=setup.minibatches, target_kl=None),
         seed=SEED,
     )
     hub = TelemetryHub()
@@ -211,7 +239,7 @@ def ours_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Lo
 
 
 def sb3_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Loop:
-    """`model.learn` for the same number of steps (the run dir is not needed)."""
+    """MaskablePPO's `model.learn` for the same number of steps (no run dir needed)."""
     model = sb3_model(setup, clock)
     return Loop(lambda: model.learn(total_timesteps=batches * setup.rollout), model.env.close)
 
@@ -251,17 +279,54 @@ class LoopSide:
         return seconds
 
 
-class SB3Train:
-    """A timed `model.train()` on a filled rollout buffer, from one restored state.
+def sb3_masks(buffer: Any) -> npt.NDArray[np.float32]:
+    """The flat per-head masks [T, E, sum(head sizes)] of our rollout, as MaskablePPO stores."""
+    from esper.actions import ActionMasks
 
-    `learn` for one rollout fills the buffer and trains once (so Adam has its state, as
-    on our side); every later `train()` reuses that buffer. `epochs` is how many epochs
-    the last call ran (SB3 breaks out of an update at its KL early stop).
+    op = buffer.op_mask.numpy()
+    slot_by_op = buffer.slot_by_op.numpy()
+    flat = [
+        [ActionMasks(op[t, e], slot_by_op[t, e]).flat() for e in range(op.shape[1])]
+        for t in range(op.shape[0])
+    ]
+    return np.asarray(flat, dtype=np.float32)
+
+
+def fill_sb3_buffer(model: Any, buffer: Any) -> None:
+    """MaskablePPO's rollout buffer holding our rollout, ready for `train()`.
+
+    SB3 scores an action by the sum of every head's log-prob, so the stored joint
+    log-prob is the sum of our per-head ones.
+    """
+    rb = model.rollout_buffer
+    rb.reset()
+    fields = {
+        "observations": buffer.obs,
+        "actions": buffer.actions,
+        "rewards": buffer.rewards,
+        "episode_starts": buffer.episode_starts,
+        "values": buffer.values,
+        "log_probs": buffer.log_probs.sum(dim=-1),
+        "advantages": buffer.advantages,
+        "returns": buffer.returns,
+    }
+    for name, tensor in fields.items():
+        target = getattr(rb, name)
+        target[...] = tensor.numpy().reshape(target.shape).astype(target.dtype)
+    rb.action_masks[...] = sb3_masks(buffer)
+    rb.pos, rb.full, rb.generator_ready = rb.buffer_size, True, False
+
+
+class SB3Train:
+    """A timed MaskablePPO `model.train()` on our rollout, from one restored state.
+
+    One untimed `train()` first gives Adam its state, as on our side.
     """
 
-    def __init__(self, setup: Setup) -> None:
+    def __init__(self, setup: Setup, buffer: Any) -> None:
         self.model = sb3_model(setup, StepClock())
-        self.model.learn(total_timesteps=setup.rollout)
+        fill_sb3_buffer(self.model, buffer)
+        self.model.train()
         policy = self.model.policy
         self.state = copy.deepcopy((policy.state_dict(), policy.optimizer.state_dict()))
         self.epochs = 0
@@ -276,32 +341,43 @@ class SB3Train:
         return seconds
 
 
-def ours_update_side(setup: Setup) -> ReloadingUpdate:
-    """A timed `PPOAgent.update()` on a fixed rollout, from the state after one update."""
-    from esper.actions import head_sizes
-    from esper.ppo import PPOAgent, PPOConfig
+def our_config(setup: Setup) -> Any:
+    """PPOConfig of our side: the defaults, `setup`'s epochs and minibatches, no KL stop."""
+    from esper.ppo import PPOConfig
 
-    buffer, obs_dim = fixed_rollout(setup.task, setup.n_envs, setup.episode_length)
-    config = PPOConfig(epochs=setup.epochs, minibatches=setup.minibatches)
-    agent = PPOAgent(obs_dim, head_sizes(DEFAULT_SLOTS), config, seed=SEED)
+    return PPOConfig(epochs=setup.epochs, minibatches=setup.minibatches, target_kl=None)
+
+
+def ours_update_side(setup: Setup, buffer: Any, obs_dim: int) -> ReloadingUpdate:
+    """A timed `PPOAgent.update()` on `buffer`, from the state after one update."""
+    from esper.actions import head_sizes
+    from esper.ppo import PPOAgent
+
+    agent = PPOAgent(obs_dim, head_sizes(DEFAULT_SLOTS), our_config(setup), seed=SEED)
     agent.update(buffer)
     return ReloadingUpdate(agent, copy.deepcopy(agent.state_dict()), buffer)
 
 
-def measure_update(setup: Setup, rounds: int) -> dict[str, Any]:
-    """Interleaved update timings of both sides; ratio SB3 / ours per round."""
-    ours, sb3 = ours_update_side(setup), SB3Train(setup)
-    samples = interleaved({"ours": ours, "sb3": sb3}, rounds, warmup=1, repeats=3)
-    per_sample = {
-        name: spread(values).scaled(1e6 / setup.rollout) for name, values in samples.items()
-    }
+def measure_update(setup: Setup, rounds: int, repeats: int) -> dict[str, Any]:
+    """Interleaved update timings of both sides on one rollout; ratio SB3 / ours per round."""
+    buffer, obs_dim = tiled_rollout(
+        setup.task, setup.n_envs, UPDATE_STEPS, setup.episode_length // UPDATE_STEPS
+    )
+    ours, sb3 = ours_update_side(setup, buffer, obs_dim), SB3Train(setup, buffer)
+    samples = interleaved({"ours": ours, "sb3": sb3}, rounds, warmup=1, repeats=repeats)
     return {
         "samples_per_update": setup.rollout,
         "minibatch_size": setup.batch_size,
+        "epochs": setup.epochs,
         "rounds": rounds,
-        "epochs_run": {"ours": ours.metrics["epochs_run"], "sb3": sb3.epochs},
-        "ours_us_per_sample": per_sample["ours"].as_dict(),
-        "sb3_us_per_sample": per_sample["sb3"].as_dict(),
+        "repeats_per_round": repeats,
+        "epochs_run": {"ours": ours.result.epochs_run, "sb3": sb3.epochs},
+        "optimiser": {
+            "ours": optimiser_name(ours.agent.optimizer),
+            "sb3": optimiser_name(sb3.model.policy.optimizer),
+        },
+        "ours_ms": spread(samples["ours"]).scaled(1e3).as_dict(),
+        "sb3_ms": spread(samples["sb3"]).scaled(1e3).as_dict(),
         "ratio": spread(paired_ratios(samples["sb3"], samples["ours"])),
     }
 
@@ -352,42 +428,67 @@ def _plain(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v.as_dict() if isinstance(v, Spread) else v for k, v in result.items()}
 
 
-def run(quick: bool) -> Section:
-    """Steps/s on digits (and spirals in the full run) and update time per sample.
+#: The update comparison's rollout: 2048 samples (16 envs x 128 steps), a real 32-step
+#: rollout repeated four times in time (`common.tiled_rollout`).
+UPDATE_ENVS, UPDATE_STEPS, UPDATE_REPEATS = 16, 32, 4
+UPDATE_MINIBATCH_SIZES = (64, 256)
 
-    digits, the default task of `esper ppo`, is the headline; spirals is the task whose
-    host is smallest, so the extra seeds our masked policy grows weigh most there.
+
+def update_setup(minibatch_size: int) -> Setup:
+    samples = UPDATE_ENVS * UPDATE_STEPS * UPDATE_REPEATS
+    return Setup(
+        "spirals",
+        UPDATE_ENVS,
+        UPDATE_STEPS * UPDATE_REPEATS,
+        minibatches=samples // minibatch_size,
+    )
+
+
+def run(quick: bool) -> Section:
+    """Update time at 2048 samples (minibatches of 64 and 256), steps/s on both tasks.
+
+    The update never sees the task, only the rollout's shape: spirals, the cheapest to
+    collect. digits, the default task of `esper ppo`, is the loop's headline; spirals has
+    the smallest host, so the extra seeds a masked policy grows weigh most there.
     """
-    tasks = ("digits",) if quick else ("digits", "spirals")
-    batches, rounds = (2, 3) if quick else (4, 10)
+    tasks = ("digits", "spirals")
+    batches, rounds = (1, 3) if quick else (4, 10)
+    update_rounds, repeats = (3, 1) if quick else (10, 2)
+    updates = {
+        size: measure_update(update_setup(size), update_rounds, repeats)
+        for size in UPDATE_MINIBATCH_SIZES
+    }
     loops = {task: measure_loop(Setup(task), batches, rounds) for task in tasks}
-    update = measure_update(Setup("spirals"), 8 if quick else 25)
     rows = [
         Row(
-            "ours_over_sb3_update_ratio",
-            "vs SB3: update CPU time per sample, SB3 / ours",
+            "ours_over_maskable_ppo_update_ratio" + ("" if size == 64 else f"_mb{size}"),
+            f"vs MaskablePPO: update CPU time, theirs / ours (2048 samples, minibatch {size})",
             update["ratio"],
             "x",
             TARGET,
         )
+        for size, update in updates.items()
     ]
     for task, loop in loops.items():
         suffix = "" if task == tasks[0] else f"_{task}"
         rows += [
             Row(
-                f"ours_over_sb3_steps_ratio{suffix}",
-                f"vs SB3: env steps/s of the whole loop, ours / SB3 ({task})",
+                f"ours_over_maskable_ppo_steps_ratio{suffix}",
+                f"vs MaskablePPO: env steps/s of the whole loop, ours / theirs ({task})",
                 loop["ratio"],
                 "x",
                 TARGET,
             ),
             Row(
-                f"ours_over_sb3_framework_ratio{suffix}",
-                f"vs SB3: time per step outside env.step, SB3 / ours ({task})",
+                f"ours_over_maskable_ppo_framework_ratio{suffix}",
+                f"vs MaskablePPO: time per step outside env.step, theirs / ours ({task})",
                 loop["framework_ratio"],
                 "x",
                 TARGET,
             ),
         ]
-    raw = {"update": _plain(update), **{f"loop_{t}": _plain(v) for t, v in loops.items()}}
+    raw = {
+        **{f"update_mb{size}": _plain(u) for size, u in updates.items()},
+        **{f"loop_{t}": _plain(v) for t, v in loops.items()},
+    }
     return Section("versus_sb3", rows, raw)

@@ -14,7 +14,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -41,6 +41,7 @@ from esper.rundir import (
     prepare_run_dir,
 )
 from esper.telemetry.recorder import EVENTS_FILE
+from esper.threads import learner_threads
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -52,6 +53,7 @@ NAME_MAX = 255
 SETTING_FLAGS = (
     "episodes", "task", "envs", "episode_length", "slots", "epochs", "minibatches",
     "clip", "clip_mode", "lr", "seed", "device", "fault", "backend", "workers", "ray_address",
+    "threads",
 )  # fmt: skip
 
 
@@ -92,6 +94,7 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument(
         "--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local one)"
     )
+    p.add_argument("--threads", type=int, help="torch threads of the learner (default: by size)")
     p.add_argument("--run-dir", help="where to record the run (default runs/<run-id>)")
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
     p.add_argument("--no-tui", action="store_true", help="run headless with a progress bar")
@@ -180,7 +183,7 @@ def _check_device(device: str) -> None:
 
 #: Flags a resumed run may change; everything else comes from its checkpoint. Where the
 #: envs step changes the wall time only, so a resumed run may move to other workers.
-RESUME_FLAGS = frozenset({"episodes", "device", "backend", "workers", "ray_address"})
+RESUME_FLAGS = frozenset({"episodes", "device", "backend", "workers", "ray_address", "threads"})
 
 
 def _given_settings(args: argparse.Namespace) -> set[str]:
@@ -284,6 +287,7 @@ def run_ppo(args: argparse.Namespace) -> int:
         run_dir, run_id, config, resume, lock = _open_run(args)
     except (ConfigError, UsageError) as exc:
         _fail("esper ppo", str(exc))
+    config = replace(config, threads=learner_threads(config))  # the count, into run.json
 
     from esper.telemetry.emitter import TelemetryEmitter
     from esper.telemetry.hub import TelemetryHub

@@ -224,6 +224,8 @@ class TrainConfig:
     #: Fault injection for tests and drills: "HEAD=nan@FIRST[-LAST]" (or inf) makes that
     #: head's logits non-finite in every minibatch of updates FIRST..LAST (batch indices).
     fault: str | None = None
+    #: Torch intra-op threads of the learner (default: chosen by size, esper.threads).
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -285,6 +287,9 @@ def _text(value: object) -> str | None:
     return None if isinstance(value, str) and value.strip() else "a non-empty string"
 
 
+#: More torch threads than any machine this runs on has cores is a typo.
+MAX_THREADS = 1024
+
 RUN_RULES: dict[str, Callable[[object], str | None]] = {
     "episodes": _whole(1, MAX_EPISODES),
     "envs": _whole(1, MAX_ENVS),
@@ -295,6 +300,7 @@ RUN_RULES: dict[str, Callable[[object], str | None]] = {
     "device": _device,
     "backend": _one_of(BACKENDS),
     "workers": _optional(_whole(1, MAX_ENVS)),
+    "threads": _optional(_whole(1, MAX_THREADS)),
     "ray_address": _optional(_text),
     "fault": _optional(_text),
 }

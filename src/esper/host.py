@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from esper.actions import BlendStyle, Blueprint
+from esper.optim import FusedAdam
 
 DEFAULT_WIDTH = 16
 DEFAULT_LR = 5e-3
@@ -150,7 +151,7 @@ class HostNetwork(nn.Module):
         self.head = lin(width, n_classes)
         self.to(self.device)
         self.host_params = n_params(self)
-        self.optimizer = torch.optim.Adam(self.parameters(), lr=lr, fused=True)
+        self.optimizer = FusedAdam(self.parameters(), lr=lr)
         self.seeds: list[Seed | None] = [None] * n_slots
 
     # -- seeds ---------------------------------------------------------------------------

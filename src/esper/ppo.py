@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from esper.config import ClipMode, PPOConfig
+from esper.optim import FusedAdam
 from esper.policy import N_HEADS, N_OPS, TamiyoPolicy
 from esper.ratio_stats import (
     HeadRatioStats,
@@ -275,7 +276,7 @@ class PPOAgent:
             policy = TamiyoPolicy(obs_dim, head_sizes, self.config.hidden)
         self.policy = policy.to(self.device)
         # Fused Adam honours `found_inf` on the device: the sync-free skip of a minibatch.
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.config.lr, fused=True)
+        self.optimizer = FusedAdam(self.policy.parameters(), lr=self.config.lr)
         sample_seed, perm_seed = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
         self._sample_gen = torch.Generator(self.device).manual_seed(int(sample_seed))
         self._perm_gen = torch.Generator(self.device).manual_seed(int(perm_seed))

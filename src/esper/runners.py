@@ -657,14 +657,13 @@ class _ProcessWorker:
 
 
 #: Modules the fork server imports once, so that a worker starts, or restarts, in a fork
-#: (0.1 s) instead of a fresh interpreter importing torch (3 s of CPU), torch._dynamo,
-#: which the host's first Adam pulls in with sympy (2 s), and scikit-learn for the
-#: default digits task (2 s).
+#: (0.1 s) instead of a fresh interpreter importing torch (3 s of CPU) and scikit-learn
+#: for the digits task (2 s). The host's optimiser (`esper.optim.FusedAdam`) no longer
+#: pulls in torch._dynamo, so neither does a worker.
 FORKSERVER_PRELOAD = [
     "__main__",
     "esper.runners",
     "esper.environment",
-    "torch._dynamo",
     "sklearn.datasets",
     "sklearn.model_selection",
     "sklearn.preprocessing",

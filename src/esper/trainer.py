@@ -53,6 +53,7 @@ from esper.telemetry.contracts import (
 )
 from esper.telemetry.emitter import TelemetryEmitter, update_payloads
 from esper.telemetry.recorder import EVENTS_FILE, RUN_FILE, read_events
+from esper.threads import learner_threads
 
 UPDATE_EVENTS = frozenset({EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED})
 
@@ -202,6 +203,7 @@ class Trainer:
         self.stop = stop or threading.Event()
         self.fault = parse_fault(config.fault) if config.fault else None
         torch.manual_seed(config.seed)
+        torch.set_num_threads(learner_threads(config))  # the envs step at one (runners)
         self._make_env = functools.partial(
             MorphogeneticEnv,
             task=config.task,

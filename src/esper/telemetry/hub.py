@@ -63,6 +63,7 @@ class _Lane:
 
     def __init__(self, backend: TelemetryBackend) -> None:
         self.backend = backend
+        self._handle = backend.handle  # bound once: `deliver` runs for every event
         self.name = backend_name(backend)
         self._lock = threading.Lock()
         self.dropped = 0
@@ -74,12 +75,16 @@ class _Lane:
         try:
             method(*args)
         except Exception as exc:
-            with self._lock:
-                self.failed += 1
-                first = self.failed == 1
-                self.last_error = f"{type(exc).__name__}: {exc}"
-            if first:
-                logger.exception("telemetry backend %s failed", self.name)
+            self._failed(exc)
+
+    def _failed(self, exc: Exception) -> None:
+        """Count a backend exception (called inside its `except`, so the log has it)."""
+        with self._lock:
+            self.failed += 1
+            first = self.failed == 1
+            self.last_error = f"{type(exc).__name__}: {exc}"
+        if first:
+            logger.exception("telemetry backend %s failed", self.name)
 
     def _count_drop(self) -> None:
         with self._lock:
@@ -99,7 +104,10 @@ class _Lane:
             return BackendHealth(self.name, self.dropped, self.failed, self.last_error)
 
     def deliver(self, event: TelemetryEvent) -> None:
-        self._call(self.backend.handle, event)
+        try:
+            self._handle(event)
+        except Exception as exc:
+            self._failed(exc)
 
     def flush(self, timeout: float) -> bool:
         self._call(self.backend.flush)

@@ -31,17 +31,38 @@ class RenderedOnce:
     def __init__(self, renderable: RenderableType) -> None:
         self.renderable = renderable
         self._key: ConsoleOptions | None = None
+        self._console: Console | None = None
         self._segments: list[Segment] = []
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         return Measurement.get(console, options, self.renderable)
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        self._render(console, options)
+        yield from self._segments
+
+    def _render(self, console: Console, options: ConsoleOptions) -> None:
         key = _height_free(options)
         if key != self._key:
             self._segments = list(console.render(self.renderable, options))
-            self._key = key
-        yield from self._segments
+            self._key, self._console = key, console
+
+    @property
+    def lines(self) -> int | None:
+        """Lines of the last rendering (None before the first)."""
+        if self._key is None:
+            return None
+        return sum(segment.text.count("\n") for segment in self._segments)
+
+    def same_height_as(self, shown: RenderedOnce) -> bool:
+        """Whether this content takes as many lines as `shown` did at `shown`'s width.
+
+        Renders this content at that width, the rendering the next paint then reuses.
+        """
+        if shown._key is None or shown._console is None:
+            return False
+        self._render(shown._console, shown._key)
+        return self.lines == shown.lines
 
 
 class SnapshotPanel(Static):
@@ -53,7 +74,8 @@ class SnapshotPanel(Static):
     drawn part is unchanged (a live dashboard polls four times a second, and most polls bring
     only lifecycle events) is stored without a redraw. A subclass whose content depends on
     the width alone sets `WIDTH_ONLY` so that each redraw renders it once, not twice (see
-    `RenderedOnce`).
+    `RenderedOnce`), and a redraw that keeps its number of lines skips the screen's layout
+    pass (a tenth of a frame): only a panel whose height changes moves the others.
     """
 
     WIDTH_ONLY: ClassVar[bool] = False
@@ -66,7 +88,8 @@ class SnapshotPanel(Static):
         classes: str | None = None,
     ) -> None:
         self.snapshot = snapshot if snapshot is not None else SanctumSnapshot()
-        super().__init__(self._content(), id=id, classes=classes)
+        self._shown = self._content()
+        super().__init__(self._shown, id=id, classes=classes)
 
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         """The panel's content for `snapshot`."""
@@ -93,4 +116,19 @@ class SnapshotPanel(Static):
 
     def redraw(self) -> None:
         """Rebuild the content from the stored snapshot (e.g. after view options change)."""
-        self.update(self._content())
+        shown, content = self._shown, self._content()
+        self._shown = content
+        self.update(content, layout=not self._same_size(shown, content))
+
+    def _same_size(self, shown: RenderableType, content: RenderableType) -> bool:
+        """Whether `content` is sure to take the size `shown` took, so no layout is needed:
+        a size the stylesheet fixes, one line of text that fits, or as many lines."""
+        width, height = self.styles.width, self.styles.height
+        if width is not None and height is not None and not (width.is_auto or height.is_auto):
+            return True
+        if isinstance(shown, Text) and isinstance(content, Text):
+            room = self.content_size.width
+            return all("\n" not in t.plain and 0 < t.cell_len <= room for t in (shown, content))
+        if isinstance(shown, RenderedOnce) and isinstance(content, RenderedOnce):
+            return content.same_height_as(shown)
+        return False

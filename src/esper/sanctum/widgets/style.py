@@ -6,6 +6,7 @@ threshold can be tested with known answers and every panel colours a value the s
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
@@ -205,13 +206,21 @@ def ratio_sparkline(
     Neighbouring cells of one colour share a span (the picture is the same): a history is
     mostly one colour, and Rich and Textual pay per span on every redraw of nine rows.
     """
-    text = Text(sparkline(values, full_at))
+    cells = [_spark_cell(v, full_at, color) for v in values]
+    text = Text("".join([char for char, _ in cells]))
     start = 0
-    for style, run in itertools.groupby(map(color, values)):
+    for style, run in itertools.groupby([style for _, style in cells]):
         end = start + sum(1 for _ in run)
         text.stylize(style, start, end)
         start = end
     return text
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _spark_cell(v: float, full_at: float, color: Callable[[float | None], str]) -> tuple[str, str]:
+    """One sparkline cell's character and colour, remembered: a history shifts by one value
+    per update, so a redraw meets almost only values it has drawn before."""
+    return SPARK_LEVELS[spark_level(v, full_at)], color(v)
 
 
 class TailText:
