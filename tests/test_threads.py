@@ -37,10 +37,10 @@ def test_known_answers() -> None:
 
 
 def test_learner_threads_by_size_and_override() -> None:
-    # product defaults: 2 envs x 25 steps / 4 minibatches = 13 samples x 128 x 128
+    # product defaults: 8 envs x 25 steps / 4 minibatches = 50 samples x 128 x 128
     assert learner_threads(TrainConfig(), cpus=64) == 1
     # 64 envs x 256 steps / 1 minibatch x hidden 1024: 16384 * 2**20 = 128 x the threshold
-    big = TrainConfig(envs=64, episode_length=256, minibatches=1, hidden=1024)
+    big = TrainConfig(envs=64, episode_length=256, ppo=PPOConfig(minibatches=1, hidden=1024))
     assert learner_threads(big, cpus=64) == 64
     assert learner_threads(big, cpus=2) == 2
     assert learner_threads(TrainConfig(threads=3), cpus=64) == 3

@@ -93,7 +93,7 @@ class FusedAdam:
             torch._foreach_add_(steps, 1)
             torch._fused_adam_(
                 params,
-                [p.grad for p in params],
+                [p.grad for p in params if p.grad is not None],  # params are those with grads
                 [s["exp_avg"] for s in states],
                 [s["exp_avg_sq"] for s in states],
                 [],

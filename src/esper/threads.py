@@ -19,27 +19,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Protocol
+
+from esper.config import TrainConfig
 
 #: Multiply-accumulates of the trunk's hidden x hidden layer on one minibatch below which
 #: one thread is fastest. The largest size measured (256 samples x hidden 512, 2**26)
 #: still ran 28x faster at one thread than at two, so the threshold sits above it.
 PARALLEL_MIN_MACS = 1 << 27
-
-
-class LearnerSizes(Protocol):
-    """The run settings the policy reads (a `TrainConfig` has them all)."""
-
-    @property
-    def envs(self) -> int: ...
-    @property
-    def episode_length(self) -> int: ...
-    @property
-    def minibatches(self) -> int: ...
-    @property
-    def hidden(self) -> int: ...
-    @property
-    def threads(self) -> int | None: ...
 
 
 def usable_cpus() -> int:
@@ -61,10 +47,10 @@ def choose_threads(macs: int, cpus: int) -> int:
     return max(1, min(cpus, macs // PARALLEL_MIN_MACS))
 
 
-def learner_threads(config: LearnerSizes, cpus: int | None = None) -> int:
+def learner_threads(config: TrainConfig, cpus: int | None = None) -> int:
     """The intra-op thread count for a run: `config.threads` if set, else the policy's."""
     if config.threads is not None:
         return config.threads
     samples = config.envs * config.episode_length
-    minibatch = math.ceil(samples / config.minibatches)
-    return choose_threads(minibatch_macs(minibatch, config.hidden), cpus or usable_cpus())
+    minibatch = math.ceil(samples / config.ppo.minibatches)
+    return choose_threads(minibatch_macs(minibatch, config.ppo.hidden), cpus or usable_cpus())
