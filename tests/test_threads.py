@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from esper.cli import _esper_parser, config_from_args, main
-from esper.config import ConfigError, TrainConfig
+from esper.config import ConfigError, PPOConfig, TrainConfig
 from esper.threads import (
     PARALLEL_MIN_MACS,
     choose_threads,
@@ -55,7 +55,7 @@ def test_choice_is_bounded_and_monotone(a: int, b: int, cpus: int) -> None:
 
 @pytest.mark.parametrize("bad", [0, -1, True, 1.5])
 def test_bad_thread_counts_are_config_errors(bad: object) -> None:
-    with pytest.raises(ConfigError, match="threads must be a whole number >= 1"):
+    with pytest.raises(ConfigError, match=r"threads must be none or a whole number in \[1, 1024\]"):
         TrainConfig(threads=bad)  # type: ignore[arg-type]
 
 
@@ -75,7 +75,7 @@ def test_threads_flag_zero_is_one_line_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "esper ppo: error: threads must be a whole number >= 1, got 0"
+        "esper ppo: error: threads must be none or a whole number in [1, 1024], got 0"
     ]
     assert not (tmp_path / "runs").exists()
 
