@@ -21,7 +21,7 @@ from esper.environment import MorphogeneticEnv
 from esper.lifecycle import Stage
 from esper.ppo import PPOAgent
 from esper.runners import InProcessRunner
-from esper.trainer import observation_size, ppo_config
+from esper.trainer import observation_size
 
 LENGTH, SLOTS = 4, 3
 BIN = Path(sys.executable).parent
@@ -113,7 +113,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory holding a checkpoint as the trainer writes it (untrained agent)."""
     path = tmp_path_factory.mktemp("eval") / "run"
     cfg = TrainConfig(task="spirals", episode_length=LENGTH, slots=SLOTS, seed=3)
-    agent = PPOAgent(observation_size(SLOTS), head_sizes(SLOTS), ppo_config(cfg), seed=3)
+    agent = PPOAgent(observation_size(SLOTS), head_sizes(SLOTS), cfg.ppo, seed=3)
     save_checkpoint(path / CHECKPOINT_NAME, {"agent": agent.state_dict(), "config": cfg.to_dict()})
     return path
 

@@ -166,10 +166,10 @@ def test_missing_extra_is_an_analysis_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "tensorboard.summary", None)
-    with pytest.raises(AnalysisError, match=r"pip install 'esper\[tensorboard\]'"):
+    with pytest.raises(AnalysisError, match=r"pip install 'esper-ppo\[tensorboard\]'"):
         TensorBoardBackend(tmp_path)
     monkeypatch.setitem(sys.modules, "wandb", None)
-    with pytest.raises(AnalysisError, match=r"pip install 'esper\[wandb\]'"):
+    with pytest.raises(AnalysisError, match=r"pip install 'esper-ppo\[wandb\]'"):
         WandbBackend(tmp_path, {})
 
 

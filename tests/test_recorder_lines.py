@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from esper.telemetry.contracts import event_to_json_line
+from esper.telemetry.contracts import EpisodeCompleted, SeedLifecycle, event_to_json_line
 from esper.telemetry.emitter import TelemetryEmitter
 from esper.telemetry.hub import TelemetryHub
 from esper.telemetry.recorder import EVENTS_FILE, RunRecorder
@@ -32,14 +32,14 @@ def test_recorded_lines_equal_the_contract_serialisation(tmp_path: Path) -> None
     keep = Keep()
     hub = TelemetryHub([RunRecorder(tmp_path, config={}), keep])
     emitter = TelemetryEmitter(hub, run_id="r")
-    emitter.emit_seed_lifecycle(
+    emitter.emit(SeedLifecycle(
         env_index=1, slot=2, from_stage="DORMANT", to_stage="GERMINATED",
-        blueprint="conv_light", alpha=0.0, episode=3, batch=0, worker=1,
-    )  # fmt: skip
-    emitter.emit_episode_completed(
+        blueprint="conv_light", alpha=0.0, worker=1,
+    ), episode=3, batch=0)  # fmt: skip
+    emitter.emit(EpisodeCompleted(
         env_index=0, episode_return=math.nan, final_accuracy=math.inf, seeds_grown=1,
-        seeds_fossilized=0, seeds_killed=0, length=25, episode=0, batch=0,
-    )  # fmt: skip
+        seeds_fossilized=0, seeds_killed=0, length=25,
+    ), episode=0, batch=0)  # fmt: skip
     hub.close()
     lines = (tmp_path / EVENTS_FILE).read_text(encoding="utf-8").splitlines()
     assert lines == [event_to_json_line(e) for e in keep.events]  # type: ignore[arg-type]

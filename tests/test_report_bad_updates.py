@@ -19,7 +19,8 @@ def failed_run(tmp_path_factory: pytest.TempPathFactory) -> Run:
     """Batch 0 trains; every later update is non-finite, so the run stops after 2 skips."""
     root = tmp_path_factory.mktemp("bad")
     (root / "cfg.toml").write_text("max_bad_updates = 2\n")
-    argv = ["ppo", "--task", "spirals", "--episodes", "20", "--episode-length", "4", "--no-tui"]
+    argv = ["ppo", "--task", "spirals", "--episodes", "20", "--envs", "2", "--episode-length", "4"]
+    argv += ["--no-tui"]
     argv += ["--epochs", "1", "--minibatches", "2"]
     argv += ["--fault", "slot=nan@1-20", "--config", str(root / "cfg.toml")]
     assert main([*argv, "--run-dir", str(root / "run")]) == 1

@@ -23,6 +23,8 @@ BIN = Path(sys.executable).parent
 SMALL = [
     "--task",
     "spirals",
+    "--envs",
+    "2",
     "--episode-length",
     "4",
     "--epochs",
