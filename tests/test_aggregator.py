@@ -186,9 +186,11 @@ def test_ppo_update_keeps_each_heads_record_as_measured() -> None:
     assert t.heads["slot"].ratio_max_history == (1.4, 1.3)
     assert t.heads["op"].stats == HeadStats()  # relevant 0: the panel shows "no data"
     assert (t.ppo_updates_count, t.last_update_index, t.last_update_batch) == (2, 1, 1)
-    assert (t.joint_ratio_max, t.approx_kl, t.clip_fraction) == (2.5, 0.02, 0.3)
-    assert (t.policy_loss, t.value_loss, t.entropy, t.explained_variance) == (-0.1, 0.5, 0.9, 0.4)
-    assert (t.epochs_run, t.early_stopped, t.minibatches_skipped) == (3, True, 1)
+    u = t.update
+    assert u is not None  # the update-wide values, as the update carried them
+    assert (u.joint_ratio_max, u.approx_kl, u.clip_fraction) == (2.5, 0.02, 0.3)
+    assert (u.policy_loss, u.value_loss, u.entropy, u.explained_variance) == (-0.1, 0.5, 0.9, 0.4)
+    assert (u.epochs_run, u.early_stopped, u.minibatches_skipped) == (3, True, 1)
     assert snap.progress.batches_done == 2
     assert snap.events_read == 2
 

@@ -59,11 +59,10 @@ def after_update(n: int, op_ratio: float, names: tuple[str, ...] = HEAD_NAMES) -
     tamiyo = TamiyoState(
         head_names=names,
         heads=heads,
-        ppo_data_received=True,
+        update=UpdateStats(heads={}, joint_ratio_max=op_ratio * 1.05),
         ppo_updates_count=n,
         last_update_index=n - 1,
         last_update_batch=n - 1,
-        joint_ratio_max=op_ratio * 1.05,
     )
     progress = Progress(episodes_done=2 * n, batches_done=n, last_event_time=START + 10.0 * n)
     events = tuple(EventLogEntry(START + 10.0 * i, "info", f"PPO update {i}") for i in range(n))

@@ -81,7 +81,8 @@ def assert_latest_matches_aggregator(run_dir: Path, capsys: pytest.CaptureFixtur
     )
     for name, head in columns.items():
         assert row[name] == tamiyo.ratio_max(head), name
-    assert row["joint_ratio_max"] == tamiyo.joint_ratio_max
+    assert tamiyo.update is not None
+    assert row["joint_ratio_max"] == tamiyo.update.joint_ratio_max
     assert row["update_index"] == tamiyo.last_update_index  # the panel's "PPO update N"
 
 

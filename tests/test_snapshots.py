@@ -28,7 +28,7 @@ from esper.sanctum.schema import (
     SlotState,
     TamiyoState,
 )
-from esper.telemetry.heads import HeadStats
+from esper.telemetry.heads import HeadStats, UpdateStats
 from esper.telemetry.recorder import EVENTS_FILE
 
 SnapCompare = Callable[..., bool]
@@ -72,20 +72,22 @@ def _tamiyo(ratios: dict[str, float], **heads: HeadState) -> TamiyoState:
     return TamiyoState(
         head_names=tuple(ratios),
         heads=states,
-        ppo_data_received=True,
+        update=UpdateStats(
+            heads={h: s.stats for h, s in states.items() if s.stats is not None},
+            joint_ratio_max=joint,
+            approx_kl=0.0061,
+            clip_fraction=0.087,
+            policy_loss=-0.0213,
+            value_loss=0.412,
+            entropy=0.734,
+            explained_variance=0.58,
+            epochs_run=4,
+        ),
         ppo_updates_count=16,
         last_update_index=15,
         last_update_batch=15,
         last_update_time=START + 90.0,
-        joint_ratio_max=joint,
         joint_ratio_max_history=_ramp(joint),
-        approx_kl=0.0061,
-        clip_fraction=0.087,
-        policy_loss=-0.0213,
-        value_loss=0.412,
-        entropy=0.734,
-        explained_variance=0.58,
-        epochs_run=4,
     )
 
 
@@ -121,13 +123,20 @@ HEALTHY = SanctumSnapshot(
     events_read=412,
 )
 
+def _troubled_update(tamiyo: TamiyoState) -> TamiyoState:
+    """The update stopped early, after 2 epochs, with 3 minibatches skipped."""
+    assert tamiyo.update is not None
+    update = replace(tamiyo.update, minibatches_skipped=3, early_stopped=True, epochs_run=2)
+    return replace(tamiyo, update=update)
+
+
 _TROUBLED_RATIOS = dict(
     zip(HEAD_NAMES, (1.18, 1.34, 2.41, 1.1, 1.0, 1.12, 1.09, 0.72), strict=True)
 )
 TROUBLED = replace(
     HEALTHY,
     progress=replace(HEALTHY.progress, batches_done=18),  # two batches past the update: stale
-    tamiyo=replace(
+    tamiyo=_troubled_update(
         _tamiyo(
             _TROUBLED_RATIOS,
             # no GROW this update: tempo had no relevant sample (entropy is over all of them)
@@ -137,10 +146,7 @@ TROUBLED = replace(
                 nan_latched=True,
                 ratio_max_history=_ramp(1.09),
             ),
-        ),
-        minibatches_skipped=3,
-        early_stopped=True,
-        epochs_run=2,
+        )
     ),
     events=_events(
         EventLogEntry(

@@ -67,7 +67,7 @@ from esper.sanctum.widgets.style import (
     round_half_up,
     sparkline,
 )
-from esper.telemetry.heads import HeadStats
+from esper.telemetry.heads import HeadStats, UpdateStats
 
 # ------------------------------------------------------------------ helpers
 
@@ -106,7 +106,7 @@ def tamiyo_after_update(
     return TamiyoState(
         head_names=tuple(names),
         heads=heads,
-        ppo_data_received=True,
+        update=UpdateStats(heads={}),
         ppo_updates_count=1,
         last_update_index=0,
         last_update_batch=0,
@@ -559,7 +559,8 @@ def test_header_shows_elapsed_and_rate() -> None:
 def test_ppo_panel_dashes_before_data_and_joint_bands_after() -> None:
     before = render_text(render_ppo_health(SanctumSnapshot()), width=40)
     assert before.count(NO_VALUE) == 9 and "1.000" not in before
-    t = replace(tamiyo_after_update(), joint_ratio_max=4.3, early_stopped=True, epochs_run=2)
+    update = UpdateStats(heads={}, joint_ratio_max=4.3, early_stopped=True, epochs_run=2)
+    t = replace(tamiyo_after_update(), update=update)
     after = render_text(render_ppo_health(SanctumSnapshot(tamiyo=t)), width=40)
     assert "4.300 █████" in after  # joint bar is full at x3
     assert "2 (early stop)" in after

@@ -94,19 +94,6 @@ _NEXT_BATCH_EVENTS: frozenset[EventType] = frozenset(
     }
 )
 _UPDATE_EVENTS = frozenset({EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED})
-#: TamiyoState fields copied verbatim from the update's `UpdateStats` field of the same name.
-_COPIED_PPO_FIELDS: tuple[str, ...] = (
-    "joint_ratio_max",
-    "approx_kl",
-    "clip_fraction",
-    "policy_loss",
-    "value_loss",
-    "entropy",
-    "explained_variance",
-    "epochs_run",
-    "early_stopped",
-    "minibatches_skipped",
-)
 
 
 def nonfinite_latches(ratio_max: float, ratio_min: float, nonfinite: int) -> tuple[bool, bool]:
@@ -308,10 +295,9 @@ class SanctumAggregator:
                 self._tamiyo = TamiyoState(head_names=self._head_names, heads=heads)
             else:
                 self._tamiyo = TamiyoState(
-                    **{name: getattr(p.stats, name) for name in _COPIED_PPO_FIELDS},
                     head_names=self._head_names,
                     heads=heads,
-                    ppo_data_received=True,
+                    update=p.stats,
                     ppo_updates_count=self._ppo_count,
                     last_update_index=p.update_index,
                     last_update_batch=self._ppo_batch,

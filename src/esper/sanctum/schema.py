@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from esper.telemetry.heads import NEUTRAL_RATIO, HeadStats
+from esper.telemetry.heads import NEUTRAL_RATIO, HeadStats, UpdateStats
 
 #: How many PPO updates of per-head history the sparklines keep (a bounded ring).
 HISTORY_LEN = 120
@@ -44,27 +44,23 @@ class TamiyoState:
     `head_names` are the run's heads in display order (declared by TRAINING_STARTED, or
     taken from the first update of a log without one); `heads` maps each to its
     `HeadState`. Nothing here assumes how many heads there are or what they are called.
-    The update-wide values are meaningful only when `ppo_data_received` is True.
+    `update` is the latest completed update as it arrived (its update-wide values: joint
+    ratio, KL, losses, ...); None until the first one, so no default reads as a reading.
     """
 
     head_names: tuple[str, ...] = ()
     heads: Mapping[str, HeadState] = field(default_factory=dict)
-    ppo_data_received: bool = False
+    update: UpdateStats | None = None
     ppo_updates_count: int = 0
     last_update_index: int | None = None
     last_update_batch: int | None = None  # the batch the shown values come from
     last_update_time: float | None = None  # event timestamp, seconds since the epoch
-    joint_ratio_max: float = NEUTRAL_RATIO
     joint_ratio_max_history: tuple[float, ...] = ()
-    approx_kl: float = 0.0
-    clip_fraction: float = 0.0
-    policy_loss: float = 0.0
-    value_loss: float = 0.0
-    entropy: float = 0.0
-    explained_variance: float = 0.0
-    epochs_run: int = 0
-    early_stopped: bool = False
-    minibatches_skipped: int = 0
+
+    @property
+    def ppo_data_received(self) -> bool:
+        """Whether a PPO update has arrived (before it, every value is a dash)."""
+        return self.update is not None
 
     def head(self, name: str) -> HeadState:
         """The state of head `name` (an empty one for a head the run has not shown)."""

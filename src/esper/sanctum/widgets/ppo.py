@@ -36,21 +36,22 @@ def ppo_rows(t: TamiyoState) -> list[tuple[str, Text]]:
         "epochs run",
         "skipped minibatches",
     )
-    if not t.ppo_data_received:
+    u = t.update
+    if u is None:
         return [(label, no_value()) for label in labels]
-    epochs = Text(str(t.epochs_run))
-    if t.early_stopped:
+    epochs = Text(str(u.epochs_run))
+    if u.early_stopped:
         epochs.append(" (early stop)", style=WARNING)
     values = (
-        joint_ratio_text(t.joint_ratio_max),
-        Text(fmt_number(t.approx_kl, 4)),
-        Text(fmt_percent(t.clip_fraction)),
-        Text(fmt_number(t.policy_loss)),
-        Text(fmt_number(t.value_loss)),
-        Text(fmt_number(t.entropy)),
-        Text(fmt_number(t.explained_variance)),
+        joint_ratio_text(u.joint_ratio_max),
+        Text(fmt_number(u.approx_kl, 4)),
+        Text(fmt_percent(u.clip_fraction)),
+        Text(fmt_number(u.policy_loss)),
+        Text(fmt_number(u.value_loss)),
+        Text(fmt_number(u.entropy)),
+        Text(fmt_number(u.explained_variance)),
         epochs,
-        _count_text(t.minibatches_skipped),
+        _count_text(u.minibatches_skipped),
     )
     return list(zip(labels, values, strict=True))
 
