@@ -229,31 +229,29 @@ def _explained_variance(predicted: Tensor, target: Tensor) -> Tensor:
 class _Tally:
     """Per-minibatch named sums, masked on the device and reduced once at the end.
 
-    Each `record` stores one row (the values where their flag holds, else 0); `totals`
-    stacks the rows and sums them in one reduction. Entries may be scalars or vectors.
+    `record` only keeps references (no kernel per minibatch: on small minibatches an
+    update is launch-bound, and per-minibatch bookkeeping was most of what the telemetry
+    cost); `totals` stacks each entry over the minibatches, zeroes those whose flag did
+    not hold and sums them, a few kernels per entry per update. Entries may be scalars or
+    vectors; sums are float64.
     """
 
     def __init__(self) -> None:
-        self.rows: list[Tensor] = []
-        self.layout: list[tuple[str, int]] = []
+        self.values: dict[str, list[Tensor]] = {}
+        self.flags: dict[str, list[Tensor]] = {}
 
     def record(self, entries: Mapping[str, tuple[Tensor, Tensor]]) -> None:
-        values = [value.detach().reshape(-1) for value, _ in entries.values()]
-        flags = [
-            flag.reshape(-1).expand(value.numel())
-            for value, (_, flag) in zip(values, entries.values(), strict=True)
-        ]
-        value_row = torch.cat(values).to(torch.float64)
-        self.rows.append(torch.where(torch.cat(flags), value_row, torch.zeros_like(value_row)))
-        self.layout = [(name, v.numel()) for name, v in zip(entries, values, strict=True)]
+        for name, (value, flag) in entries.items():
+            self.values.setdefault(name, []).append(value.detach())
+            self.flags.setdefault(name, []).append(flag)
 
     def totals(self) -> dict[str, Tensor]:
-        total = torch.stack(self.rows).sum(dim=0)
-        sizes = [size for _, size in self.layout]
-        return {
-            name: part.squeeze(0) if size == 1 else part
-            for (name, size), part in zip(self.layout, total.split(sizes), strict=True)
-        }
+        out: dict[str, Tensor] = {}
+        for name, values in self.values.items():
+            stacked = torch.stack(values).to(torch.float64)  # [minibatches, ...]
+            flags = torch.stack(self.flags[name]).reshape(-1, *(1,) * (stacked.dim() - 1))
+            out[name] = torch.where(flags, stacked, 0.0).sum(dim=0)
+        return out
 
 
 class PPOAgent:
