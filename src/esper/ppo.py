@@ -19,7 +19,9 @@ telemetry cost.
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -229,27 +231,32 @@ def _explained_variance(predicted: Tensor, target: Tensor) -> Tensor:
 class _Tally:
     """Per-minibatch named sums, masked on the device and reduced once at the end.
 
-    `record` only keeps references (no kernel per minibatch: on small minibatches an
-    update is launch-bound, and per-minibatch bookkeeping was most of what the telemetry
-    cost); `totals` stacks each entry over the minibatches, zeroes those whose flag did
-    not hold and sums them, a few kernels per entry per update. Entries may be scalars or
-    vectors; sums are float64.
+    `add` only keeps references (no kernel per minibatch: on small minibatches an update
+    is launch-bound, and per-minibatch bookkeeping was most of what the telemetry cost);
+    `totals` stacks each entry over the minibatches, zeroes those whose flag did not hold
+    and sums them, a few kernels per entry per update. A value is a tensor (scalar or
+    vector) or a plain number; sums are float64.
     """
 
     def __init__(self) -> None:
-        self.values: dict[str, list[Tensor]] = {}
+        self.values: dict[str, list[Tensor | float]] = {}
         self.flags: dict[str, list[Tensor]] = {}
 
-    def record(self, entries: Mapping[str, tuple[Tensor, Tensor]]) -> None:
-        for name, (value, flag) in entries.items():
-            self.values.setdefault(name, []).append(value.detach())
-            self.flags.setdefault(name, []).append(flag)
+    def add(self, name: str, value: Tensor | float, flag: Tensor) -> None:
+        if isinstance(value, Tensor) and value.requires_grad:
+            value = value.detach()  # keep the number, not the minibatch's graph
+        self.values.setdefault(name, []).append(value)
+        self.flags.setdefault(name, []).append(flag)
 
     def totals(self) -> dict[str, Tensor]:
         out: dict[str, Tensor] = {}
         for name, values in self.values.items():
-            stacked = torch.stack(values).to(torch.float64)  # [minibatches, ...]
-            flags = torch.stack(self.flags[name]).reshape(-1, *(1,) * (stacked.dim() - 1))
+            flags = torch.stack(self.flags[name])
+            if isinstance(values[0], Tensor):
+                stacked = torch.stack(values).to(torch.float64)  # type: ignore[arg-type]
+            else:
+                stacked = torch.tensor(values, dtype=torch.float64, device=flags.device)
+            flags = flags.reshape(-1, *(1,) * (stacked.dim() - 1))
             out[name] = torch.where(flags, stacked, 0.0).sum(dim=0)
         return out
 
@@ -400,37 +407,34 @@ class PPOAgent:
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
 
         joint_kl = torch.special.expm1(ratios.joint_log_ratio) - ratios.joint_log_ratio
-        joint_count = ratios.joint_valid.sum()
+        joint_kl_sum, joint_count = joint_kl.sum(), ratios.joint_valid.sum()
         finite = torch.isfinite(log_probs).all() & torch.isfinite(loss) & torch.isfinite(grad_norm)
-        kl_trip = active & (
-            joint_kl.sum() > 1.5 * cfg.target_kl * joint_count if cfg.target_kl else False
-        )
-        limit = cfg.joint_ratio_limit
-        limit_trip = active & (joint_ratio_max(ratios) > limit if limit else False)
-        step = active & finite & ~kl_trip & ~limit_trip
+        trips = []
+        if cfg.target_kl:
+            kl_trip = active & (joint_kl_sum > 1.5 * cfg.target_kl * joint_count)
+            tally.add("early_stopped", 1.0, kl_trip)
+            trips.append(kl_trip)
+        if cfg.joint_ratio_limit:
+            limit_trip = active & (joint_ratio_max(ratios) > cfg.joint_ratio_limit)
+            tally.add("intervened", 1.0, limit_trip)
+            trips.append(limit_trip)
+        go_on = active & ~functools.reduce(operator.or_, trips) if trips else active
+        step = go_on & finite
         vars(self.optimizer)["found_inf"] = (~step).to(torch.float32)
         self.optimizer.step()
 
         counted = active & finite
-        always = torch.ones((), dtype=torch.bool, device=self.device)
-        one = always.to(torch.float32)
-        entries = {
-            "minibatches_run": (one, active),
-            "minibatches_skipped": (one, active & ~finite),
-            "early_stopped": (one, kl_trip),
-            "intervened": (one, limit_trip),
-            "steps": (one, step),
-            "loss_minibatches": (one, counted),
-            "policy_loss": (policy_loss, counted),
-            "value_loss": (value_loss, counted),
-            "grad_norm": (grad_norm, step),
-            "joint_kl": (joint_kl.sum(), always),
-            "joint_kl_count": (joint_count, always),
-            "entropy_samples": (one * n, counted),
-            "head_entropy": (entropies.sum(dim=0), counted),
-        }
-        tally.record(entries)
-        return ratios, active & ~kl_trip & ~limit_trip
+        tally.add("minibatches_run", 1.0, active)
+        tally.add("loss_minibatches", 1.0, counted)
+        tally.add("steps", 1.0, step)
+        tally.add("policy_loss", policy_loss, counted)
+        tally.add("value_loss", value_loss, counted)
+        tally.add("grad_norm", grad_norm, step)
+        tally.add("joint_kl", joint_kl_sum, active)  # 0 on inactive minibatches anyway
+        tally.add("joint_kl_count", joint_count, active)
+        tally.add("entropy_samples", float(n), counted)
+        tally.add("head_entropy", entropies.sum(dim=0), counted)
+        return ratios, go_on
 
     def _scalars(
         self, sums: Mapping[str, Tensor], epoch_active: Tensor, data: Batch, buffer: RolloutBuffer
@@ -448,10 +452,11 @@ class PPOAgent:
             "explained_variance": _explained_variance(buffer.values.flatten(), data.returns),
             "grad_norm": mean(sums["grad_norm"], sums["steps"]),
             "epochs_run": epoch_active.sum(),
-            **{
-                key: sums[key]
-                for key in ("minibatches_run", "minibatches_skipped", "early_stopped", "intervened")
-            },
+            "minibatches_run": sums["minibatches_run"],
+            "minibatches_skipped": sums["minibatches_run"] - n_mb,  # run, but not finite
+            # Minibatches that tripped the stop; a check not configured never trips.
+            "early_stopped": sums.get("early_stopped", torch.zeros_like(n_mb)),
+            "intervened": sums.get("intervened", torch.zeros_like(n_mb)),
         }
         return {name: v.to(torch.float64).reshape(()) for name, v in scalars.items()}
 
