@@ -28,25 +28,28 @@ STAGES = ("DORMANT", "GERMINATED", "TRAINING", "BLENDING", "HOLDING", "FOSSILIZE
 
 def emit_cycle(emitter: Any, cycle: int) -> int:
     """Emit one 100-event cycle of the mix; returns how many events it emitted."""
+    from esper.telemetry.contracts import EpisodeCompleted, SeedLifecycle, WorkerStatus
+
     for i in range(LIFECYCLE):
         stage = i % (len(STAGES) - 1)
-        emitter.emit_seed_lifecycle(
+        lifecycle = SeedLifecycle(
             env_index=i % 100, worker=i % 100, slot=i % 3,
             from_stage=STAGES[stage], to_stage=STAGES[stage + 1],
             blueprint="conv_light" if stage == 0 else None, alpha=0.25 * (stage % 4),
-            episode=cycle * 100 + i, batch=cycle,
         )  # fmt: skip
+        emitter.emit(lifecycle, episode=cycle * 100 + i, batch=cycle)
     for i in range(EPISODES):
-        emitter.emit_episode_completed(
+        episode = EpisodeCompleted(
             env_index=i, worker=i, episode_return=1.5 + i, final_accuracy=0.9,
             seeds_grown=2, seeds_fossilized=1, seeds_killed=0, length=25,
-            episode=cycle * 100 + i, batch=cycle,
         )  # fmt: skip
+        emitter.emit(episode, episode=cycle * 100 + i, batch=cycle)
     for i in range(STATUS):
-        emitter.emit_worker_status(
+        status = WorkerStatus(
             worker=i, backend="processes", alive=True, restarts=0, envs=1,
-            steps=25 * cycle, steps_per_second=80.0, batch=cycle,
+            steps=25 * cycle, steps_per_second=80.0,
         )  # fmt: skip
+        emitter.emit(status, batch=cycle)
     return LIFECYCLE + EPISODES + STATUS
 
 

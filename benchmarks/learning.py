@@ -46,7 +46,7 @@ def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -
     from esper.environment import MorphogeneticEnv
     from esper.ppo import PPOAgent
     from esper.rollout import collect_batch
-    from esper.trainer import episode_seeds, observation_size, ppo_config
+    from esper.trainer import episode_seeds, observation_size
 
     cfg = replace(TrainConfig(), task=task, seed=seed, **overrides)
     if episodes is not None:
@@ -57,7 +57,7 @@ def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -
         for _ in range(cfg.envs)
     ]
     agent = PPOAgent(
-        observation_size(cfg.slots), head_sizes(cfg.slots), ppo_config(cfg), seed=cfg.seed
+        observation_size(cfg.slots), head_sizes(cfg.slots), cfg.ppo, seed=cfg.seed
     )
     returns: list[float] = []
     done = 0
