@@ -36,13 +36,10 @@ from esper.optim import FusedAdam
 from esper.policy import N_HEADS, N_OPS, TamiyoPolicy
 from esper.ratio_stats import (
     HeadRatioStats,
-    LogRatios,
-    concat_log_ratios,
     head_ratio_stats,
-    joint_ratio_max,
     log_ratios,
 )
-from esper.telemetry.heads import UpdateStats
+from esper.telemetry.heads import LOG_RATIO_CLAMP, UpdateStats
 
 __all__ = [
     "HeadRatioStats",
@@ -249,15 +246,26 @@ class _Tally:
         self.flags.setdefault(name, []).append(flag)
 
     def totals(self) -> dict[str, Tensor]:
-        out: dict[str, Tensor] = {}
+        """Every entry's masked sum; entries of one kind (plain numbers, or tensors of one
+        dtype and shape) are stacked and reduced together, a few kernels per kind."""
+        kinds: dict[tuple[torch.dtype, tuple[int, ...]] | str, list[str]] = {}
         for name, values in self.values.items():
-            flags = torch.stack(self.flags[name])
-            if isinstance(values[0], Tensor):
-                stacked = torch.stack(values).to(torch.float64)  # type: ignore[arg-type]
+            first = values[0]
+            kind = (first.dtype, tuple(first.shape)) if isinstance(first, Tensor) else "number"
+            kinds.setdefault(kind, []).append(name)
+        out: dict[str, Tensor] = {}
+        for kind, names in kinds.items():
+            flags = torch.stack([f for name in names for f in self.flags[name]])
+            if kind == "number":
+                numbers = [v for name in names for v in self.values[name]]
+                stacked = torch.tensor(numbers, dtype=torch.float64, device=flags.device)
             else:
-                stacked = torch.tensor(values, dtype=torch.float64, device=flags.device)
-            flags = flags.reshape(-1, *(1,) * (stacked.dim() - 1))
-            out[name] = torch.where(flags, stacked, 0.0).sum(dim=0)
+                tensors = [v for name in names for v in self.values[name]]
+                stacked = torch.stack(tensors).to(torch.float64)  # type: ignore[arg-type]
+            stacked = stacked.reshape(len(names), -1, *stacked.shape[1:])  # [kind, minibatch, ...]
+            flags = flags.reshape(len(names), -1, *(1,) * (stacked.dim() - 2))
+            sums = torch.where(flags, stacked, 0.0).sum(dim=1)
+            out.update(zip(names, sums.unbind(0), strict=True))
         return out
 
 
@@ -332,7 +340,7 @@ class PPOAgent:
             torch.randperm(n_samples, generator=self._perm_gen, device=self.device)
             for _ in range(cfg.epochs)
         ]
-        parts: list[LogRatios] = []
+        parts: list[tuple[Tensor, Tensor, Tensor]] = []  # per minibatch: new, old, relevant
         tally = _Tally()
         epoch_active: list[Tensor] = []
         active = torch.ones((), dtype=torch.bool, device=self.device)
@@ -345,7 +353,9 @@ class PPOAgent:
                     parts.append(mb_ratios)
         finally:
             vars(self.optimizer).pop("found_inf", None)
-        ratios = concat_log_ratios(parts)
+        # The statistics' masks and clamps run once, over every minibatch's samples.
+        new, old, relevant = (torch.cat(column) for column in zip(*parts, strict=True))
+        ratios = log_ratios(new, old, relevant)
         sums = tally.totals()
         stats = HeadRatioStats.from_log_ratios(
             ratios,
@@ -380,18 +390,22 @@ class PPOAgent:
             explosion=reading.explosion(cfg.clip_eps, cfg.explosion_threshold),
         )
 
-    def _minibatch(self, mb: Batch, active: Tensor, tally: _Tally) -> tuple[LogRatios, Tensor]:
+    def _minibatch(
+        self, mb: Batch, active: Tensor, tally: _Tally
+    ) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
         """One minibatch: loss, backward, a step unless stopped or non-finite, statistics.
 
-        Returns the minibatch's log-ratios (none used once the update stopped) and
-        whether the update is still active after it, both on the device.
+        Returns the minibatch's new and old log-probs with their relevance (none relevant
+        once the update stopped), for the statistics reduced at the end of the update, and
+        whether the update is still active after it, all on the device. Only the joint
+        KL (for the early stop) is computed here.
         """
         cfg = self.config
         log_probs, entropies, values, relevant = self.policy.evaluate_actions(
             mb.obs, mb.actions, mb.op_mask, mb.slot_by_op
         )
         # Masking relevance by `active` empties the statistics of a stopped update.
-        ratios = log_ratios(log_probs.detach(), mb.old_log_probs, relevant & active)
+        counted_heads = relevant & active
         advantages = mb.advantages
         if cfg.normalize_advantage and advantages.shape[0] > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
@@ -406,16 +420,24 @@ class PPOAgent:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
 
-        joint_kl = torch.special.expm1(ratios.joint_log_ratio) - ratios.joint_log_ratio
-        joint_kl_sum, joint_count = joint_kl.sum(), ratios.joint_valid.sum()
+        # The joint log-ratio of the relevant heads, clamped as in the statistics; a
+        # non-finite log-prob makes it NaN, and such a minibatch counts nowhere (`counted`).
+        new = log_probs.detach()
+        raw = torch.clamp(new - mb.old_log_probs, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        joint = torch.where(counted_heads, raw, 0.0).sum(dim=1)
+        joint = torch.clamp(joint, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        joint_kl = torch.special.expm1(joint) - joint  # 0 at a sample with no relevant head
+        joint_kl_sum = joint_kl.sum()
         finite = torch.isfinite(log_probs).all() & torch.isfinite(loss) & torch.isfinite(grad_norm)
         trips = []
         if cfg.target_kl:
-            kl_trip = active & (joint_kl_sum > 1.5 * cfg.target_kl * joint_count)
+            kl_trip = active & (joint_kl_sum > 1.5 * cfg.target_kl * n)
             tally.add("early_stopped", 1.0, kl_trip)
             trips.append(kl_trip)
         if cfg.joint_ratio_limit:
-            limit_trip = active & (joint_ratio_max(ratios) > cfg.joint_ratio_limit)
+            # exp is monotone: compare the largest joint log-ratio with log(limit).
+            largest = torch.where(counted_heads.any(dim=1), joint, -math.inf).amax()
+            limit_trip = active & (largest > math.log(cfg.joint_ratio_limit))
             tally.add("intervened", 1.0, limit_trip)
             trips.append(limit_trip)
         go_on = active & ~functools.reduce(operator.or_, trips) if trips else active
@@ -430,11 +452,13 @@ class PPOAgent:
         tally.add("policy_loss", policy_loss, counted)
         tally.add("value_loss", value_loss, counted)
         tally.add("grad_norm", grad_norm, step)
-        tally.add("joint_kl", joint_kl_sum, active)  # 0 on inactive minibatches anyway
-        tally.add("joint_kl_count", joint_count, active)
+        tally.add("joint_kl", joint_kl_sum, counted)
+        # approx KL is the mean over the minibatch's samples, as SB3 logs it (every sample
+        # has a relevant head: the op is always used).
+        tally.add("joint_kl_count", float(n), counted)
         tally.add("entropy_samples", float(n), counted)
         tally.add("head_entropy", entropies.sum(dim=0), counted)
-        return ratios, go_on
+        return (new, mb.old_log_probs, counted_heads), go_on
 
     def _scalars(
         self, sums: Mapping[str, Tensor], epoch_active: Tensor, data: Batch, buffer: RolloutBuffer

@@ -69,24 +69,6 @@ def log_ratios(new: Tensor, old: Tensor, relevant: Tensor) -> LogRatios:
     return LogRatios(log_ratio, used, nonfinite, joint, joint_valid)
 
 
-def concat_log_ratios(parts: Sequence[LogRatios]) -> LogRatios:
-    """The `log_ratios` of several batches as one batch (their samples, in order).
-
-    Reducing the concatenation once gives exactly what merging per-batch statistics gives
-    (the same max, min and counts; the first of tied joint maxima), for a handful of
-    kernels instead of a handful per batch.
-    """
-    if not parts:
-        raise ValueError("concat_log_ratios needs at least one LogRatios")
-    return LogRatios(*(torch.cat(field) for field in zip(*parts, strict=True)))
-
-
-def joint_ratio_max(lr: LogRatios) -> Tensor:
-    """Largest joint ratio of one batch (0 when no sample entered the joint), on the device."""
-    joint = torch.exp(lr.joint_log_ratio.detach())
-    return torch.where(lr.joint_valid, joint, torch.zeros_like(joint)).amax()
-
-
 @dataclass(frozen=True)
 class RatioReading:
     """The host values of a `HeadRatioStats`: typed per-head records and the joint."""
