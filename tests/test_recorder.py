@@ -348,3 +348,23 @@ def recorder_sink(recorder: RunRecorder) -> Any:
             recorder.handle(event)
 
     return Sink()
+
+
+def test_a_batchs_step_events_reach_the_file_with_its_update_in_order(tmp_path: Path) -> None:
+    """Lifecycle/episode lines wait for the next other event and are written before it,
+    whole; `flush` (run end, Ctrl-C) writes whatever still waits."""
+    recorder = RunRecorder(tmp_path, {})
+    em = TelemetryEmitter(recorder_sink(recorder), "r")
+    lifecycle = SeedLifecycle(
+        env_index=0, slot=0, from_stage="DORMANT", to_stage="GERMINATED", blueprint="MLP", alpha=0.0
+    )
+    em.emit(started())
+    em.emit(lifecycle, batch=0)
+    path = tmp_path / EVENTS_FILE
+    assert len(path.read_text().splitlines()) == 1  # the lifecycle line waits
+    emit_update(em, update_stats(), batch=0)
+    assert [e.seq for e in read_events(path)] == [0, 1, 2]
+    em.emit(lifecycle, batch=1)
+    recorder.flush()
+    assert [e.seq for e in read_events(path)] == [0, 1, 2, 3]
+    recorder.close()

@@ -46,6 +46,13 @@ EVENTS_FILE = "events.jsonl"
 DURABLE_EVENTS: frozenset[EventType] = frozenset(
     {EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED} | TERMINAL_EVENTS
 )
+#: The many events of a batch's steps (one per seed change, episode, worker) wait in
+#: memory for the next other event and reach the file with it, whole lines in one write.
+#: Readers count them only once their batch's update is in the log (`committed_events`),
+#: which is flushed and fsynced, so holding them back loses nothing a reader would count.
+BATCHED_EVENTS: frozenset[EventType] = frozenset(
+    {EventType.SEED_LIFECYCLE, EventType.EPISODE_COMPLETED, EventType.WORKER_STATUS}
+)
 #: At most this many malformed lines are kept with their reason (all are counted).
 MAX_MALFORMED_KEPT = 1000
 _CHUNK = 1 << 20
@@ -120,6 +127,7 @@ class RunRecorder:
         self._info = self._write_run_info(config, clock())
         self._lock = threading.Lock()
         self._failure: str | None = None
+        self._held: list[str] = []  # BATCHED_EVENTS lines not yet written
         # O_NOFOLLOW: a symlink planted as events.jsonl must not make us append elsewhere.
         self._file = open(  # noqa: SIM115 (owned until close)
             self.events_path, "a", encoding="utf-8", opener=_open_append_no_follow
@@ -187,9 +195,11 @@ class RunRecorder:
         with self._lock:
             if self._failure is not None:
                 return
+            if event.event_type in BATCHED_EVENTS:
+                self._held.append(line)
+                return
             try:
-                self._file.write(line)
-                self._file.flush()
+                self._write_held(line)
                 if event.event_type in DURABLE_EVENTS:
                     os.fsync(self._file.fileno())
                 if isinstance(event.payload, TrainingStarted):
@@ -197,11 +207,17 @@ class RunRecorder:
             except OSError as exc:
                 self._failed(exc)
 
+    def _write_held(self, line: str = "") -> None:
+        """Write the held lines (and `line`) in one go, and flush them to the OS."""
+        held, self._held = self._held, []
+        self._file.write("".join(held) + line)
+        self._file.flush()
+
     def flush(self) -> None:
         with self._lock:
             if not self._file.closed and self._failure is None:
                 try:
-                    self._file.flush()
+                    self._write_held()
                     os.fsync(self._file.fileno())
                 except OSError as exc:
                     self._failed(exc)
