@@ -681,3 +681,7 @@ def test_host_panel_shows_recent_returns_beside_the_best_so_far() -> None:
     assert return_history_text(EpisodeStats()) is None  # nothing yet: no line
     text = return_history_text(EpisodeStats(return_history=(0.4, 1.0), best_return=1.2))
     assert text is not None and text.plain == "recent ▁▆  best 1.200"
+    long = EpisodeStats(return_history=(0.4, 1.0) * 20, best_return=1.2)
+    narrow = return_history_text(long, width=30)  # 30 - 7 - 7 - 5 = 11 episodes fit
+    assert narrow is not None and narrow.plain == "recent " + "▆▁" * 5 + "▆  best 1.200"
+    assert len(narrow.plain) <= 30

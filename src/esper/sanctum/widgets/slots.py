@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from rich import box
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 
@@ -98,17 +98,33 @@ def return_sparkline(values: Sequence[float], top: float) -> str:
     return "".join(SPARK_LEVELS[level(v)] for v in values)
 
 
-def return_history_text(episodes: EpisodeStats) -> Text | None:
-    """The last episodes' returns as a sparkline, beside the best return so far."""
-    recent = list(episodes.return_history[-RETURN_SPARK_WIDTH:])
-    if not recent or episodes.best_return is None:
+def return_history_text(episodes: EpisodeStats, width: int = 80) -> Text | None:
+    """The last episodes' returns as a sparkline beside the best return so far, in one line
+    of `width` cells (the sparkline shows as many recent episodes as fit, at most
+    RETURN_SPARK_WIDTH)."""
+    if not episodes.return_history or episodes.best_return is None:
         return None
+    best = f"{episodes.best_return:.3f}"
+    room = width - len("recent ") - len("  best ") - len(best)
+    recent = list(episodes.return_history[-max(1, min(RETURN_SPARK_WIDTH, room)) :])
     return Text.assemble(
         ("recent ", "bold"),
         return_sparkline(recent, episodes.best_return),
         ("  best ", "bold"),
-        f"{episodes.best_return:.3f}",
+        best,
     )
+
+
+class ReturnHistory:
+    """`return_history_text` for the width the layout grants (never wrapped)."""
+
+    def __init__(self, episodes: EpisodeStats) -> None:
+        self.episodes = episodes
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        text = return_history_text(self.episodes, options.max_width)
+        if text is not None:
+            yield text
 
 
 def seeds_table(episodes: EpisodeStats) -> Table:
@@ -133,9 +149,8 @@ def render_slots(snapshot: SanctumSnapshot) -> RenderableType:
         for slot in sorted(snapshot.slots, key=lambda s: s.index):
             table.add_row(*slot_row(slot))
         slots = table
-    history = return_history_text(snapshot.episodes)
-    lines = [episode_text(snapshot.episodes)] + ([history] if history is not None else [])
-    return Group(slots, *lines, seeds_table(snapshot.episodes))
+    history = ReturnHistory(snapshot.episodes)
+    return Group(slots, episode_text(snapshot.episodes), history, seeds_table(snapshot.episodes))
 
 
 class SlotsPanel(SnapshotPanel):
