@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from factories import update_stats
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -31,7 +32,7 @@ from esper.telemetry.contracts import (
     TrainingStarted,
 )
 from esper.telemetry.emitter import TelemetryEmitter, emit_update
-from esper.telemetry.heads import ExplosionReport, HeadStats, UpdateStats, explosion_shares
+from esper.telemetry.heads import ExplosionReport, HeadStats, explosion_shares
 from esper.telemetry.hub import TelemetryHub
 from esper.telemetry.recorder import EVENTS_FILE, RunRecorder
 
@@ -76,9 +77,8 @@ def update(
     **scalars: Any,
 ) -> None:
     """One completed update of heads `names`: `heads` as given, the others neutral."""
-    given_heads = heads or {}
     mean_return = scalars.pop("mean_return", None)
-    stats = UpdateStats(heads={h: given_heads.get(h, HeadStats()) for h in names}, **scalars)
+    stats = update_stats(heads, names, **scalars)
     emit_update(emitter, stats, batch=batch, mean_return=mean_return)
 
 
