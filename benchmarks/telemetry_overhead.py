@@ -10,10 +10,12 @@ state (weights, Adam state, RNGs) before every timed update, interleaved:
   objective, not telemetry, and costs a little compute on large minibatches);
 - "baseline": `JointOnlyAgent` below, which computes no per-head quantity at all: the
   joint log-prob of the relevant heads (as Stable-Baselines3 scores a MultiDiscrete
-  action: the sum of the heads' log-probs), the joint ratio, joint clipping, the value
+  action: the sum of the heads' log-probs), the joint ratio, joint clipping (with
+  `esper.ppo.clipped_objective`, ours' implementation of the clipped term), the value
   loss and the entropy bonus, and, as ours, the KL early stop and the non-finite guard
-  on the device (both are training, not telemetry) and the joint approx KL and clip
-  fraction read once per update (what SB3 logs).
+  (`esper.ppo.all_finite`) on the device (both are training, not telemetry) and the
+  joint approx KL, clip fraction and explained variance read once per update (what SB3
+  logs).
 
 Two sizes: the product defaults (2 envs x 25 steps, 4 epochs x 4 minibatches) and a
 realistic one (2048 samples, 4 epochs x 8 minibatches of 256: a 16-env x 32-step
@@ -79,7 +81,13 @@ class ReloadingUpdate:
 def _joint_only_agent_class() -> type:
     """`JointOnlyAgent`, built on first use so importing this module does not load torch's
     training stack."""
-    from esper.ppo import PPOAgent, UpdateStats
+    from esper.ppo import (
+        PPOAgent,
+        UpdateStats,
+        all_finite,
+        clipped_objective,
+        explained_variance,
+    )
 
     class JointOnlyAgent(PPOAgent):  # type: ignore[misc, valid-type]
         """PPO with no per-head quantity: the telemetry cost's baseline (module docstring).
@@ -100,39 +108,50 @@ def _joint_only_agent_class() -> type:
             ]
             active = torch.ones((), dtype=torch.bool, device=self.device)
             rows: list[Tensor] = []
+            ratios: list[Tensor] = []
             self.policy.train()
             try:
                 for perm in perms:
                     for index in perm.split(mb_size):
-                        row, active = self._joint_minibatch(data.select(index), active)
+                        row, ratio, active = self._joint_minibatch(data.select(index), active)
                         rows.append(row)
+                        ratios.append(ratio)
             finally:
                 vars(self.optimizer).pop("found_inf", None)
-            totals = torch.stack(rows).sum(dim=0).tolist()  # the one device->host read
-            names = ("approx_kl", "clip_fraction", "policy_loss", "value_loss", "minibatches")
-            sums = dict(zip(names, totals, strict=True))
-            count = max(sums.pop("minibatches"), 1.0)
+            # As ours, the clip fraction is one pass over every counted sample at the end.
+            flags = [row[-1].expand(len(r)) for row, r in zip(rows, ratios, strict=True)]
+            counted = torch.cat(flags)
+            clipped = ((torch.cat(ratios) - 1).abs() > cfg.clip_eps).to(counted.dtype)
+            clip_fraction = (clipped * counted).sum() / counted.sum().clamp(min=1)
+            sums = torch.stack(rows).sum(dim=0)
+            residual = data.returns - buffer.values.flatten()
+            variances = torch.stack([data.returns.var(correction=0), residual.var(correction=0)])
+            totals = torch.cat([sums, clip_fraction.reshape(1), variances]).tolist()  # one read
+            names = ("approx_kl", "policy_loss", "value_loss", "minibatches")
+            means = dict(zip(names, totals, strict=False))
+            count = max(means.pop("minibatches"), 1.0)
             return UpdateStats(
                 heads={},  # no per-head quantity at all
-                **{name: value / count for name, value in sums.items()},
+                **{name: value / count for name, value in means.items()},
+                clip_fraction=totals[-3],
+                explained_variance=explained_variance(totals[-2], totals[-1]),
                 epochs_run=len(rows) // cfg.minibatches,
             )
 
-        def _joint_minibatch(self, mb: Any, active: Tensor) -> tuple[Tensor, Tensor]:
+        def _joint_minibatch(self, mb: Any, active: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            """Loss, step and KL stop of one minibatch; its sums (masked, with a last entry
+            1 where it counts), its joint ratios, and whether the update goes on."""
             cfg = self.config
             log_probs, entropies, values, relevant = self.policy.evaluate_actions(
                 mb.obs, mb.actions, mb.op_mask, mb.slot_by_op
             )
             zero = torch.zeros_like(log_probs)
-            joint = torch.where(relevant, log_probs, zero).sum(dim=1)
-            old_joint = torch.where(relevant, mb.old_log_probs, zero).sum(dim=1)
-            log_ratio = joint - old_joint
+            log_ratio = torch.where(relevant, log_probs - mb.old_log_probs, zero).sum(dim=1)
             ratio = torch.exp(log_ratio)
             advantages = mb.advantages
             if cfg.normalize_advantage and advantages.shape[0] > 1:
                 advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
-            clipped = torch.clamp(ratio, 1 - cfg.clip_eps, 1 + cfg.clip_eps)
-            policy_loss = -torch.minimum(ratio * advantages, clipped * advantages).mean()
+            policy_loss = -clipped_objective(ratio, advantages, cfg.clip_eps).mean()
             value_loss = F.mse_loss(values, mb.returns)
             entropy = torch.where(relevant, entropies, zero).sum() / log_probs.shape[0]
             loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy
@@ -142,17 +161,15 @@ def _joint_only_agent_class() -> type:
             with torch.no_grad():
                 log_ratio = log_ratio.detach()
                 approx_kl = (torch.special.expm1(log_ratio) - log_ratio).mean()
-                clip_fraction = ((ratio.detach() - 1).abs() > cfg.clip_eps).float().mean()
-                finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+                finite = all_finite(loss, grad_norm, log_probs.detach().sum())
                 trip = active & (approx_kl > 1.5 * cfg.target_kl if cfg.target_kl else False)
                 step = active & finite & ~trip
                 self.optimizer.found_inf = (~step).to(torch.float32)
             self.optimizer.step()
             counted = (active & finite).to(torch.float64)
-            row = torch.stack(
-                [approx_kl, clip_fraction, policy_loss.detach(), value_loss.detach()]
-            ).to(torch.float64)
-            return torch.cat([row * counted, counted.reshape(1)]), active & ~trip
+            row = torch.stack([approx_kl, policy_loss.detach(), value_loss.detach()])
+            sums = torch.cat([row.to(torch.float64) * counted, counted.reshape(1)])
+            return sums, ratio.detach(), active & ~trip
 
     return JointOnlyAgent
 

@@ -14,12 +14,16 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from esper.actions import HEAD_INDEX, HEAD_NAMES, ActionMasks, compute_masks, head_sizes
 from esper.ppo import (
     PPOAgent,
     PPOConfig,
     RolloutBuffer,
+    all_finite,
+    clipped_objective,
     clipped_surrogate,
     gae,
     head_ratio_stats,
@@ -164,7 +168,7 @@ def test_clipped_surrogate_known_answers(
     advantage: float, relevant: list[bool], mode: str, expected: float
 ) -> None:
     log_ratio = torch.tensor([[LOG(1.5), LOG(0.5)]], dtype=torch.float64)
-    loss = clipped_surrogate(
+    loss, joint = clipped_surrogate(
         log_ratio,
         torch.tensor([advantage], dtype=torch.float64),
         torch.tensor([relevant]),
@@ -172,6 +176,9 @@ def test_clipped_surrogate_known_answers(
         mode,
     )
     assert float(loss) == pytest.approx(expected)
+    # The joint log-ratio (for the KL early stop) sums the relevant heads in both modes.
+    assert float(joint) == pytest.approx(LOG(1.5 * 0.5) if all(relevant) else LOG(1.5))
+    assert not joint.requires_grad
 
 
 def test_per_head_surrogate_divides_by_the_minibatch_not_the_relevant_count() -> None:
@@ -179,8 +186,42 @@ def test_per_head_surrogate_divides_by_the_minibatch_not_the_relevant_count() ->
     relevant = torch.tensor([[True, True], [True, False], [True, False], [True, False]])
     loss = clipped_surrogate(
         log_ratio, torch.ones(4, dtype=torch.float64), relevant, 0.2, "per_head"
-    )
+    ).loss
     assert float(loss) == pytest.approx(-(4 + 1) / 4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(-3.0, 3.0), min_size=1, max_size=16),
+    st.lists(st.floats(-5.0, 5.0), min_size=16, max_size=16),
+    st.sampled_from([0.1, 0.2, 0.3]),
+)
+def test_clipped_objective_is_the_textbook_min_form(
+    log_ratios: list[float], advantages: list[float], clip_eps: float
+) -> None:
+    """min(r A, clip(r) A): the same values bit for bit, and the same gradient away from
+    the clip bounds (where the textbook form splits a tie)."""
+    x = torch.tensor(log_ratios, dtype=torch.float64)
+    adv = torch.tensor(advantages[: len(log_ratios)], dtype=torch.float64)
+    ours, textbook = x.clone().requires_grad_(), x.clone().requires_grad_()
+    value = clipped_objective(ours.exp(), adv, clip_eps)
+    r = textbook.exp()
+    expected = torch.minimum(r * adv, torch.clamp(r, 1 - clip_eps, 1 + clip_eps) * adv)
+    assert torch.equal(value, expected)
+    value.sum().backward()
+    expected.sum().backward()
+    assert ours.grad is not None and textbook.grad is not None
+    ratio = r.detach()
+    away = ((ratio - (1 + clip_eps)).abs() > 1e-9) & ((ratio - (1 - clip_eps)).abs() > 1e-9)
+    assert torch.equal(ours.grad[away], textbook.grad[away])
+
+
+def test_all_finite_flags_any_nan_or_infinity() -> None:
+    one, nan, inf = torch.tensor(1.0), torch.tensor(math.nan), torch.tensor(math.inf)
+    assert bool(all_finite(one, torch.tensor(-2.0)))
+    assert not bool(all_finite(one, nan))
+    assert not bool(all_finite(inf, -inf))  # inf - inf is NaN: still caught
+    assert not bool(all_finite(torch.tensor([0.0, -inf]).sum(), one))
 
 
 def test_ratio_stats_are_reexported() -> None:
@@ -383,6 +424,16 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     assert same(params(clone), params(agent))
     # Optimizer moments and both RNG streams came back too: the next batch and update agree.
     assert clone.update(rollout(clone, seed=5)) == agent.update(rollout(agent, seed=5))
+    assert same(params(clone), params(agent))
+
+
+def test_a_checkpoint_with_the_old_log_head_sizes_buffer_still_loads() -> None:
+    agent = make_agent(seed=1)
+    state = agent.state_dict()
+    sizes = torch.tensor(list(agent.head_sizes.values()), dtype=torch.float32)
+    state["policy"] = {**state["policy"], "log_head_sizes": sizes.log()}  # before 2026-12
+    clone = make_agent(seed=99)
+    clone.load_state_dict(state)
     assert same(params(clone), params(agent))
 
 

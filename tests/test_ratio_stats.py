@@ -179,8 +179,7 @@ def test_approx_kl_and_entropy_per_head() -> None:
     assert lr.to_reading().heads["a"].approx_kl == pytest.approx((math.e - 2) / 2)
     assert lr.to_reading().heads["a"].entropy == 0.0  # no entropy given
     # 3 nats over 2 samples, normalised by ln(4): 1.5 / 1.386
-    sizes = torch.tensor([math.log(4.0)])
-    assert entropy.to_reading(sizes).heads["a"].entropy == pytest.approx(1.5 / math.log(4.0))
+    assert entropy.to_reading([4]).heads["a"].entropy == pytest.approx(1.5 / math.log(4.0))
 
 
 # -- explosion attribution ---------------------------------------------------------------------

@@ -302,14 +302,9 @@ class HeadRatioMonitor:
         if unknown:
             raise TypeError(f"unknown update scalar(s) {unknown}; known: {list(UPDATE_SCALARS)}")
         stats, joint_kl = self._reduce()
-        log_sizes = (
-            None
-            if self.head_sizes is None
-            else torch.tensor(self.head_sizes, dtype=torch.float64).log()
-        )
-        reading_tensor = stats.reading_tensor(log_sizes)
+        reading_tensor = stats.reading_tensor()
         values = torch.cat([reading_tensor, joint_kl.to(reading_tensor)]).tolist()
-        reading = stats.read(values[:-1])
+        reading = stats.read(values[:-1], self.head_sizes)
         heads: dict[str, HeadStats] = reading.heads
         measured: dict[str, Any] = {
             "joint_ratio_max": reading.joint_ratio_max,

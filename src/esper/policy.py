@@ -41,7 +41,6 @@ class TamiyoPolicy(nn.Module):
     # Buffers (registered in __init__), declared so type checkers know they are tensors.
     value_exists: Tensor
     relevance: Tensor
-    log_head_sizes: Tensor
 
     def __init__(self, obs_dim: int, head_sizes: Mapping[str, int], hidden: int = 128) -> None:
         super().__init__()
@@ -67,7 +66,6 @@ class TamiyoPolicy(nn.Module):
         positions = torch.arange(self.width)
         self.register_buffer("value_exists", positions < torch.tensor(sizes).unsqueeze(1))
         self.register_buffer("relevance", torch.as_tensor(RELEVANCE_TABLE, dtype=torch.bool))
-        self.register_buffer("log_head_sizes", torch.tensor(sizes, dtype=torch.float32).log())
         self.inject_nonfinite = None
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:

@@ -14,7 +14,9 @@ device->host transfer per update, the stacked metrics tensor at the end.
 The ratio statistics are reduced once per update, over the log-ratios of all its
 minibatches concatenated, not once per minibatch: on small minibatches an update is
 kernel-launch bound, and per-minibatch reductions were most of what the per-head
-telemetry cost.
+telemetry cost. What a minibatch adds for them is two references (its log-ratios and
+their relevance); the few divisions that turn the update's sums into means run on the
+host after the one transfer.
 """
 
 from __future__ import annotations
@@ -34,11 +36,7 @@ from torch import Tensor
 from esper.config import ClipMode, PPOConfig
 from esper.optim import FusedAdam
 from esper.policy import N_HEADS, N_OPS, TamiyoPolicy
-from esper.ratio_stats import (
-    HeadRatioStats,
-    head_ratio_stats,
-    log_ratios,
-)
+from esper.ratio_stats import HeadRatioStats, head_log_ratios, head_ratio_stats
 from esper.telemetry.heads import LOG_RATIO_CLAMP, UpdateStats
 
 __all__ = [
@@ -46,8 +44,12 @@ __all__ = [
     "PPOAgent",
     "PPOConfig",
     "RolloutBuffer",
+    "Surrogate",
     "UpdateStats",
+    "all_finite",
+    "clipped_objective",
     "clipped_surrogate",
+    "explained_variance",
     "gae",
     "head_ratio_stats",
 ]
@@ -193,10 +195,17 @@ class RolloutBuffer:
         return Batch(*(f.flatten(0, 1) for f in fields))
 
 
+class Surrogate(NamedTuple):
+    """The clipped policy loss and, as a by-product, the joint log-ratio."""
+
+    loss: Tensor  # [] to minimise
+    joint_log_ratio: Tensor  # [N] detached sum of the relevant heads' log-ratios
+
+
 def clipped_surrogate(
     log_ratio: Tensor, advantages: Tensor, relevant: Tensor, clip_eps: float, mode: ClipMode
-) -> Tensor:
-    """PPO clipped policy loss (to minimise) of [N, H] log-ratios.
+) -> Surrogate:
+    """PPO clipped policy loss (to minimise) of [N, H] log-ratios, with the joint log-ratio.
 
     "joint" clips the ratio of the whole action, exp(sum of the relevant heads' log-ratios),
     as Stable-Baselines3 does for MultiDiscrete (which sums every head). "per_head" clips
@@ -205,68 +214,126 @@ def clipped_surrogate(
     at 1 this has the joint gradient, so both modes take steps of one scale, and a head
     relevant at few samples is not up-weighted (a mean over its own samples would multiply
     a rare head's step).
+
+    The joint log-ratio (unclamped) comes back for the KL early stop: the joint mode
+    computes it anyway, the per-head mode sums the masked log-ratios once more.
     """
     zero = torch.zeros_like(log_ratio)
     masked = torch.where(relevant, log_ratio, zero)
     if mode == "joint":
         masked = masked.sum(dim=1, keepdim=True)
-    ratio = torch.exp(masked)
+        joint = masked.detach().squeeze(1)
+    else:
+        joint = masked.detach().sum(dim=1)
     adv = advantages.unsqueeze(1)
-    surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps) * adv)
-    if mode == "per_head":
-        surrogate = torch.where(relevant, surrogate, zero)
-    return -surrogate.sum() / log_ratio.shape[0]
+    if mode == "joint":
+        surrogate = clipped_objective(torch.exp(masked), adv, clip_eps)
+    else:  # masking the advantage, which needs no gradient, is cheaper than the objective
+        bounded = torch.clamp(torch.exp(masked), *_clip_bounds(adv, clip_eps, masked.dtype))
+        surrogate = bounded * torch.where(relevant, adv, zero)
+    return Surrogate(-surrogate.sum() / log_ratio.shape[0], joint)
 
 
-def _explained_variance(predicted: Tensor, target: Tensor) -> Tensor:
+def _clip_bounds(advantages: Tensor, clip_eps: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per-sample bounds of the ratio in the clipped objective (see `clipped_objective`)."""
+    positive = advantages >= 0
+    inf = torch.full_like(advantages, torch.inf, dtype=dtype)  # bounds in the ratio's dtype
+    return torch.where(positive, -inf, 1.0 - clip_eps), torch.where(positive, 1.0 + clip_eps, inf)
+
+
+def clipped_objective(ratio: Tensor, advantages: Tensor, clip_eps: float) -> Tensor:
+    """PPO's min(r A, clip(r, 1 - eps, 1 + eps) A), elementwise (`advantages` broadcast).
+
+    That is A min(r, 1 + eps) where A >= 0 and A max(r, 1 - eps) where A < 0: one clamp
+    with per-sample bounds. Same values bit for bit (multiplying by A is monotone) and the
+    same gradient (zero outside the bounds; ties aside), for half the kernels of the
+    textbook form, forward and backward.
+    """
+    return torch.clamp(ratio, *_clip_bounds(advantages, clip_eps, ratio.dtype)) * advantages
+
+
+def all_finite(*values: Tensor) -> Tensor:
+    """Whether every value is finite, as one device bool (no host sync).
+
+    One isfinite of their sum: a NaN or an infinity anywhere makes the sum non-finite (an
+    overflow to infinity counts as non-finite too, which is what a guard wants).
+    """
+    return torch.isfinite(functools.reduce(operator.add, (v.detach() for v in values)))
+
+
+def explained_variance(target_variance: float, residual_variance: float) -> float:
     """1 - Var(target - predicted) / Var(target); 0 when the target is constant."""
-    variance = target.var(correction=0)
-    ev = 1.0 - (target - predicted).var(correction=0) / variance.clamp(min=1e-12)
-    return torch.where(variance > 0, ev, torch.zeros_like(ev))
+    if not target_variance > 0:
+        return 0.0
+    return 1.0 - residual_variance / max(target_variance, 1e-12)
 
 
-class _Tally:
-    """Per-minibatch named sums, masked on the device and reduced once at the end.
+class _Minibatches:
+    """What each minibatch of an update measured, kept as device references.
 
-    `add` only keeps references (no kernel per minibatch: on small minibatches an update
-    is launch-bound, and per-minibatch bookkeeping was most of what the telemetry cost);
-    `totals` stacks each entry over the minibatches, zeroes those whose flag did not hold
-    and sums them, a few kernels per entry per update. A value is a tensor (scalar or
-    vector) or a plain number; sums are float64.
+    Per minibatch: its size, its flags (bool 0-d, `FLAGS`), its losses and KL sum (0-d,
+    `VALUES`) and its per-head entropy sums. `stacked` stacks each kind once per update:
+    on small minibatches an update is launch-bound, and a kernel or two per minibatch was
+    most of what this bookkeeping cost. Flags and values travel to the host raw, in the
+    update's one transfer, where `host_totals` masks and sums them.
     """
 
+    FLAGS = ("active", "counted", "step", "kl_trip", "limit_trip")
+    VALUES = ("policy_loss", "value_loss", "grad_norm", "joint_kl")
+
     def __init__(self) -> None:
-        self.values: dict[str, list[Tensor | float]] = {}
-        self.flags: dict[str, list[Tensor]] = {}
+        self.sizes: list[int] = []
+        self.flags: list[Tensor] = []
+        self.values: list[Tensor] = []
+        self.entropies: list[Tensor] = []
 
-    def add(self, name: str, value: Tensor | float, flag: Tensor) -> None:
-        if isinstance(value, Tensor) and value.requires_grad:
-            value = value.detach()  # keep the number, not the minibatch's graph
-        self.values.setdefault(name, []).append(value)
-        self.flags.setdefault(name, []).append(flag)
+    def add(
+        self, size: int, flags: tuple[Tensor, ...], values: tuple[Tensor, ...], entropy: Tensor
+    ) -> None:
+        self.sizes.append(size)
+        self.flags.extend(flags)
+        self.values.extend(v.detach() for v in values)  # the number, not the graph
+        self.entropies.append(entropy.detach())
 
-    def totals(self) -> dict[str, Tensor]:
-        """Every entry's masked sum; entries of one kind (plain numbers, or tensors of one
-        dtype and shape) are stacked and reduced together, a few kernels per kind."""
-        kinds: dict[tuple[torch.dtype, tuple[int, ...]] | str, list[str]] = {}
-        for name, values in self.values.items():
-            first = values[0]
-            kind = (first.dtype, tuple(first.shape)) if isinstance(first, Tensor) else "number"
-            kinds.setdefault(kind, []).append(name)
-        out: dict[str, Tensor] = {}
-        for kind, names in kinds.items():
-            flags = torch.stack([f for name in names for f in self.flags[name]])
-            if kind == "number":
-                numbers = [v for name in names for v in self.values[name]]
-                stacked = torch.tensor(numbers, dtype=torch.float64, device=flags.device)
-            else:
-                tensors = [v for name in names for v in self.values[name]]
-                stacked = torch.stack(tensors).to(torch.float64)  # type: ignore[arg-type]
-            stacked = stacked.reshape(len(names), -1, *stacked.shape[1:])  # [kind, minibatch, ...]
-            flags = flags.reshape(len(names), -1, *(1,) * (stacked.dim() - 2))
-            sums = torch.where(flags, stacked, 0.0).sum(dim=1)
-            out.update(zip(names, sums.unbind(0), strict=True))
-        return out
+    def stacked(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Flags [M, F], values [M, V], and the entropy sums [H] and sample count [] of
+        the minibatches that count (float64), all on the device."""
+        n = len(self.sizes)
+        flags = torch.stack(self.flags).view(n, len(self.FLAGS))
+        values = torch.stack(self.values).view(n, len(self.VALUES))
+        counted = flags[:, self.FLAGS.index("counted")]
+        entropies = torch.stack(self.entropies)
+        entropy_sum = torch.where(counted.unsqueeze(1), entropies, 0.0).sum(0, dtype=torch.float64)
+        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=flags.device)
+        return flags, values, entropy_sum, sizes.dot(counted.to(torch.float64))
+
+    def host_totals(self, flags: list[float], values: list[float]) -> dict[str, float]:
+        """Masked sums of the host copies of `stacked`'s flags and values (pure Python).
+
+        A value counts where its flag holds (losses and KL: the minibatch counted; the
+        gradient norm: it stepped), so a NaN of a skipped minibatch never enters a sum.
+        """
+        f, v = len(self.FLAGS), len(self.VALUES)
+        totals = dict.fromkeys(
+            ("minibatches_run", "counted", "steps", "early_stopped", "intervened",
+             "samples", *self.VALUES), 0.0,
+        )  # fmt: skip
+        for i, size in enumerate(self.sizes):
+            active, counted, step, kl_trip, limit_trip = (x > 0 for x in flags[i * f : (i + 1) * f])
+            policy_loss, value_loss, grad_norm, joint_kl = values[i * v : (i + 1) * v]
+            totals["minibatches_run"] += active
+            totals["early_stopped"] += kl_trip
+            totals["intervened"] += limit_trip
+            if step:
+                totals["steps"] += 1
+                totals["grad_norm"] += grad_norm
+            if counted:
+                totals["counted"] += 1
+                totals["samples"] += size
+                totals["policy_loss"] += policy_loss
+                totals["value_loss"] += value_loss
+                totals["joint_kl"] += joint_kl
+        return totals
 
 
 class PPOAgent:
@@ -340,78 +407,85 @@ class PPOAgent:
             torch.randperm(n_samples, generator=self._perm_gen, device=self.device)
             for _ in range(cfg.epochs)
         ]
-        parts: list[tuple[Tensor, Tensor, Tensor]] = []  # per minibatch: new, old, relevant
-        tally = _Tally()
-        epoch_active: list[Tensor] = []
+        parts: list[tuple[Tensor, Tensor]] = []  # per minibatch: log-ratios, counted heads
+        record = _Minibatches()
         active = torch.ones((), dtype=torch.bool, device=self.device)
         self.policy.train()
         try:
             for perm in perms:
-                epoch_active.append(active)
                 for index in perm.split(mb_size):
-                    mb_ratios, active = self._minibatch(data.select(index), active, tally)
+                    mb_ratios, active = self._minibatch(data.select(index), active, record)
                     parts.append(mb_ratios)
         finally:
             vars(self.optimizer).pop("found_inf", None)
-        # The statistics' masks and clamps run once, over every minibatch's samples.
-        new, old, relevant = (torch.cat(column) for column in zip(*parts, strict=True))
-        ratios = log_ratios(new, old, relevant)
-        sums = tally.totals()
+        # The statistics run once, head-major, over every minibatch's samples.
+        diffs, counted = (torch.cat(column).t() for column in zip(*parts, strict=True))
+        flags, mb_values, entropy_sum, entropy_count = record.stacked()
         stats = HeadRatioStats.from_log_ratios(
-            ratios,
+            head_log_ratios(diffs, counted),
             cfg.clip_eps,
             self.head_names,
-            entropy_sum=sums["head_entropy"],
-            entropy_count=sums["entropy_samples"],
+            entropy_sum=entropy_sum,
+            entropy_count=entropy_count,
         )
-        scalars = self._scalars(sums, torch.stack(epoch_active), data, buffer)
+        # Explained variance of the rollout's value predictions: its two variances.
+        residual = data.returns - buffer.values.flatten()
+        variances = torch.stack([data.returns.var(correction=0), residual.var(correction=0)])
         tensor = torch.cat(
-            [stats.reading_tensor(self.policy.log_head_sizes), torch.stack(list(scalars.values()))]
+            [stats.reading_tensor(), variances, flags.flatten(), mb_values.flatten()]
         )
         values = tensor.tolist()  # the single device->host transfer of the update
-        reading = stats.read(values[: stats.reading_size])
-        host = dict(zip(scalars, values[stats.reading_size :], strict=True))
+        k = stats.reading_size
+        reading = stats.read(values[:k], list(self.head_sizes.values()))
+        n_flags = flags.numel()
+        totals = record.host_totals(values[k + 2 : k + 2 + n_flags], values[k + 2 + n_flags :])
+        # An epoch ran if the update was still active at its first minibatch.
+        per_epoch = len(parts) // cfg.epochs
+        first_active = values[k + 2 :: len(_Minibatches.FLAGS) * per_epoch][: cfg.epochs]
+
+        def mean(name: str, count: str) -> float:
+            return totals[name] / max(totals[count], 1.0)
+
         entropies = [head.entropy for head in reading.heads.values()]
         return UpdateStats(
             heads=reading.heads,
             joint_ratio_max=reading.joint_ratio_max,
-            approx_kl=host["approx_kl"],
+            approx_kl=mean("joint_kl", "samples"),
             clip_fraction=reading.joint_clip_fraction,
-            policy_loss=host["policy_loss"],
-            value_loss=host["value_loss"],
+            policy_loss=mean("policy_loss", "counted"),
+            value_loss=mean("value_loss", "counted"),
             entropy=sum(entropies) / len(entropies),
-            explained_variance=host["explained_variance"],
-            grad_norm=host["grad_norm"],
-            epochs_run=int(host["epochs_run"]),
-            minibatches_run=int(host["minibatches_run"]),
-            minibatches_skipped=int(host["minibatches_skipped"]),
-            early_stopped=host["early_stopped"] > 0,  # a count of the minibatches that tripped
-            intervened=host["intervened"] > 0,
+            explained_variance=explained_variance(values[k], values[k + 1]),
+            grad_norm=mean("grad_norm", "steps"),
+            epochs_run=sum(x > 0 for x in first_active),
+            minibatches_run=int(totals["minibatches_run"]),
+            minibatches_skipped=int(totals["minibatches_run"] - totals["counted"]),  # not finite
+            early_stopped=totals["early_stopped"] > 0,  # a count of the minibatches that tripped
+            intervened=totals["intervened"] > 0,
             explosion=reading.explosion(cfg.clip_eps, cfg.explosion_threshold),
         )
 
     def _minibatch(
-        self, mb: Batch, active: Tensor, tally: _Tally
-    ) -> tuple[tuple[Tensor, Tensor, Tensor], Tensor]:
+        self, mb: Batch, active: Tensor, record: _Minibatches
+    ) -> tuple[tuple[Tensor, Tensor], Tensor]:
         """One minibatch: loss, backward, a step unless stopped or non-finite, statistics.
 
-        Returns the minibatch's new and old log-probs with their relevance (none relevant
-        once the update stopped), for the statistics reduced at the end of the update, and
-        whether the update is still active after it, all on the device. Only the joint
-        KL (for the early stop) is computed here.
+        Returns the minibatch's per-head log-ratios with the heads that count (relevant,
+        and none once the update stopped), for the statistics reduced at the end of the
+        update, and whether the update is still active after it, all on the device. Only
+        the joint KL (for the early stop) is computed here.
         """
         cfg = self.config
         log_probs, entropies, values, relevant = self.policy.evaluate_actions(
             mb.obs, mb.actions, mb.op_mask, mb.slot_by_op
         )
-        # Masking relevance by `active` empties the statistics of a stopped update.
-        counted_heads = relevant & active
         advantages = mb.advantages
         if cfg.normalize_advantage and advantages.shape[0] > 1:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         n = log_probs.shape[0]
-        policy_loss = clipped_surrogate(
-            log_probs - mb.old_log_probs, advantages, relevant, cfg.clip_eps, cfg.clip_mode
+        log_ratio = log_probs - mb.old_log_probs
+        policy_loss, joint = clipped_surrogate(
+            log_ratio, advantages, relevant, cfg.clip_eps, cfg.clip_mode
         )
         value_loss = F.mse_loss(values, mb.returns)
         entropy_bonus = torch.where(relevant, entropies, torch.zeros_like(entropies)).sum() / n
@@ -420,69 +494,37 @@ class PPOAgent:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
 
-        # The joint log-ratio of the relevant heads, clamped as in the statistics; a
-        # non-finite log-prob makes it NaN, and such a minibatch counts nowhere (`counted`).
-        new = log_probs.detach()
-        raw = torch.clamp(new - mb.old_log_probs, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        joint = torch.where(counted_heads, raw, 0.0).sum(dim=1)
+        # The joint log-ratio of the relevant heads, clamped as in the statistics.
         joint = torch.clamp(joint, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
-        joint_kl = torch.special.expm1(joint) - joint  # 0 at a sample with no relevant head
-        joint_kl_sum = joint_kl.sum()
-        finite = torch.isfinite(log_probs).all() & torch.isfinite(loss) & torch.isfinite(grad_norm)
-        trips = []
+        joint_kl_sum = (torch.special.expm1(joint) - joint).sum()  # 0 with no relevant head
+        # A minibatch with a non-finite log-prob (relevant or not), loss or gradient
+        # neither steps nor counts (`counted`).
+        finite = all_finite(loss, grad_norm, log_probs.detach().sum())
+        # A check that is not configured never trips.
+        kl_trip = limit_trip = torch.zeros((), dtype=torch.bool, device=self.device)
+        go_on = active
         if cfg.target_kl:
             kl_trip = active & (joint_kl_sum > 1.5 * cfg.target_kl * n)
-            tally.add("early_stopped", 1.0, kl_trip)
-            trips.append(kl_trip)
+            go_on = go_on & ~kl_trip
         if cfg.joint_ratio_limit:
-            # exp is monotone: compare the largest joint log-ratio with log(limit).
-            largest = torch.where(counted_heads.any(dim=1), joint, -math.inf).amax()
-            limit_trip = active & (largest > math.log(cfg.joint_ratio_limit))
-            tally.add("intervened", 1.0, limit_trip)
-            trips.append(limit_trip)
-        go_on = active & ~functools.reduce(operator.or_, trips) if trips else active
+            # exp is monotone: compare the largest joint log-ratio with log(limit) > 0 (a
+            # sample with no relevant head has joint 0 and never trips it).
+            limit_trip = active & (joint.amax() > math.log(cfg.joint_ratio_limit))
+            go_on = go_on & ~limit_trip
         step = go_on & finite
         vars(self.optimizer)["found_inf"] = (~step).to(torch.float32)
         self.optimizer.step()
 
-        counted = active & finite
-        tally.add("minibatches_run", 1.0, active)
-        tally.add("loss_minibatches", 1.0, counted)
-        tally.add("steps", 1.0, step)
-        tally.add("policy_loss", policy_loss, counted)
-        tally.add("value_loss", value_loss, counted)
-        tally.add("grad_norm", grad_norm, step)
-        tally.add("joint_kl", joint_kl_sum, counted)
-        # approx KL is the mean over the minibatch's samples, as SB3 logs it (every sample
-        # has a relevant head: the op is always used).
-        tally.add("joint_kl_count", float(n), counted)
-        tally.add("entropy_samples", float(n), counted)
-        tally.add("head_entropy", entropies.sum(dim=0), counted)
-        return (new, mb.old_log_probs, counted_heads), go_on
-
-    def _scalars(
-        self, sums: Mapping[str, Tensor], epoch_active: Tensor, data: Batch, buffer: RolloutBuffer
-    ) -> dict[str, Tensor]:
-        """The update's global scalars as float64 0-d device tensors (no host sync)."""
-
-        def mean(total: Tensor, count: Tensor) -> Tensor:
-            return total / count.clamp(min=1)
-
-        n_mb = sums["loss_minibatches"]
-        scalars = {
-            "approx_kl": mean(sums["joint_kl"], sums["joint_kl_count"]),
-            "policy_loss": mean(sums["policy_loss"], n_mb),
-            "value_loss": mean(sums["value_loss"], n_mb),
-            "explained_variance": _explained_variance(buffer.values.flatten(), data.returns),
-            "grad_norm": mean(sums["grad_norm"], sums["steps"]),
-            "epochs_run": epoch_active.sum(),
-            "minibatches_run": sums["minibatches_run"],
-            "minibatches_skipped": sums["minibatches_run"] - n_mb,  # run, but not finite
-            # Minibatches that tripped the stop; a check not configured never trips.
-            "early_stopped": sums.get("early_stopped", torch.zeros_like(n_mb)),
-            "intervened": sums.get("intervened", torch.zeros_like(n_mb)),
-        }
-        return {name: v.to(torch.float64).reshape(()) for name, v in scalars.items()}
+        # approx KL is the mean over the counted minibatches' samples, as SB3 logs it (every
+        # sample has a relevant head: the op is always used).
+        record.add(
+            n,
+            (active, active & finite, step, kl_trip, limit_trip),
+            (policy_loss, value_loss, grad_norm, joint_kl_sum),
+            entropies.sum(dim=0),
+        )
+        # Masking relevance by `active` empties the statistics of a stopped update.
+        return (log_ratio.detach(), relevant & active), go_on
 
     def state_dict(self) -> dict[str, Any]:
         """Policy, optimizer and RNG state as plain tensors and dicts (weights_only loadable)."""
@@ -502,7 +544,9 @@ class PPOAgent:
                 f"checkpoint is for obs_dim={state['obs_dim']}, head_sizes={state['head_sizes']}; "
                 f"this agent has obs_dim={self.obs_dim}, head_sizes={self.head_sizes}"
             )
-        self.policy.load_state_dict(state["policy"])
+        # Checkpoints before 2026-12 also hold `log_head_sizes`, derived from the sizes.
+        policy = {k: v for k, v in state["policy"].items() if k != "log_head_sizes"}
+        self.policy.load_state_dict(policy)
         self.optimizer.load_state_dict(state["optimizer"])
         self._sample_gen.set_state(state["sample_generator"])
         self._perm_gen.set_state(state["perm_generator"])
