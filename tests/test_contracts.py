@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
 import json
 import math
 import subprocess
@@ -25,6 +26,7 @@ from esper.telemetry.contracts import (
     Payload,
     PPOUpdatePayload,
     RatioExplosion,
+    SeedLifecycle,
     TelemetryEvent,
     TrainingFailed,
     TrainingStarted,
@@ -167,6 +169,18 @@ def test_every_event_survives_a_json_line_round_trip(event: TelemetryEvent) -> N
     assert event_to_json_line(back) == line
     assert back.event_type is event.event_type
     assert type(back.payload) is type(event.payload)
+
+
+@given(events, st.sampled_from([None, math.inf, -math.inf, math.nan]))
+def test_the_json_line_is_exactly_what_json_dumps_writes(
+    event: TelemetryEvent, odd_timestamp: float | None
+) -> None:
+    """`event_to_json_line` joins the envelope from its parts for speed: byte for byte
+    the encoder's output, unicode, huge ints, NaN and infinite timestamps included."""
+    if odd_timestamp is not None:
+        event = dataclasses.replace(event, timestamp=odd_timestamp)
+    expected = json.dumps(event_to_dict(event), allow_nan=True, separators=(",", ":"))
+    assert event_to_json_line(event) == expected
 
 
 def update(index: int = 0, joint: float = 1.0, **heads: HeadStats) -> PPOUpdatePayload:
@@ -470,3 +484,15 @@ assert "torch" not in sys.modules, "torch was imported"
     versions = json.loads((tmp_path / "run.json").read_text())["versions"]
     assert "torch" not in versions
     assert set(versions) == {"esper", "python", "numpy"}
+
+
+def test_a_str_subclass_field_is_stored_as_the_plain_string() -> None:
+    class Stage(enum.StrEnum):
+        TRAINING = "TRAINING"
+
+    payload = SeedLifecycle(
+        env_index=0, slot=0, from_stage=Stage.TRAINING, to_stage="BLENDING",
+        blueprint=None, alpha=0.5,
+    )  # fmt: skip
+    assert type(payload.from_stage) is str
+    assert payload.to_json() == json.dumps(payload.to_dict(), separators=(",", ":"))

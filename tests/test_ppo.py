@@ -192,8 +192,10 @@ def test_per_head_surrogate_divides_by_the_minibatch_not_the_relevant_count() ->
 
 @settings(max_examples=200, deadline=None)
 @given(
-    st.lists(st.floats(-3.0, 3.0), min_size=1, max_size=16),
-    st.lists(st.floats(-5.0, 5.0), min_size=16, max_size=16),
+    st.lists(st.floats(-3.0, 3.0, allow_subnormal=False), min_size=1, max_size=16),
+    # No subnormal advantages: the textbook form halves the gradient at a tie (r inside the
+    # bounds), and half of the smallest subnormal rounds to 0.
+    st.lists(st.floats(-5.0, 5.0, allow_subnormal=False), min_size=16, max_size=16),
     st.sampled_from([0.1, 0.2, 0.3]),
 )
 def test_clipped_objective_is_the_textbook_min_form(

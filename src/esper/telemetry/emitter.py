@@ -76,16 +76,16 @@ class TelemetryEmitter:
         with self._lock:
             seq = self._seq
             self._seq += 1
-        event = TelemetryEvent(
-            event_type=payload.EVENT_TYPE,
-            timestamp=self._clock(),
-            run_id=self.run_id,
-            seq=seq,
-            episode=episode,
-            batch=batch,
-            severity=payload.severity(),
-            message=payload.summary(),
-            payload=payload,
+        event = TelemetryEvent(  # positional: this runs for every event of every worker
+            payload.EVENT_TYPE,
+            self._clock(),
+            self.run_id,
+            seq,
+            episode,
+            batch,
+            payload.severity(),
+            payload.summary(),
+            payload,
         )
         self._hub.publish(event)
         return event

@@ -70,6 +70,8 @@ class _Lane:
         self.failed = 0
         self.last_error: str | None = None
         self.reported = (0, 0)
+        #: Called when a loss is counted, so the hub looks for losses only when there are.
+        self.on_loss: Callable[[], None] = lambda: None
 
     def _call(self, method: Callable[..., object], *args: object) -> None:
         try:
@@ -83,12 +85,14 @@ class _Lane:
             self.failed += 1
             first = self.failed == 1
             self.last_error = f"{type(exc).__name__}: {exc}"
+        self.on_loss()
         if first:
             logger.exception("telemetry backend %s failed", self.name)
 
     def _count_drop(self) -> None:
         with self._lock:
             self.dropped += 1
+        self.on_loss()
 
     def health(self) -> BackendHealth:
         with self._lock:
@@ -193,6 +197,7 @@ class TelemetryHub:
         self._reporter: DropReporter | None = None
         self._last_report = -math.inf
         self._reporting = False
+        self._loss_pending = False  # set by a lane that counted a loss not yet reported
         self._closed = False
         self._warned_closed = False
         for backend in backends:
@@ -200,9 +205,14 @@ class TelemetryHub:
 
     def add_backend(self, backend: TelemetryBackend) -> None:
         if getattr(backend, "synchronous", False):
-            self._lanes.append(_Lane(backend))
+            lane = _Lane(backend)
         else:
-            self._lanes.append(_QueuedLane(backend, self._queue_size))
+            lane = _QueuedLane(backend, self._queue_size)
+        lane.on_loss = self._mark_loss
+        self._lanes.append(lane)
+
+    def _mark_loss(self) -> None:
+        self._loss_pending = True
 
     def set_drop_reporter(self, reporter: DropReporter) -> None:
         """Who turns losses into TELEMETRY_DROPS events (without one they are logged)."""
@@ -225,11 +235,14 @@ class TelemetryHub:
         self._report(force=False)
 
     def _report(self, *, force: bool) -> None:
-        if self._reporting:  # the report is itself published: don't recurse
-            return
+        # Without a loss since the last report there is nothing to do: this runs for every
+        # published event, so it costs one attribute test then.
+        if self._reporting or not (force or self._loss_pending):
+            return  # (the report is itself published: don't recurse)
         now = self._clock()
         if not force and now - self._last_report < self._report_interval:
             return
+        self._loss_pending = False  # before taking the counts: a later loss sets it again
         pending = [h for lane in self._lanes if (h := lane.take_unreported()) is not None]
         if not pending:
             return

@@ -35,7 +35,7 @@ from esper.telemetry.contracts import (
     TelemetryEvent,
     TrainingStarted,
     event_from_json_line,
-    event_to_dict,
+    event_to_json_line,
     json_value,
 )
 
@@ -56,9 +56,6 @@ BATCHED_EVENTS: frozenset[EventType] = frozenset(
 #: At most this many malformed lines are kept with their reason (all are counted).
 MAX_MALFORMED_KEPT = 1000
 _CHUNK = 1 << 20
-#: `event_to_json_line` with one encoder for every line: `json.dumps` with options builds
-#: a new encoder per call, a sixth of the driver's cost per event (BENCHMARKS.md).
-_encode = json.JSONEncoder(allow_nan=True, separators=(",", ":"), check_circular=False).encode
 
 
 def library_versions() -> dict[str, str]:
@@ -191,7 +188,7 @@ class RunRecorder:
         self._failure = f"cannot write {self.events_path}: {exc.strerror or exc}"
 
     def handle(self, event: TelemetryEvent) -> None:
-        line = _encode(event_to_dict(event)) + "\n"
+        line = event_to_json_line(event) + "\n"
         with self._lock:
             if self._failure is not None:
                 return
