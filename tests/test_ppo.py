@@ -322,7 +322,8 @@ HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int_
 
 
 def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str]:
-    """Patch every Python-level way of reading a tensor on the host, and count the calls."""
+    """Patch every Python-level way of reading a tensor on the host (or of making one from
+    host data), and count the calls."""
     counts: collections.Counter[str] = collections.Counter()
 
     def counted(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
@@ -335,6 +336,13 @@ def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str
 
     for name in HOST_READS:
         monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    # Host data made into a tensor: on a GPU that copy waits for the device as well.
+    for name in ("tensor", "as_tensor"):
+        make = getattr(torch, name)
+        monkeypatch.setattr(torch, name, functools.wraps(make)(
+            lambda *args, _name=name, _make=make, **kwargs: (
+                counts.update([f"torch.{_name}"]), _make(*args, **kwargs))[1]
+        ))  # fmt: skip
     return counts
 
 
@@ -350,6 +358,26 @@ def test_update_reads_the_device_exactly_once(
     counts = count_host_reads(monkeypatch)
     agent.update(buffer)
     assert counts == {"tolist": 1}
+
+
+def test_head_entropy_is_the_mean_over_every_sample_of_unequal_minibatches(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 4 envs x 6 steps = 24 samples in 5 minibatches of 5, 5, 5, 5, 4: the mean must weigh
+    # minibatches by their sizes. With the step disabled the policy never changes, so
+    # every epoch sees the entropies of the rollout's states.
+    agent = make_agent(epochs=2, minibatches=5, target_kl=None)
+    buffer = rollout(agent)
+    monkeypatch.setattr(agent.optimizer, "step", lambda: None)
+    data = buffer.batch()
+    with torch.no_grad():
+        _, entropies, _, _ = agent.policy.evaluate_actions(
+            data.obs, data.actions, data.op_mask, data.slot_by_op
+        )
+    expected = entropies.double().mean(dim=0) / torch.tensor(list(SIZES.values())).double().log()
+    stats = agent.update(buffer)
+    got = [stats.heads[h].entropy for h in HEAD_NAMES]
+    assert got == pytest.approx(expected.tolist(), rel=1e-5)
 
 
 def test_nonfinite_minibatches_are_skipped_but_finite_heads_still_count() -> None:

@@ -295,17 +295,26 @@ class _Minibatches:
         self.values.extend(v.detach() for v in values)  # the number, not the graph
         self.entropies.append(entropy.detach())
 
-    def stacked(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def stacked(self, per_epoch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Flags [M, F], values [M, V], and the entropy sums [H] and sample count [] of
-        the minibatches that count (float64), all on the device."""
+        the minibatches that count (float64), all on the device.
+
+        Every epoch splits the same samples alike (`per_epoch` minibatches, all of one
+        size but the last), so the count needs no sizes copied to the device (a copy
+        from the host would wait for the device).
+        """
         n = len(self.sizes)
         flags = torch.stack(self.flags).view(n, len(self.FLAGS))
         values = torch.stack(self.values).view(n, len(self.VALUES))
         counted = flags[:, self.FLAGS.index("counted")]
         entropies = torch.stack(self.entropies)
         entropy_sum = torch.where(counted.unsqueeze(1), entropies, 0.0).sum(0, dtype=torch.float64)
-        sizes = torch.tensor(self.sizes, dtype=torch.float64, device=flags.device)
-        return flags, values, entropy_sum, sizes.dot(counted.to(torch.float64))
+        full, last = self.sizes[0], self.sizes[per_epoch - 1]
+        if self.sizes != ([full] * (per_epoch - 1) + [last]) * (n // per_epoch):
+            raise ValueError(f"minibatch sizes {self.sizes} are not one split per epoch")
+        by_epoch = counted.to(torch.float64).view(-1, per_epoch)
+        count = by_epoch.sum() * full - by_epoch[:, -1].sum() * (full - last)
+        return flags, values, entropy_sum, count
 
     def host_totals(self, flags: list[float], values: list[float]) -> dict[str, float]:
         """Masked sums of the host copies of `stacked`'s flags and values (pure Python).
@@ -420,7 +429,8 @@ class PPOAgent:
             vars(self.optimizer).pop("found_inf", None)
         # The statistics run once, head-major, over every minibatch's samples.
         diffs, counted = (torch.cat(column).t() for column in zip(*parts, strict=True))
-        flags, mb_values, entropy_sum, entropy_count = record.stacked()
+        per_epoch = math.ceil(n_samples / mb_size)
+        flags, mb_values, entropy_sum, entropy_count = record.stacked(per_epoch)
         stats = HeadRatioStats.from_log_ratios(
             head_log_ratios(diffs, counted),
             cfg.clip_eps,
@@ -440,7 +450,6 @@ class PPOAgent:
         n_flags = flags.numel()
         totals = record.host_totals(values[k + 2 : k + 2 + n_flags], values[k + 2 + n_flags :])
         # An epoch ran if the update was still active at its first minibatch.
-        per_epoch = len(parts) // cfg.epochs
         first_active = values[k + 2 :: len(_Minibatches.FLAGS) * per_epoch][: cfg.epochs]
 
         def mean(name: str, count: str) -> float:
