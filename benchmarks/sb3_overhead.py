@@ -58,7 +58,12 @@ class TrainSide:
         self, cls: type, run_root: Path | None, sizes: dict[str, Any], learn: dict[str, Any]
     ) -> None:
         extra = {} if run_root is None else {"run_dir": run_root / "learn"}
+        from stable_baselines3.common.logger import Logger
+
         self.model = cls("MlpPolicy", make_env(), seed=SEED, **sizes, **extra)
+        # No output folder: SB3's default logger leaves an empty SB3-<date> folder in the
+        # system temp directory at every learn().
+        self.model.set_logger(Logger(folder=None, output_formats=[]))
         self.model.learn(sizes["n_steps"], **learn)  # fills the buffer, one update
         policy = self.model.policy
         self.state = copy.deepcopy((policy.state_dict(), policy.optimizer.state_dict()))

@@ -2,29 +2,58 @@
 
 Benchmarks are run by hand, so an API change can leave one broken until the next full
 run; each check here drives one section's own code on a tiny input and checks what it
-computed, in seconds.
+computed, in seconds. Ray stays out (starting it alone takes longer than all of these).
 """
 
 from __future__ import annotations
 
+import math
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `benchmarks` package
 
-from benchmarks import emit_path, sanctum_load, telemetry_overhead
+from benchmarks import (
+    cli_run,
+    emit_path,
+    memory,
+    sanctum_load,
+    sb3_overhead,
+    scaling,
+    telemetry_overhead,
+    versus_sb3,
+)
 from benchmarks.learning import train
 from esper.sanctum.aggregator import SanctumAggregator
 from esper.telemetry.recorder import read_events
 
 
-def test_emit_path_records_its_whole_mix() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        side = emit_path.EmitSide(Path(tmp), "smoke", dashboard=False, cycles=2)
-        side.block()
-        side.hub.close()
-        events = list(read_events(Path(tmp) / "smoke" / "events.jsonl"))
+@pytest.fixture(autouse=True)
+def private_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a section writes goes to this test's own folder, not the system temp dir.
+
+    Sections make their run folders with `tempfile`, SB3's default logger makes an
+    `SB3-<time>` folder there per `learn()`, child processes follow $TMPDIR, and MuJoCo
+    appends its warnings to MUJOCO_LOG.TXT in the working directory.
+    """
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+
+
+def positive_finite(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+def test_emit_path_records_its_whole_mix(tmp_path: Path) -> None:
+    side = emit_path.EmitSide(tmp_path, "smoke", dashboard=False, cycles=2)
+    side.block()
+    side.hub.close()
+    events = list(read_events(tmp_path / "smoke" / "events.jsonl"))
     assert len(events) == side.events == 2 * 101
 
 
@@ -46,3 +75,83 @@ def test_sanctum_load_stream_aggregates() -> None:
 def test_learning_trains_at_the_defaults() -> None:
     result = train("spirals", seed=0, episodes=8)
     assert len(result["returns"]) == 8
+
+
+def test_versus_sb3_updates_run_every_epoch_on_both_sides() -> None:
+    """MaskablePPO's `train()` takes our rollout, masks and log-probs, and both sides run
+    every epoch (no KL stop): otherwise the update ratio compares different work."""
+    pytest.importorskip("sb3_contrib", reason="versus_sb3 needs the sb3 extra")
+    # one real UPDATE_STEPS-step rollout, not tiled: the smallest the comparison takes
+    setup = versus_sb3.Setup("spirals", 2, versus_sb3.UPDATE_STEPS, epochs=2, minibatches=2)
+    result = versus_sb3.measure_update(setup, rounds=1, repeats=1)
+    assert result["epochs_run"] == {"ours": 2, "sb3": 2}
+    assert (result["samples_per_update"], result["minibatch_size"]) == (64, 32)
+    assert positive_finite(result["ratio"].median)
+
+
+def test_versus_sb3_loops_take_the_same_env_steps() -> None:
+    """Our Trainer (telemetry on) and `model.learn` each train one batch through the timed
+    env wrapper; `measure_loop` itself raises if their step counts differ."""
+    pytest.importorskip("sb3_contrib", reason="versus_sb3 needs the sb3 extra")
+    setup = versus_sb3.Setup("spirals", n_envs=2, episode_length=8)
+    result = versus_sb3.measure_loop(setup, batches=1, rounds=1)
+    assert result["steps_per_loop"] == 16
+    for side in ("ours", "sb3"):
+        assert 0 < result[f"{side}_env_share"]["median"] <= 1  # env.step timed inside the loop
+    assert positive_finite(result["ratio"].median)
+    assert positive_finite(result["framework_ratio"].median)
+
+
+@pytest.mark.parametrize("pair", ["ppo", "maskable"])
+def test_sb3_overhead_times_plain_and_per_head_train(pair: str) -> None:
+    """Each pair learns one HalfCheetah rollout, then both `train()` on it from a restored
+    state, the per-head side recording into a run started outside `learn()`."""
+    pytest.importorskip("mujoco", reason="sb3_overhead runs HalfCheetah-v5 (gymnasium[mujoco])")
+    pytest.importorskip("sb3_contrib", reason="sb3_overhead needs the sb3 extra")
+    from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO
+
+    from esper.integrations.sb3 import PerHeadMaskablePPO, PerHeadPPO
+
+    plain, per_head, learn = {
+        "ppo": (PPO, PerHeadPPO, {}),
+        "maskable": (MaskablePPO, PerHeadMaskablePPO, {"use_masking": False}),
+    }[pair]
+    sizes: dict[str, Any] = {"n_steps": 64, "batch_size": 32, "n_epochs": 1}
+    result = sb3_overhead.measure(plain, per_head, sizes, rounds=1, repeats=1, **learn)
+    assert {name: len(s) for name, s in result["samples"].items()} == {"plain": 1, "per_head": 1}
+    assert positive_finite(result["ratio"].median)
+    assert positive_finite(result["wall_ratio"].median)
+
+
+def test_scaling_compares_worker_processes_with_in_process() -> None:
+    """One training batch on each runner (in-process, 1 and 2 worker processes), and the
+    table rows built from the speed-ups."""
+    result = scaling.measure(rounds=1, with_ray=False)
+    assert set(result["episodes_per_second"]) == {"inprocess", "processes_1", "processes_2"}
+    for workers in (1, 2):
+        assert positive_finite(result[f"processes_{workers}_speedup"].median)
+    keys = {row.key for row in scaling._rows(result)}
+    assert {"scaling_inprocess_eps", "scaling_processes_2w_speedup"} <= keys
+
+
+def test_memory_samples_every_update_line() -> None:
+    """The sampler follows the real `esper ppo --no-tui` console: one RSS sample per update
+    line (`sample_run` raises if the child fails or prints fewer)."""
+    pytest.importorskip("psutil", reason="memory samples RSS with psutil (the bench extra)")
+    result = memory.sample_run(updates=3)
+    rss = result["rss"]
+    assert sorted(rss) == [0, 1, 2]
+    assert all(value > 0 for value in rss.values())
+    assert result["peak"] >= max(rss.values())
+
+
+def test_cli_run_child_reaches_training_finished() -> None:
+    """An `esper ppo` child with the first-step probe and `--threads` (the torch-default
+    side): its first env step is seen and its run ends with TRAINING_FINISHED."""
+    threads = cli_run.torch_default_threads()
+    assert threads >= 1
+    side = cli_run.CliSide(cli_run.EPISODES_QUICK, threads)
+    assert positive_finite(side())  # training seconds, read from TRAINING_FINISHED
+    assert len(side.startup) == 1
+    assert positive_finite(side.startup[0])
