@@ -168,7 +168,7 @@ def test_clipped_surrogate_known_answers(
     advantage: float, relevant: list[bool], mode: str, expected: float
 ) -> None:
     log_ratio = torch.tensor([[LOG(1.5), LOG(0.5)]], dtype=torch.float64)
-    loss, joint = clipped_surrogate(
+    loss, masked = clipped_surrogate(
         log_ratio,
         torch.tensor([advantage], dtype=torch.float64),
         torch.tensor([relevant]),
@@ -176,9 +176,9 @@ def test_clipped_surrogate_known_answers(
         mode,
     )
     assert float(loss) == pytest.approx(expected)
-    # The joint log-ratio (for the KL early stop) sums the relevant heads in both modes.
-    assert float(joint) == pytest.approx(LOG(1.5 * 0.5) if all(relevant) else LOG(1.5))
-    assert not joint.requires_grad
+    # The masked log-ratios (for the KL early stop's joint): 0 where a head is irrelevant.
+    assert masked.tolist() == [[LOG(1.5), LOG(0.5) if relevant[1] else 0.0]]
+    assert not masked.requires_grad
 
 
 def test_per_head_surrogate_divides_by_the_minibatch_not_the_relevant_count() -> None:
@@ -344,6 +344,27 @@ def count_host_reads(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[str
                 counts.update([f"torch.{_name}"]), _make(*args, **kwargs))[1]
         ))  # fmt: skip
     return counts
+
+
+def test_the_intervention_reads_the_joint_ratio_the_telemetry_reports() -> None:
+    """Each head's log-ratio is clamped to +-20 before the joint sums them (TELE-150), in
+    the statistics and in the early stop / intervention alike: a head at e^25 and another
+    at e^-20 on the same samples make a joint of e^0, not e^5, and trip nothing."""
+    agent = make_agent(seed=1, target_kl=None, joint_ratio_limit=100.0)
+    buffer = rollout(agent, n_envs=5)
+    op, other = HEAD_INDEX["op"], HEAD_INDEX["slot"]
+    relevant = agent.policy.relevance.index_select(0, buffer.actions[..., op].flatten())
+    relevant = relevant.view(buffer.log_probs.shape)
+    both = relevant[..., op] & relevant[..., other]
+    assert both.any()
+    lp = buffer.log_probs  # the stored (old) log-probs: new - old = +25 and -20
+    lp[..., op] = torch.where(both, lp[..., op] - 25.0, lp[..., op])
+    lp[..., other] = torch.where(both, lp[..., other] + 20.0, lp[..., other])
+    stats = agent.update(buffer)
+    assert not stats.intervened
+    assert stats.minibatches_run == agent.config.epochs * agent.config.minibatches
+    assert stats.joint_ratio_max < 100.0
+    assert stats.heads["op"].ratio_max == pytest.approx(math.exp(20.0))
 
 
 @pytest.mark.parametrize(

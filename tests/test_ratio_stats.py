@@ -126,6 +126,33 @@ def test_worst_log_ratio_is_taken_at_the_joint_max_sample() -> None:
     assert stats.worst_log_ratio.tolist() == pytest.approx([0.0, 0.9])
 
 
+def test_half_precision_kl_sums_do_not_overflow() -> None:
+    # 5,000 samples of log r = 3: (e^3 - 1) - 3 = 16.09 each, 80,000 in all (> float16 max).
+    new, old = torch.full((5000, 1), -2.0, dtype=torch.float16), torch.full((5000, 1), -5.0)
+    rel = torch.ones(5000, 1, dtype=torch.bool)
+    stats = HeadRatioStats.from_tensors(new, old.half(), rel, 0.2, ("a",))
+    assert stats.to_reading().heads["a"].approx_kl == pytest.approx(math.e**3 - 4, rel=1e-3)
+
+
+def test_any_nonzero_relevance_counts_as_relevant() -> None:
+    new = T([[-0.1, -0.2], [-0.5, -0.3]])
+    old = torch.full((2, 2), -0.3)
+    stats = HeadRatioStats.from_tensors(new, old, T([[2, 1], [0, 1]]), 0.2, ("a", "b"))
+    a = stats.to_reading().heads["a"]
+    assert (a.relevant, a.ratio_max, a.ratio_min) == (1, pytest.approx(math.exp(0.2)), a.ratio_max)
+
+
+def test_a_tiny_joint_ratio_still_outranks_an_invalid_sample() -> None:
+    # float32: e^-19 is representable, but expm1(-19) + 1 rounds to 0, the score of a
+    # sample outside the joint (here the first, with a NaN head).
+    f32 = torch.float32
+    new = {"a": torch.tensor([math.nan, -18.0], dtype=f32), "b": torch.tensor([0.0, -1.0])}
+    zero = {"a": torch.zeros(2, dtype=f32), "b": torch.zeros(2, dtype=f32)}
+    reading = head_ratio_stats(new, zero).to_reading()
+    assert reading.joint_ratio_max == pytest.approx(math.exp(-19.0), rel=1e-5)
+    assert reading.worst_log_ratios == {"a": -18.0, "b": -1.0}
+
+
 def test_merge_of_two_halves_equals_the_whole() -> None:
     gen = torch.Generator().manual_seed(3)
     new = torch.randn(10, 3, generator=gen, dtype=torch.float64)
@@ -179,7 +206,8 @@ def test_approx_kl_and_entropy_per_head() -> None:
     assert lr.to_reading().heads["a"].approx_kl == pytest.approx((math.e - 2) / 2)
     assert lr.to_reading().heads["a"].entropy == 0.0  # no entropy given
     # 3 nats over 2 samples, normalised by ln(4): 1.5 / 1.386
-    assert entropy.to_reading([4]).heads["a"].entropy == pytest.approx(1.5 / math.log(4.0))
+    reading = entropy.to_reading(head_sizes=[4])
+    assert reading.heads["a"].entropy == pytest.approx(1.5 / math.log(4.0))
 
 
 # -- explosion attribution ---------------------------------------------------------------------

@@ -304,7 +304,7 @@ class HeadRatioMonitor:
         stats, joint_kl = self._reduce()
         reading_tensor = stats.reading_tensor()
         values = torch.cat([reading_tensor, joint_kl.to(reading_tensor)]).tolist()
-        reading = stats.read(values[:-1], self.head_sizes)
+        reading = stats.read(values[:-1], head_sizes=self.head_sizes)
         heads: dict[str, HeadStats] = reading.heads
         measured: dict[str, Any] = {
             "joint_ratio_max": reading.joint_ratio_max,

@@ -196,16 +196,16 @@ class RolloutBuffer:
 
 
 class Surrogate(NamedTuple):
-    """The clipped policy loss and, as a by-product, the joint log-ratio."""
+    """The clipped policy loss and, as a by-product, the masked per-head log-ratios."""
 
     loss: Tensor  # [] to minimise
-    joint_log_ratio: Tensor  # [N] detached sum of the relevant heads' log-ratios
+    masked_log_ratio: Tensor  # [N, H] detached log-ratios, 0 where a head is irrelevant
 
 
 def clipped_surrogate(
     log_ratio: Tensor, advantages: Tensor, relevant: Tensor, clip_eps: float, mode: ClipMode
 ) -> Surrogate:
-    """PPO clipped policy loss (to minimise) of [N, H] log-ratios, with the joint log-ratio.
+    """PPO clipped policy loss (to minimise) of [N, H] log-ratios.
 
     "joint" clips the ratio of the whole action, exp(sum of the relevant heads' log-ratios),
     as Stable-Baselines3 does for MultiDiscrete (which sums every head). "per_head" clips
@@ -215,23 +215,19 @@ def clipped_surrogate(
     relevant at few samples is not up-weighted (a mean over its own samples would multiply
     a rare head's step).
 
-    The joint log-ratio (unclamped) comes back for the KL early stop: the joint mode
-    computes it anyway, the per-head mode sums the masked log-ratios once more.
+    The masked log-ratios come back too, for the KL early stop's joint (one masking for
+    both).
     """
     zero = torch.zeros_like(log_ratio)
     masked = torch.where(relevant, log_ratio, zero)
-    if mode == "joint":
-        masked = masked.sum(dim=1, keepdim=True)
-        joint = masked.detach().squeeze(1)
-    else:
-        joint = masked.detach().sum(dim=1)
     adv = advantages.unsqueeze(1)
     if mode == "joint":
-        surrogate = clipped_objective(torch.exp(masked), adv, clip_eps)
+        joint = masked.sum(dim=1, keepdim=True)
+        surrogate = clipped_objective(torch.exp(joint), adv, clip_eps)
     else:  # masking the advantage, which needs no gradient, is cheaper than the objective
         bounded = torch.clamp(torch.exp(masked), *_clip_bounds(adv, clip_eps, masked.dtype))
         surrogate = bounded * torch.where(relevant, adv, zero)
-    return Surrogate(-surrogate.sum() / log_ratio.shape[0], joint)
+    return Surrogate(-surrogate.sum() / log_ratio.shape[0], masked.detach())
 
 
 def _clip_bounds(advantages: Tensor, clip_eps: float, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -446,7 +442,7 @@ class PPOAgent:
         )
         values = tensor.tolist()  # the single device->host transfer of the update
         k = stats.reading_size
-        reading = stats.read(values[:k], list(self.head_sizes.values()))
+        reading = stats.read(values[:k], head_sizes=list(self.head_sizes.values()))
         n_flags = flags.numel()
         totals = record.host_totals(values[k + 2 : k + 2 + n_flags], values[k + 2 + n_flags :])
         # An epoch ran if the update was still active at its first minibatch.
@@ -493,7 +489,7 @@ class PPOAgent:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         n = log_probs.shape[0]
         log_ratio = log_probs - mb.old_log_probs
-        policy_loss, joint = clipped_surrogate(
+        policy_loss, masked = clipped_surrogate(
             log_ratio, advantages, relevant, cfg.clip_eps, cfg.clip_mode
         )
         value_loss = F.mse_loss(values, mb.returns)
@@ -503,8 +499,11 @@ class PPOAgent:
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
 
-        # The joint log-ratio of the relevant heads, clamped as in the statistics.
-        joint = torch.clamp(joint, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+        # The joint log-ratio of the relevant heads, each clamped and then the sum, as in
+        # the statistics (TELE-150): the early stop and the intervention read what the
+        # telemetry reports.
+        joint = masked.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).sum(dim=1)
+        joint = joint.clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         joint_kl_sum = (torch.special.expm1(joint) - joint).sum()  # 0 with no relevant head
         # A minibatch with a non-finite log-prob (relevant or not), loss or gradient
         # neither steps nor counts (`counted`).

@@ -87,7 +87,7 @@ def head_log_ratios(diff: Tensor, relevant: Tensor) -> LogRatios:
         return torch.empty(diff.shape, dtype=diff.dtype, device=diff.device)
 
     log_ratio = rows().copy_(diff)
-    used = rows().copy_(relevant)  # relevance as 0/1 for now
+    used = rows().copy_(relevant.to(torch.bool))  # relevance (any nonzero) as 0/1 for now
     any_relevant = used.amax(dim=0)
     # x - x is 0 for a finite x and NaN for NaN or +-inf.
     nonfinite = torch.sub(log_ratio, log_ratio).nan_to_num_(nan=1.0).mul_(used)
@@ -203,6 +203,8 @@ class HeadRatioStats:
     ) -> HeadRatioStats:
         """Reduce one batch of `log_ratios` to its statistics (no host synchronisation)."""
         n_heads, n_samples = lr.log_ratio.shape
+        if n_heads == 0:
+            raise ValueError("ratio statistics need at least one head")
         if n_heads != len(head_names):
             raise ValueError(f"{n_heads} heads in the tensors but {len(head_names)} names")
         log_ratio = lr.log_ratio.detach()
@@ -228,15 +230,17 @@ class HeadRatioStats:
         # are 0 on unused heads, whose log-ratio is 0.
         r_minus_1 = torch.special.expm1(log_ratio)
         clip_count = _count_sum(r_minus_1.abs().gt_(clip_eps), dim=1)
-        kl_sum = r_minus_1.sub_(log_ratio).sum(dim=1).to(torch.float64)
+        kl_sum = r_minus_1.sub_(log_ratio).sum(dim=1, dtype=torch.float64)
         # exp is monotone: the ratio max/min are exp of the log-ratio max/min over the used
         # samples. The buffer moves the others to -1e4 for the max, then to +1e4 for the
         # min (-(x - 1e4) + 2x = x + 1e4 where x is 0, x where used).
         excluded = torch.sub(used, 1.0, out=r_minus_1).mul_(_EXCLUDED).add_(log_ratio)
         log_max = excluded.amax(dim=1)
         log_min = excluded.neg_().add_(log_ratio, alpha=2.0).amin(dim=1)
-        joint_minus_1 = torch.special.expm1(lr.joint_log_ratio.detach())
-        ranked = (joint_minus_1 + 1.0).mul_(lr.joint_valid)
+        joint_log_ratio = lr.joint_log_ratio.detach()
+        # exp, not expm1 + 1: a tiny joint ratio (e^-17 in float32) must still outrank 0.
+        ranked = torch.exp(joint_log_ratio).mul_(lr.joint_valid)
+        joint_minus_1 = torch.special.expm1(joint_log_ratio)
         worst = torch.argmax(ranked).reshape(1)
         # log_ratio is 0 on unused heads; the joint_valid factor zeroes a non-joint sample
         # (+ 0.0 turns the -0.0 of a negative log-ratio times 0 into 0.0).
@@ -324,7 +328,7 @@ class HeadRatioStats:
         return torch.cat(fields).to(torch.float64)
 
     def read(
-        self, values: Sequence[float], head_sizes: Sequence[int] | None = None
+        self, values: Sequence[float], *, head_sizes: Sequence[int] | None = None
     ) -> RatioReading:
         """Typed records from the host copy of `reading_tensor` (pure; no tensor touched).
 
@@ -344,8 +348,8 @@ class HeadRatioStats:
             seen, per_sample = relevant > 0, max(relevant, 1.0)
             entropy = rows["entropy_sum"][i] / max(entropy_count, 1.0)
             if head_sizes is not None:
-                log_size = math.log(head_sizes[i])
-                entropy = entropy / log_size if log_size > 0 else 0.0
+                size = head_sizes[i]
+                entropy = entropy / math.log(size) if size > 1 else 0.0
             heads[head] = HeadStats(
                 ratio_max=rows["ratio_max"][i] if seen else NEUTRAL_RATIO,
                 ratio_min=rows["ratio_min"][i] if seen else NEUTRAL_RATIO,
@@ -362,9 +366,9 @@ class HeadRatioStats:
             worst_log_ratios=dict(zip(self.head_names, rows["worst_log_ratio"], strict=True)),
         )
 
-    def to_reading(self, head_sizes: Sequence[int] | None = None) -> RatioReading:
+    def to_reading(self, *, head_sizes: Sequence[int] | None = None) -> RatioReading:
         """The statistics on the host: the one device->host transfer of these values."""
-        return self.read(self.reading_tensor().tolist(), head_sizes)
+        return self.read(self.reading_tensor().tolist(), head_sizes=head_sizes)
 
 
 def head_ratio_stats(
