@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -105,15 +106,21 @@ def clean_temp(before: set[str]) -> list[str]:
 
     Every section cleans up after itself; what torch adds on its own is the empty
     `torchinductor_<user>` cache folder that importing `torch._dynamo` creates (any
-    `torch.optim` optimiser, e.g. SB3's, imports it). Whatever else is new is listed, not
-    deleted: on a shared machine it may be another process's.
+    `torch.optim` optimiser, e.g. SB3's, imports it), and multiprocessing keeps this
+    process's `pymp-*` folder (the worker processes' fork server) until it exits and then
+    removes it. Whatever else is new is listed, not deleted: on a shared machine it may be
+    another process's.
     """
     root = Path(tempfile.gettempdir())
+    # multiprocessing's folder for this process (private config, stable since Python 3.3).
+    own_mp = multiprocessing.process.current_process()._config.get("tempdir")  # type: ignore[attr-defined]
     left = []
     for name in sorted(temp_entries() - before):
         path = root / name
         if name.startswith("torchinductor_") and path.is_dir() and not any(path.iterdir()):
             path.rmdir()
+        elif own_mp is not None and path == Path(own_mp):
+            continue  # removed by multiprocessing when this process exits
         else:
             left.append(name)
     return left
