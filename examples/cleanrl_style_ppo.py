@@ -129,7 +129,7 @@ def train(
     ) as monitor:  # fmt: skip
         obs_np, _ = envs.reset(seed=seed)
         returns_seen: list[float] = []
-        episode_return = np.zeros(N)
+        episode_return, episode_length = np.zeros(N), np.zeros(N, dtype=np.int64)
         for update in range(updates):
             obs = torch.zeros(T, N, obs_dim)
             actions = torch.zeros(T, N, H, dtype=torch.long)
@@ -148,10 +148,12 @@ def train(
                 rewards[t] = torch.as_tensor(reward, dtype=torch.float32)
                 dones[t] = torch.as_tensor(terminated | truncated, dtype=torch.float32)
                 episode_return += reward
+                episode_length += 1
                 for i in np.flatnonzero(terminated | truncated):
                     returns_seen.append(float(episode_return[i]))
-                    episode_return[i] = 0.0
-                    monitor.episodes += 1  # esper: counted for the run's summary
+                    # esper: the episode, for the dashboard's return panel and the run's summary
+                    monitor.end_episode(episode_return[i], length=episode_length[i], env_index=i)
+                    episode_return[i], episode_length[i] = 0.0, 0
             with torch.no_grad():
                 last_value = policy.value(torch.as_tensor(obs_np, dtype=torch.float32))
             adv, ret = advantages_and_returns(rewards, values, dones, last_value, s)

@@ -496,3 +496,14 @@ def test_a_str_subclass_field_is_stored_as_the_plain_string() -> None:
     )  # fmt: skip
     assert type(payload.from_stage) is str
     assert payload.to_json() == json.dumps(payload.to_dict(), separators=(",", ":"))
+
+
+def test_an_open_ended_run_does_not_announce_zero_episodes() -> None:
+    def started(episodes: int) -> str:
+        return TrainingStarted(
+            config={}, task="Pendulum-v1", head_names=["a"], head_sizes={"a": 3},
+            episodes_total=episodes, n_envs=2, device="cpu", esper_version="0",
+        ).summary()  # fmt: skip
+
+    assert started(0) == "training started: Pendulum-v1, 2 envs (cpu)"
+    assert started(10) == "training started: Pendulum-v1, 10 episodes on 2 envs (cpu)"

@@ -227,6 +227,30 @@ def test_run_records_sb3_settings_and_ends(tmp_path: Path) -> None:
     assert finished.episodes == 2
 
 
+def test_finished_episodes_are_recorded_with_their_returns(tmp_path: Path) -> None:
+    """SB3's episode infos become EPISODE_COMPLETED events (no host accuracy: not esper's
+    task), so Sanctum's return panel and the episodes table fill for an SB3 run too."""
+    from esper.analysis.runs import load_run
+    from esper.sanctum.aggregator import SanctumAggregator
+
+    model = PerHeadPPO("MlpPolicy", make_env(), run_dir=tmp_path / "run", **SIZES)
+    model.learn(4 * SIZES["n_steps"] * 2)  # 64 steps in each of 2 envs: one 50-step episode each
+    events = list(read_events(tmp_path / "run" / "events.jsonl"))
+    episodes = [e for e in events if e.event_type is EventType.EPISODE_COMPLETED]
+    returns = [info["r"] for info in model.ep_info_buffer]
+    assert [e.payload.episode_return for e in episodes] == pytest.approx(returns)
+    assert [(e.payload.env_index, e.payload.length) for e in episodes] == [(0, 50), (1, 50)]
+    assert all(e.payload.final_accuracy is None for e in episodes)
+    assert [e.batch for e in episodes] == [3, 3]  # ended in the 4th rollout, before update 3
+    aggregator = SanctumAggregator()
+    for event in events:
+        aggregator.handle_event(event)
+    shown = aggregator.snapshot().episodes
+    assert shown.last_return == pytest.approx(returns[-1])
+    assert shown.last_accuracy is None
+    assert len(load_run(tmp_path / "run").episodes) == 2
+
+
 def test_learn_without_reset_continues_the_run(tmp_path: Path) -> None:
     model = PerHeadPPO("MlpPolicy", make_env(), run_dir=tmp_path / "run", **SIZES)
     model.learn(SIZES["n_steps"] * 2)

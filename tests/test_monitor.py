@@ -74,6 +74,27 @@ def test_one_update_known_answer(tmp_path: Path) -> None:
     assert finished.episodes == 3
 
 
+def test_episodes_belong_to_the_update_they_end_before(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    with HeadRatioMonitor(run, ["x"]) as monitor:
+        monitor.end_episode(np.float32(1.5), length=np.int64(20))  # numpy numbers welcome
+        monitor.observe(t([[-1.0]]), t([[-1.0]]))
+        monitor.end_update()
+        monitor.end_episode(-2.0, length=7, env_index=3)
+        monitor.observe(t([[-1.0]]), t([[-1.0]]))
+        monitor.end_update()
+    recorded = [e for e in events(run) if e.event_type is EventType.EPISODE_COMPLETED]
+    assert [(e.batch, e.episode) for e in recorded] == [(0, 0), (1, 1)]
+    done = [(e.payload.episode_return, e.payload.length) for e in recorded]
+    assert done == [(1.5, 20), (-2.0, 7)]
+    assert recorded[1].payload.env_index == 3 and recorded[1].payload.final_accuracy is None
+    assert recorded[1].message == "env 3 episode done: return -2.000"
+    (finished,) = of_type(run, EventType.TRAINING_FINISHED)
+    assert finished.episodes == 2
+    with pytest.raises(RuntimeError, match="after close"):
+        monitor.end_episode(0.0, length=1)
+
+
 def test_scalars_may_be_numpy_or_tensor_numbers(tmp_path: Path) -> None:
     with HeadRatioMonitor(tmp_path / "r", ["a"]) as monitor:
         monitor.observe(t([[0.0]]), t([[0.0]]))

@@ -30,7 +30,12 @@ from torch import Tensor
 from esper import __version__
 from esper.ratio_stats import HeadRatioStats, log_ratios
 from esper.rundir import RunDirError, RunLock, lock_run_dir, new_run_id, prepare_run_dir
-from esper.telemetry.contracts import TrainingFailed, TrainingFinished, TrainingStarted
+from esper.telemetry.contracts import (
+    EpisodeCompleted,
+    TrainingFailed,
+    TrainingFinished,
+    TrainingStarted,
+)
 from esper.telemetry.emitter import TelemetryEmitter, emit_update
 from esper.telemetry.heads import UPDATE_SCALARS, HeadStats, UpdateStats, check_head_names
 from esper.telemetry.hub import TelemetryHub
@@ -246,6 +251,33 @@ class HeadRatioMonitor:
                 None if entropy is None else entropy.detach(),
             )
         )
+
+    def end_episode(
+        self,
+        episode_return: float,
+        *,
+        length: int,
+        env_index: int = 0,
+        batch: int | None = None,
+    ) -> None:
+        """Record one finished episode: its return and length, for Sanctum's return panel,
+        `esper report` and `esper query` (counted in `episodes`).
+
+        It belongs to the update about to be recorded (`batch`, by default that update's
+        index): readers count it once that update is in the log, the exactly-once rule of
+        an esper run.
+        """
+        if self._closed:
+            raise RuntimeError("end_episode() after close()")
+        episode = EpisodeCompleted(
+            env_index=_plain_number(env_index),
+            episode_return=_plain_number(episode_return),
+            length=_plain_number(length),
+        )
+        self._run.emitter.emit(
+            episode, episode=self.episodes, batch=self._updates if batch is None else batch
+        )
+        self.episodes += 1
 
     def _reduce(self) -> tuple[HeadRatioStats, Tensor]:
         """Every observed minibatch as one statistics object, plus the joint approx KL."""

@@ -67,8 +67,9 @@ def update_scalars(p: PPOUpdatePayload) -> dict[str, float]:
 
 
 def episode_scalars(p: EpisodeCompleted) -> dict[str, float]:
-    """The scalars of one finished episode."""
-    return {name: float(getattr(p, attr)) for name, attr in EPISODE_FIELDS.items()}
+    """The scalars of one finished episode (no host accuracy outside esper's own task)."""
+    values = {name: getattr(p, attr) for name, attr in EPISODE_FIELDS.items()}
+    return {name: float(value) for name, value in values.items() if value is not None}
 
 
 def all_scalar_names(head_names: Iterable[str]) -> dict[str, str]:

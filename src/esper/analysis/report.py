@@ -361,7 +361,9 @@ def _joint_panel(ax: Axes, run: Run, column: int, limits: tuple[float, float]) -
 
 def _episode_panel(ax: Axes, run: Run, column: int, field: str) -> None:
     x = episode_axis(run)
-    (line,) = ax.plot(x, run.episodes.column(field), "-o", ms=marker_size(len(x)), color="C9")
+    # An episode outside esper's task has no host accuracy: a gap, not a point.
+    y = [math.nan if v is None else v for v in run.episodes.column(field)]
+    (line,) = ax.plot(x, y, "-o", ms=marker_size(len(x)), color="C9")
     line.set_gid(f"run{column}-{field}")
 
 

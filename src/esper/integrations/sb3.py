@@ -433,9 +433,13 @@ class _PerHeadAlgorithm:
         _record_heads(self.policy, self._head_tap)  # type: ignore[attr-defined]
 
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: Any = None) -> None:
-        """The library's episode bookkeeping; also counts the run's finished episodes."""
+        """The library's episode bookkeeping; also records each finished episode (the
+        `Monitor` wrapper's `info["episode"]`) in the run."""
         if self._monitor is not None:
-            self._monitor.episodes += sum("episode" in info for info in infos)
+            for env_index, info in enumerate(infos):
+                if "episode" in info:
+                    done = info["episode"]
+                    self._monitor.end_episode(done["r"], length=done["l"], env_index=env_index)
         super()._update_info_buffer(infos, dones)  # type: ignore[misc]
 
     def _excluded_save_params(self) -> list[str]:

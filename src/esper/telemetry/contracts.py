@@ -364,10 +364,9 @@ class TrainingStarted(Payload):
                 f"{self.task} ({self.device})"
             )
         else:
-            message = (
-                f"training started: {self.task}, {self.episodes_total} episodes on "
-                f"{self.n_envs} envs ({self.device})"
-            )
+            # 0 episodes: a run that ends when its loop does (SB3, a hand-written loop)
+            planned = f"{self.episodes_total} episodes on " if self.episodes_total > 0 else ""
+            message = f"training started: {self.task}, {planned}{self.n_envs} envs ({self.device})"
         if self.resumed_from_batch is not None:
             message += f"; uncommitted events of batch {self.resumed_from_batch} on are discarded"
         return message
@@ -375,24 +374,28 @@ class TrainingStarted(Payload):
 
 @dataclass(frozen=True, kw_only=True)
 class EpisodeCompleted(Payload):
-    """One environment finished one episode (one host training run)."""
+    """One environment finished one episode (in esper's own task, one host training run).
+
+    The host's accuracy and seed counts are esper's; an episode of another environment
+    (an SB3 or hand-written run) has no accuracy (None) and no seeds (0).
+    """
 
     env_index: int
     episode_return: float
-    final_accuracy: float
-    seeds_grown: int
-    seeds_fossilized: int
-    seeds_killed: int
+    final_accuracy: float | None = None
+    seeds_grown: int = 0
+    seeds_fossilized: int = 0
+    seeds_killed: int = 0
     length: int
     worker: int | None = None  # the worker that stepped the env (None in older logs)
 
     EVENT_TYPE: ClassVar[EventType] = EventType.EPISODE_COMPLETED
 
     def summary(self) -> str:
-        return (
-            f"env {self.env_index} episode done: return {self.episode_return:.3f}, "
-            f"accuracy {self.final_accuracy:.3f}"
-        )
+        message = f"env {self.env_index} episode done: return {self.episode_return:.3f}"
+        if self.final_accuracy is not None:
+            message += f", accuracy {self.final_accuracy:.3f}"
+        return message
 
 
 @dataclass(frozen=True, kw_only=True)
