@@ -277,7 +277,10 @@ class _Minibatches:
     FLAGS = ("active", "counted", "step", "kl_trip", "limit_trip")
     VALUES = ("policy_loss", "value_loss", "grad_norm", "joint_kl")
 
-    def __init__(self) -> None:
+    def __init__(self, per_epoch: int, device: torch.device) -> None:
+        self.per_epoch = per_epoch  # minibatches per epoch, all of one size but the last
+        #: The flag of a check that is not configured: it never trips.
+        self.never = torch.zeros((), dtype=torch.bool, device=device)
         self.sizes: list[int] = []
         self.flags: list[Tensor] = []
         self.values: list[Tensor] = []
@@ -291,15 +294,14 @@ class _Minibatches:
         self.values.extend(v.detach() for v in values)  # the number, not the graph
         self.entropies.append(entropy.detach())
 
-    def stacked(self, per_epoch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def stacked(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Flags [M, F], values [M, V], and the entropy sums [H] and sample count [] of
         the minibatches that count (float64), all on the device.
 
-        Every epoch splits the same samples alike (`per_epoch` minibatches, all of one
-        size but the last), so the count needs no sizes copied to the device (a copy
-        from the host would wait for the device).
+        Every epoch splits the same samples alike, so the count needs no sizes copied to
+        the device (a copy from the host would wait for the device).
         """
-        n = len(self.sizes)
+        n, per_epoch = len(self.sizes), self.per_epoch
         flags = torch.stack(self.flags).view(n, len(self.FLAGS))
         values = torch.stack(self.values).view(n, len(self.VALUES))
         counted = flags[:, self.FLAGS.index("counted")]
@@ -316,16 +318,18 @@ class _Minibatches:
         """Masked sums of the host copies of `stacked`'s flags and values (pure Python).
 
         A value counts where its flag holds (losses and KL: the minibatch counted; the
-        gradient norm: it stepped), so a NaN of a skipped minibatch never enters a sum.
+        gradient norm: it stepped), so a NaN of a skipped minibatch never enters a sum. An
+        epoch ran if the update was still active at its first minibatch.
         """
         f, v = len(self.FLAGS), len(self.VALUES)
         totals = dict.fromkeys(
-            ("minibatches_run", "counted", "steps", "early_stopped", "intervened",
-             "samples", *self.VALUES), 0.0,
+            ("epochs_run", "minibatches_run", "counted", "steps", "early_stopped",
+             "intervened", "samples", *self.VALUES), 0.0,
         )  # fmt: skip
         for i, size in enumerate(self.sizes):
             active, counted, step, kl_trip, limit_trip = (x > 0 for x in flags[i * f : (i + 1) * f])
             policy_loss, value_loss, grad_norm, joint_kl = values[i * v : (i + 1) * v]
+            totals["epochs_run"] += active and i % self.per_epoch == 0
             totals["minibatches_run"] += active
             totals["early_stopped"] += kl_trip
             totals["intervened"] += limit_trip
@@ -413,7 +417,7 @@ class PPOAgent:
             for _ in range(cfg.epochs)
         ]
         parts: list[tuple[Tensor, Tensor]] = []  # per minibatch: log-ratios, counted heads
-        record = _Minibatches()
+        record = _Minibatches(math.ceil(n_samples / mb_size), self.device)
         active = torch.ones((), dtype=torch.bool, device=self.device)
         self.policy.train()
         try:
@@ -425,8 +429,7 @@ class PPOAgent:
             vars(self.optimizer).pop("found_inf", None)
         # The statistics run once, head-major, over every minibatch's samples.
         diffs, counted = (torch.cat(column).t() for column in zip(*parts, strict=True))
-        per_epoch = math.ceil(n_samples / mb_size)
-        flags, mb_values, entropy_sum, entropy_count = record.stacked(per_epoch)
+        flags, mb_values, entropy_sum, entropy_count = record.stacked()
         stats = HeadRatioStats.from_log_ratios(
             head_log_ratios(diffs, counted),
             cfg.clip_eps,
@@ -445,8 +448,6 @@ class PPOAgent:
         reading = stats.read(values[:k], head_sizes=list(self.head_sizes.values()))
         n_flags = flags.numel()
         totals = record.host_totals(values[k + 2 : k + 2 + n_flags], values[k + 2 + n_flags :])
-        # An epoch ran if the update was still active at its first minibatch.
-        first_active = values[k + 2 :: len(_Minibatches.FLAGS) * per_epoch][: cfg.epochs]
 
         def mean(name: str, count: str) -> float:
             return totals[name] / max(totals[count], 1.0)
@@ -462,7 +463,7 @@ class PPOAgent:
             entropy=sum(entropies) / len(entropies),
             explained_variance=explained_variance(values[k], values[k + 1]),
             grad_norm=mean("grad_norm", "steps"),
-            epochs_run=sum(x > 0 for x in first_active),
+            epochs_run=int(totals["epochs_run"]),
             minibatches_run=int(totals["minibatches_run"]),
             minibatches_skipped=int(totals["minibatches_run"] - totals["counted"]),  # not finite
             early_stopped=totals["early_stopped"] > 0,  # a count of the minibatches that tripped
@@ -508,8 +509,7 @@ class PPOAgent:
         # A minibatch with a non-finite log-prob (relevant or not), loss or gradient
         # neither steps nor counts (`counted`).
         finite = all_finite(loss, grad_norm, log_probs.detach().sum())
-        # A check that is not configured never trips.
-        kl_trip = limit_trip = torch.zeros((), dtype=torch.bool, device=self.device)
+        kl_trip = limit_trip = record.never
         go_on = active
         if cfg.target_kl:
             kl_trip = active & (joint_kl_sum > 1.5 * cfg.target_kl * n)
