@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 import sys
@@ -398,3 +399,13 @@ def test_dashboard_imports_no_torch() -> None:
     """`sanctum` must start fast anywhere a run directory is copied: torch stays out."""
     code = "import sys, esper.sanctum.app; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_an_exit_before_the_app_runs_ends_it_at_once() -> None:
+    """`esper ppo`'s SIGTERM handler calls `app.exit()`; a SIGTERM that lands before the
+    dashboard's loop has started must still end the app, not leave it waiting for `q`."""
+    app = SanctumApp(SanctumAggregator().snapshot)
+    app.exit()
+    # returns instead of running until a key is pressed (bounded, so a regression fails)
+    asyncio.run(asyncio.wait_for(app.run_async(headless=True), timeout=10))
+    assert app.return_code == 0
