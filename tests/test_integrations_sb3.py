@@ -336,13 +336,18 @@ def test_unsupported_spaces_and_names_fail_at_construction(tmp_path: Path, cls: 
     assert not (tmp_path / "r").exists()
 
 
-def test_discrete_action_space_is_one_head(tmp_path: Path) -> None:
-    model = PerHeadPPO(
-        "MlpPolicy", "CartPole-v1", run_dir=tmp_path / "run", n_steps=32, batch_size=32, seed=1
-    )
-    model.learn(32)
+@pytest.mark.parametrize(
+    ("cls", "learn"), [(PerHeadPPO, {}), (PerHeadMaskablePPO, {"use_masking": False})]
+)
+def test_discrete_action_space_is_one_head(
+    tmp_path: Path, cls: type, learn: dict[str, Any]
+) -> None:
+    sizes = {"n_steps": 32, "batch_size": 32, "seed": 1}
+    model = cls("MlpPolicy", "CartPole-v1", run_dir=tmp_path / "run", **sizes)
+    model.learn(32, **learn)
     (update,) = update_events(tmp_path / "run")
     assert list(update.heads) == ["a0"] and update.heads["a0"].relevant == 32 * 10
+    assert type(model.policy.action_dist).__name__.startswith("_Recording")
 
 
 def test_save_and_load_keep_recording(tmp_path: Path) -> None:

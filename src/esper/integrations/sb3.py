@@ -144,18 +144,32 @@ class _HeadTap:
 # the tap. Installed on the policy's existing distribution object by `_record_heads`.
 
 
-class _RecordingCategorical(CategoricalDistribution):
-    tap: _HeadTap
+def _one_head_twin(base: type[Any]) -> type[Any]:
+    """The recording twin of a one-head distribution class (Discrete actions).
 
-    def log_prob(self, actions: Tensor) -> Tensor:
-        joint = super().log_prob(actions)
-        self.tap.saw_log_prob(joint.unsqueeze(1))
-        return joint
+    A factory rather than a mixin: `__class__` assignment needs the twin's layout to be
+    its base's, which a mixin ahead of the base in the MRO breaks.
+    """
 
-    def entropy(self) -> Tensor:
-        joint = super().entropy()
-        self.tap.saw_entropy(joint.unsqueeze(1))
-        return joint
+    class Twin(base):
+        tap: _HeadTap
+
+        def log_prob(self, actions: Tensor) -> Tensor:
+            joint: Tensor = super().log_prob(actions)
+            self.tap.saw_log_prob(joint.unsqueeze(1))
+            return joint
+
+        def entropy(self) -> Tensor:
+            joint: Tensor = super().entropy()
+            self.tap.saw_entropy(joint.unsqueeze(1))
+            return joint
+
+    Twin.__name__ = Twin.__qualname__ = f"_Recording{base.__name__}"
+    return Twin
+
+
+_RecordingCategorical = _one_head_twin(CategoricalDistribution)
+_RecordingMaskableCategorical = _one_head_twin(MaskableCategoricalDistribution)
 
 
 class _RecordingMultiCategorical(MultiCategoricalDistribution):
@@ -171,20 +185,6 @@ class _RecordingMultiCategorical(MultiCategoricalDistribution):
         per_head = torch.stack([d.entropy() for d in self.distribution], dim=1)
         self.tap.saw_entropy(per_head)
         return per_head.sum(dim=1)
-
-
-class _RecordingMaskableCategorical(MaskableCategoricalDistribution):
-    tap: _HeadTap
-
-    def log_prob(self, actions: Tensor) -> Tensor:
-        joint = super().log_prob(actions)
-        self.tap.saw_log_prob(joint.unsqueeze(1))
-        return joint
-
-    def entropy(self) -> Tensor:
-        joint = super().entropy()
-        self.tap.saw_entropy(joint.unsqueeze(1))
-        return joint
 
 
 class _RecordingMaskableMultiCategorical(MaskableMultiCategoricalDistribution):
