@@ -96,6 +96,64 @@ def test_sanctum_without_argument_finds_the_latest_run(
     assert (tmp_path / "shot.svg").is_file()
 
 
+def test_a_reader_closing_the_pipe_does_not_end_the_training(tmp_path: Path) -> None:
+    """`esper ppo | head -1`: the console falls silent, the run trains to its end."""
+    run_dir = tmp_path / "a_run_directory_with_a_long_name_" / ("x" * 60)
+    proc = subprocess.Popen(
+        [str(BIN / "esper"), "ppo", "--no-tui", "--episodes", "8", "--envs", "2",
+         "--task", "spirals", "--episode-length", "6", "--run-dir", str(run_dir)],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away after one line
+    assert proc.wait(timeout=120) == 0, proc.stderr.read()
+    last = json.loads((run_dir / "events.jsonl").read_text().splitlines()[-1])
+    assert last["event_type"] == "TRAINING_FINISHED"
+
+
+def test_the_closing_line_keeps_a_long_run_directory_whole(tmp_path: Path) -> None:
+    run_dir = tmp_path / ("a_long_run_directory_name_" * 4)
+    proc = run_cli(
+        "esper", "ppo", "--no-tui", "--episodes", "2", "--envs", "2", "--task", "spirals",
+        "--episode-length", "4", "--run-dir", str(run_dir), cwd=tmp_path, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1].endswith(f"Run directory: {run_dir}")
+
+
+@pytest.mark.parametrize(
+    ("extra", "fragment"),
+    [
+        (["--screenshot", "{run}/events.jsonl"], "give a path ending in .svg"),  # never the log
+        (["--screenshot", "{run}/run.json"], "give a path ending in .svg"),
+        (["--screenshot", "{tmp}/no/such/dir/x.svg"], "no directory"),
+        (["--screenshot", "{tmp}/a_dir.svg"], "is a directory"),
+        (["--screenshot", "{tmp}/x.svg", "--size", "100000x100000"], "too large"),
+        (["--screenshot", "{tmp}/x.svg", "--replay"], "use one or the other"),
+    ],
+)
+def test_sanctum_refuses_a_screenshot_it_should_not_write(
+    recorded_run: tuple[Path, subprocess.CompletedProcess[str]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    fragment: str,
+) -> None:
+    from esper.cli import sanctum_main
+
+    run_dir, _ = recorded_run
+    (tmp_path / "a_dir.svg").mkdir()
+    log = (run_dir / "events.jsonl").read_bytes()
+    args = [a.format(run=run_dir, tmp=tmp_path) for a in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        sanctum_main([str(run_dir), *args])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
+    assert (run_dir / "events.jsonl").read_bytes() == log  # the run's files untouched
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

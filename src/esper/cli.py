@@ -365,9 +365,10 @@ def _run_headless(trainer: Any, hub: Any, config: TrainConfig, run_dir: Path) ->
     hub.close()
     if outcome.result is not None:
         r = outcome.result
-        console.console.print(
+        console.console.print(  # one line, never wrapped: the path gets copied and pasted
             f"{'Interrupted' if r.interrupted else 'Finished'}: {r.episodes} episodes, "
-            f"{r.updates} PPO updates in {r.wall_seconds:.1f} s. Run directory: {run_dir}"
+            f"{r.updates} PPO updates in {r.wall_seconds:.1f} s. Run directory: {run_dir}",
+            soft_wrap=True,
         )
     return _exit_code(outcome, trainer, terminated.is_set())
 
@@ -493,14 +494,35 @@ def _sanctum_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Screenshot sizes accepted, in terminal cells (a larger frame only costs time and memory).
+MIN_SIZE, MAX_SIZE = (40, 12), (1000, 500)
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     try:
         cols, rows = (int(part) for part in text.lower().split("x"))
     except ValueError:
         raise UsageError(f"--size must look like 120x40, got {text!r}") from None
-    if cols < 40 or rows < 12:
-        raise UsageError(f"--size {text} is too small (at least 40x12)")
+    if cols < MIN_SIZE[0] or rows < MIN_SIZE[1]:
+        raise UsageError(f"--size {text} is too small (at least {MIN_SIZE[0]}x{MIN_SIZE[1]})")
+    if cols > MAX_SIZE[0] or rows > MAX_SIZE[1]:
+        raise UsageError(f"--size {text} is too large (at most {MAX_SIZE[0]}x{MAX_SIZE[1]})")
     return cols, rows
+
+
+def _screenshot_path(path: Path) -> Path:
+    """Where `--screenshot` may write: an .svg file in a directory that exists.
+
+    The suffix rule also keeps a screenshot from landing on the run's own files
+    (events.jsonl, run.json, checkpoint.pt).
+    """
+    if path.suffix.lower() != ".svg":
+        raise UsageError(f"--screenshot writes an SVG: give a path ending in .svg, not {path}")
+    if path.is_dir():
+        raise UsageError(f"--screenshot {path} is a directory; give a file path ending in .svg")
+    if not path.parent.is_dir():
+        raise UsageError(f"--screenshot: no directory {path.parent} to write {path.name} into")
+    return path
 
 
 def sanctum_main(argv: Sequence[str] | None = None) -> int:
@@ -509,6 +531,11 @@ def sanctum_main(argv: Sequence[str] | None = None) -> int:
     try:
         run_dir = resolve_run_dir(args.run_dir)
         size = _parse_size(args.size)
+        if args.screenshot is not None:
+            if args.replay:
+                raise UsageError("--replay steps through a run on screen; --screenshot draws "
+                                 "its last state to a file: use one or the other")
+            _screenshot_path(args.screenshot)
     except UsageError as exc:
         _fail("sanctum", str(exc))
     events = run_dir / EVENTS_FILE
@@ -518,7 +545,10 @@ def sanctum_main(argv: Sequence[str] | None = None) -> int:
 
     if args.screenshot is not None:
         snapshot = aggregate_file(events)
-        render_screenshot(snapshot, args.screenshot, size=size)
+        try:
+            render_screenshot(snapshot, args.screenshot, size=size)
+        except OSError as exc:
+            _fail("sanctum", f"cannot write {args.screenshot}: {exc.strerror or exc}")
         print(
             f"wrote {args.screenshot} ({snapshot.events_read} events, "
             f"{snapshot.lines_skipped} lines skipped)"

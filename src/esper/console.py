@@ -6,6 +6,9 @@ was recorded. It reads payloads only; it knows nothing of PPO internals.
 
 from __future__ import annotations
 
+import os
+import sys
+
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -50,6 +53,21 @@ def head_table(payload: PPOUpdatePayload) -> Table:
     return table
 
 
+class PipeSafeConsole(Console):
+    """A Rich console that falls silent when its reader goes away (`esper ppo | head`).
+
+    Rich's own handling of a closed pipe raises SystemExit(1) from whatever thread was
+    printing: the training thread, which then recorded the run as failed. A run's record
+    is its directory, not its console; training goes on without the console.
+    """
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)  # later writes go nowhere, quietly
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 class ConsoleBackend:
     """Progress bar over episodes plus a summary line per update; synchronous (cheap)."""
 
@@ -58,7 +76,7 @@ class ConsoleBackend:
     def __init__(
         self, episodes_total: int, console: Console | None = None, completed: int = 0
     ) -> None:
-        self.console = console or Console(stderr=False)
+        self.console = console or PipeSafeConsole(stderr=False)
         self._progress = Progress(
             TextColumn("[bold]episodes"),
             BarColumn(),
