@@ -21,7 +21,7 @@ from esper.telemetry.contracts import (
     TrainingFinished,
     TrainingStarted,
 )
-from esper.telemetry.recorder import read_events
+from esper.telemetry.recorder import committed_events, read_events
 
 
 def events(run_dir: Path) -> list:
@@ -93,6 +93,29 @@ def test_episodes_belong_to_the_update_they_end_before(tmp_path: Path) -> None:
     assert finished.episodes == 2
     with pytest.raises(RuntimeError, match="after close"):
         monitor.end_episode(0.0, length=1)
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_episodes_after_the_last_update_count_when_the_run_ends_cleanly(
+    tmp_path: Path, interrupted: bool
+) -> None:
+    """A loop's last episodes often end after its last update: a run that finished counts
+    them (readers agree with TRAINING_FINISHED); an interrupted one, which may be
+    continued, does not."""
+    run = tmp_path / "run"
+    monitor = HeadRatioMonitor(run, ["x"])
+    monitor.end_episode(1.5, length=5)
+    monitor.observe(t([[-1.0]]), t([[-1.0]]))
+    monitor.end_update()
+    monitor.end_episode(2.5, length=5)
+    monitor.end_episode(3.5, length=5)
+    monitor.close(interrupted=interrupted)
+    counted = [
+        e.payload.episode_return
+        for e in committed_events(events(run))
+        if e.event_type is EventType.EPISODE_COMPLETED
+    ]
+    assert counted == ([1.5] if interrupted else [1.5, 2.5, 3.5])
 
 
 def test_scalars_may_be_numpy_or_tensor_numbers(tmp_path: Path) -> None:

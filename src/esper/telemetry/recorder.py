@@ -353,13 +353,21 @@ def committed_events(events: Iterable[TelemetryEvent]) -> Iterator[TelemetryEven
     order, just before it. A TRAINING_STARTED that resumes a run names the batch it
     restarts at (`resumed_from_batch`): held events of that batch or later were left by
     an attempt that died before committing them, and are dropped, since the resumed run
-    records that batch again. Held events still uncommitted at the end are dropped
-    too: the batch never trained. Events without a batch, and everything after an
+    records that batch again. A TRAINING_FINISHED that is not an interruption commits
+    what is held (a run that ended records nothing more: a hand-written loop's episodes
+    after its last update are real). Held events still uncommitted at the end are
+    dropped: the batch never trained. Events without a batch, and everything after an
     update of its batch (a ratio explosion), pass straight through.
     """
     held: list[TelemetryEvent] = []
     for event in events:
         batch = event.batch
+        if event.event_type == EventType.TRAINING_FINISHED:
+            if not getattr(event.payload, "interrupted", True):
+                yield from held
+                held = []
+            yield event
+            continue
         if event.event_type in _COMMITS:
             ready = [e for e in held if e.batch == batch]
             held = [e for e in held if e.batch != batch]
