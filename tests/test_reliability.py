@@ -165,6 +165,16 @@ def test_resume_rejects_changed_settings_and_finished_runs(
     assert "no run directory at" in err
 
 
+def test_resume_with_fewer_episodes_than_ran_says_episodes_is_the_total(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _usage_error(["ppo", "--resume", str(finished_run), "--episodes", "1"], capsys)
+    assert (
+        f"--episodes 1 is the run's total, not a number to add: {finished_run} already ran "
+        "2 episodes, so pass --episodes N with N > 2 to train further"
+    ) in err
+
+
 def test_resume_extends_a_finished_run_with_more_episodes(
     finished_run: Path, tmp_path: Path
 ) -> None:

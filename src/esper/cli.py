@@ -242,11 +242,23 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
         raise UsageError(f"cannot resume {run_dir}: its configuration is refused: {exc}") from None
     done = 0 if point.checkpoint is None else int(point.checkpoint["episodes_done"])
     if done >= config.episodes:
-        raise UsageError(
-            f"{run_dir} already ran {done} of {config.episodes} episodes; "
-            f"pass --episodes N with N > {done} to train further"
-        )
+        raise UsageError(episodes_refusal(run_dir, done, config.episodes, args.episodes))
     return run_dir, config, point
+
+
+def episodes_refusal(run_dir: Path, done: int, total: int, given: int | None) -> str:
+    """Why a resume has nothing to train, and what to pass instead (one line).
+
+    `--episodes` is the run's total, not a number to add; a user who passes fewer than
+    the run already ran is told so, rather than that it ran "40 of 8".
+    """
+    more = f"pass --episodes N with N > {done} to train further"
+    if given is None:
+        return f"{run_dir} already ran {done} of {total} episodes; {more}"
+    return (
+        f"--episodes {given} is the run's total, not a number to add: "
+        f"{run_dir} already ran {done} episodes, so {more}"
+    )
 
 
 class Terminated(KeyboardInterrupt):
