@@ -98,6 +98,9 @@ def test_a_second_writer_or_resumer_is_refused_naming_the_holder(
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         err = usage_error(["ppo", "--resume", str(run_dir), "--episodes", "4"], capsys)
         assert f"{run_dir} is in use by process {holder.pid} (one writer per run" in err
+        # a plain start names the holder too, not only that the directory holds a run
+        err = usage_error(["ppo", *SMALL, "--run-dir", str(run_dir)], capsys)
+        assert f"{run_dir} is in use by process {holder.pid} (one writer per run" in err
         fresh = tmp_path / "fresh"
         fresh.mkdir()
         with RunLock(fresh):  # a fresh start into a directory someone is writing to

@@ -35,6 +35,7 @@ from esper.evaluate import add_eval_command
 from esper.rundir import (
     NewRunDir,
     RunDirError,
+    check_not_busy,
     holds_run,
     lock_run_dir,
     new_run_id,
@@ -148,12 +149,15 @@ def run_dir_path(run_dir: str | Path | None, run_id: str) -> Path:
     path = Path(text)
     try:
         if holds_run(path):
+            check_not_busy(path)  # a run being written: name its writer, as --resume does
             raise UsageError(
                 f"{path} already holds a recorded run; choose another --run-dir "
                 f"or continue it with --resume {path}"
             )
         if path.exists() and not path.is_dir():
             raise UsageError(f"{path} exists and is not a directory")
+    except RunDirError as exc:
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot use run directory {path}: {exc.strerror or exc}") from None
     return path
