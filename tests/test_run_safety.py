@@ -191,6 +191,37 @@ def test_bad_run_dirs_and_config_files_are_one_line(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bool.toml", "clip.toml", "latin.toml"]
 
 
+@pytest.mark.parametrize(
+    ("config", "updates", "who"),
+    [
+        ({"algorithm": "PerHeadPPO", "n_steps": 8}, 1, "PerHeadPPO"),
+        ({"lr": 0.1}, 1, "a HeadRatioMonitor"),
+        ({}, 0, "a HeadRatioMonitor"),  # no update yet: run.json's config is all there is
+    ],
+)
+def test_resuming_a_run_recorded_by_sb3_or_a_monitor_says_so(
+    config: dict[str, Any],
+    updates: int,
+    who: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    from esper.monitor import HeadRatioMonitor
+
+    run_dir = tmp_path / "run"
+    with HeadRatioMonitor(run_dir, {"a": 2, "b": 3}, config=config) as monitor:
+        for _ in range(updates):
+            zeros = torch.zeros(4, 2)
+            monitor.observe(zeros, zeros)
+            monitor.end_update()
+    before = (run_dir / EVENTS_FILE).read_bytes()
+    err = usage_error(["ppo", "--resume", str(run_dir), "--episodes", "4"], capsys)
+    assert f"{run_dir} was recorded by {who}, not by `esper ppo`, and cannot be resumed" in err
+    assert (run_dir / EVENTS_FILE).read_bytes() == before
+
+
 def test_resuming_a_checkpoint_that_does_not_fit_its_config_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

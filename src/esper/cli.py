@@ -228,11 +228,13 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
     Call with the run directory locked: the checkpoint and log must not move meanwhile.
     """
     run_dir = check_resume_args(args)
-    from esper.trainer import load_resume_point
+    from esper.trainer import ForeignRunError, load_resume_point
 
     try:
         point = load_resume_point(run_dir)
         saved = dict(point.config)
+    except ForeignRunError as exc:  # an SB3 or monitor run: its own tool continues it
+        raise UsageError(str(exc)) from None
     except Exception as exc:  # a damaged or foreign file: say which, never unpickle
         raise UsageError(
             f"cannot resume from {run_dir / CHECKPOINT_NAME}: {_first_line(exc)}"
@@ -288,7 +290,9 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, str, TrainConfig, Any, An
         except BaseException:
             lock.release()
             raise
-        return run_dir, run_dir.resolve().name, config, resume, lock
+        # the id its log was started under, so one run keeps one id (run.json may be lost)
+        run_id = resume.run_id or run_dir.resolve().name
+        return run_dir, run_id, config, resume, lock
     config = config_from_args(args)
     _check_ray(config)
     run_id = new_run_id()
@@ -333,7 +337,12 @@ def run_ppo(args: argparse.Namespace) -> int:
             lock = new_dir.lock
         try:
             exporters = make_exporters(args.tensorboard, args.wandb, run_dir, config.to_dict())
-            recorder = RunRecorder(run_dir, config=config.to_dict(), run_id=run_id)
+            recorder = RunRecorder(
+                run_dir,
+                config=config.to_dict(),
+                run_id=run_id,
+                started_at=None if resume is None else resume.started_at,
+            )
         except AnalysisError as exc:
             raise UsageError(str(exc)) from None
         except OSError as exc:
