@@ -222,6 +222,26 @@ def test_resuming_a_run_recorded_by_sb3_or_a_monitor_says_so(
     assert (run_dir / EVENTS_FILE).read_bytes() == before
 
 
+def test_tensorboard_paths_are_checked_and_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("tensorboard.summary")
+    monkeypatch.chdir(tmp_path)
+    run = ["ppo", *SMALL, "--run-dir", "A", "--tensorboard"]
+    err = usage_error([*run, ""], capsys)
+    assert "argument --tensorboard: must name a directory, got an empty string" in err
+    Path("file").write_text("")
+    err = usage_error([*run, "file"], capsys)
+    assert "--tensorboard: file exists and is not a directory" in err
+    Path("tb").mkdir()
+    Path("tb/A").write_text("")  # where this run's scalars would go
+    err = usage_error([*run, "tb"], capsys)
+    assert "--tensorboard: tb/A exists and is not a directory" in err
+    err = usage_error([*run, "file/sub"], capsys)  # the run dir exists by then: undone
+    assert "cannot write TensorBoard scalars into file/sub/A: Not a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tb"]
+
+
 def test_resuming_a_checkpoint_that_does_not_fit_its_config_is_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -74,6 +74,13 @@ class OneLineParser(argparse.ArgumentParser):
         _fail(self.prog, f"{message} (see --help)")
 
 
+def _directory_arg(text: str) -> Path:
+    """A directory flag's value; an empty one is refused (Path("") would be the cwd)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, got an empty string")
+    return Path(text)
+
+
 def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("ppo", help="train a morphogenetic policy with factored PPO")
     p.add_argument("--episodes", type=int, help="episodes in total (default 10)")
@@ -101,9 +108,9 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--no-tui", action="store_true", help="run headless with a progress bar")
     p.add_argument(
         "--tensorboard",
-        type=Path,
+        type=_directory_arg,
         metavar="DIR",
-        help="also write TensorBoard scalars to DIR/<run-id> (esper-ppo[tensorboard])",
+        help="also write TensorBoard scalars to DIR/<run dir name> (esper-ppo[tensorboard])",
     )
     p.add_argument(
         "--wandb",
@@ -161,6 +168,19 @@ def run_dir_path(run_dir: str | Path | None, run_id: str) -> Path:
     except OSError as exc:
         raise UsageError(f"cannot use run directory {path}: {exc.strerror or exc}") from None
     return path
+
+
+def tensorboard_path(tensorboard: Path, run_dir: Path) -> Path:
+    """Where `--tensorboard DIR` puts a run's scalars (DIR/<run dir name>), checked.
+
+    Said before anything is made: a file in the way would otherwise surface as an
+    error naming the run directory.
+    """
+    target = tensorboard / run_dir.name  # as esper.analysis.exporters.make_exporters
+    for path in (tensorboard, target):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--tensorboard: {path} exists and is not a directory")
+    return target
 
 
 def _check_ray(config: TrainConfig) -> None:
@@ -287,6 +307,8 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, str, TrainConfig, Any, An
             run_dir, config, resume = resume_settings(args)
             _check_ray(config)
             _check_device(config.device)
+            if args.tensorboard is not None:
+                tensorboard_path(args.tensorboard, run_dir)
         except BaseException:
             lock.release()
             raise
@@ -298,6 +320,8 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, str, TrainConfig, Any, An
     run_id = new_run_id()
     path = run_dir_path(args.run_dir, run_id)
     _check_device(config.device)
+    if args.tensorboard is not None:
+        tensorboard_path(args.tensorboard, path)
     return path, run_id, config, None, None
 
 
@@ -336,7 +360,15 @@ def run_ppo(args: argparse.Namespace) -> int:
                 raise UsageError(str(exc)) from None
             lock = new_dir.lock
         try:
-            exporters = make_exporters(args.tensorboard, args.wandb, run_dir, config.to_dict())
+            exporters = make_exporters(args.tensorboard, False, run_dir, {})
+        except OSError as exc:  # the TensorBoard directory, not the run's, is at fault
+            target = tensorboard_path(args.tensorboard, run_dir)
+            why = exc.strerror or exc
+            raise UsageError(f"cannot write TensorBoard scalars into {target}: {why}") from None
+        except AnalysisError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            exporters += make_exporters(None, args.wandb, run_dir, config.to_dict())
             recorder = RunRecorder(
                 run_dir,
                 config=config.to_dict(),
