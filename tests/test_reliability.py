@@ -165,6 +165,45 @@ def test_resume_rejects_changed_settings_and_finished_runs(
     assert "no run directory at" in err
 
 
+def test_resume_with_fewer_episodes_than_ran_says_episodes_is_the_total(
+    finished_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = _usage_error(["ppo", "--resume", str(finished_run), "--episodes", "1"], capsys)
+    assert (
+        f"--episodes 1 is the run's total, not a number to add: {finished_run} already ran "
+        "2 episodes, so pass --episodes N with N > 2 to train further"
+    ) in err
+
+
+@pytest.mark.parametrize("run_json", ["kept", "deleted"])
+def test_resume_keeps_the_run_id_and_records_the_threads_it_applies(
+    run_json: str, finished_run: Path, tmp_path: Path
+) -> None:
+    """One run, one id: the resumed events carry the log's id, not the folder's name, and
+    run.json (kept, or rebuilt from the log) records the thread count applied."""
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for name in ("events.jsonl", "checkpoint.pt", "run.json"):
+        (copy / name).write_bytes((finished_run / name).read_bytes())
+    first = events_of(copy)[0]
+    assert first["event_type"] == "TRAINING_STARTED" and first["run_id"] != "copy"
+    if run_json == "deleted":
+        (copy / "run.json").unlink()
+    tb = tmp_path / "tb"
+    argv = ["ppo", "--resume", str(copy), "--episodes", "4", "--threads", "2", "--no-tui"]
+    assert main([*argv, "--tensorboard", str(tb)]) == 0
+    events = events_of(copy)
+    assert {e["run_id"] for e in events} == {first["run_id"]}
+    resumed = [e for e in events if e["event_type"] == "TRAINING_STARTED"][-1]
+    assert resumed["data"]["config"]["threads"] == 2
+    info = json.loads((copy / "run.json").read_text())
+    assert info["config"]["threads"] == 2 and info["config"]["episodes"] == 4
+    assert info["run_id"] == first["run_id"]
+    original = json.loads((finished_run / "run.json").read_text())["started_at"]
+    assert info["started_at"] == (original if run_json == "kept" else first["timestamp"])
+    assert list((tb / "copy").iterdir())  # DIR/<run folder name>, as the README says
+
+
 def test_resume_extends_a_finished_run_with_more_episodes(
     finished_run: Path, tmp_path: Path
 ) -> None:

@@ -98,6 +98,9 @@ def test_a_second_writer_or_resumer_is_refused_naming_the_holder(
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         err = usage_error(["ppo", "--resume", str(run_dir), "--episodes", "4"], capsys)
         assert f"{run_dir} is in use by process {holder.pid} (one writer per run" in err
+        # a plain start names the holder too, not only that the directory holds a run
+        err = usage_error(["ppo", *SMALL, "--run-dir", str(run_dir)], capsys)
+        assert f"{run_dir} is in use by process {holder.pid} (one writer per run" in err
         fresh = tmp_path / "fresh"
         fresh.mkdir()
         with RunLock(fresh):  # a fresh start into a directory someone is writing to
@@ -186,6 +189,57 @@ def test_bad_run_dirs_and_config_files_are_one_line(
     err = usage_error(["ppo", "--config", "latin.toml", "--run-dir", "r"], capsys)
     assert "is not UTF-8 text" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bool.toml", "clip.toml", "latin.toml"]
+
+
+@pytest.mark.parametrize(
+    ("config", "updates", "who"),
+    [
+        ({"algorithm": "PerHeadPPO", "n_steps": 8}, 1, "PerHeadPPO"),
+        ({"lr": 0.1}, 1, "a HeadRatioMonitor"),
+        ({}, 0, "a HeadRatioMonitor"),  # no update yet: run.json's config is all there is
+    ],
+)
+def test_resuming_a_run_recorded_by_sb3_or_a_monitor_says_so(
+    config: dict[str, Any],
+    updates: int,
+    who: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import torch
+
+    from esper.monitor import HeadRatioMonitor
+
+    run_dir = tmp_path / "run"
+    with HeadRatioMonitor(run_dir, {"a": 2, "b": 3}, config=config) as monitor:
+        for _ in range(updates):
+            zeros = torch.zeros(4, 2)
+            monitor.observe(zeros, zeros)
+            monitor.end_update()
+    before = (run_dir / EVENTS_FILE).read_bytes()
+    err = usage_error(["ppo", "--resume", str(run_dir), "--episodes", "4"], capsys)
+    assert f"{run_dir} was recorded by {who}, not by `esper ppo`, and cannot be resumed" in err
+    assert (run_dir / EVENTS_FILE).read_bytes() == before
+
+
+def test_tensorboard_paths_are_checked_and_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("tensorboard.summary")
+    monkeypatch.chdir(tmp_path)
+    run = ["ppo", *SMALL, "--run-dir", "A", "--tensorboard"]
+    err = usage_error([*run, ""], capsys)
+    assert "argument --tensorboard: must name a directory, got an empty string" in err
+    Path("file").write_text("")
+    err = usage_error([*run, "file"], capsys)
+    assert "--tensorboard: file exists and is not a directory" in err
+    Path("tb").mkdir()
+    Path("tb/A").write_text("")  # where this run's scalars would go
+    err = usage_error([*run, "tb"], capsys)
+    assert "--tensorboard: tb/A exists and is not a directory" in err
+    err = usage_error([*run, "file/sub"], capsys)  # the run dir exists by then: undone
+    assert "cannot write TensorBoard scalars into file/sub/A: Not a directory" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "tb"]
 
 
 def test_resuming_a_checkpoint_that_does_not_fit_its_config_is_one_line(

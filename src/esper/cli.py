@@ -35,6 +35,7 @@ from esper.evaluate import add_eval_command
 from esper.rundir import (
     NewRunDir,
     RunDirError,
+    check_not_busy,
     holds_run,
     lock_run_dir,
     new_run_id,
@@ -73,6 +74,13 @@ class OneLineParser(argparse.ArgumentParser):
         _fail(self.prog, f"{message} (see --help)")
 
 
+def _directory_arg(text: str) -> Path:
+    """A directory flag's value; an empty one is refused (Path("") would be the cwd)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a directory, got an empty string")
+    return Path(text)
+
+
 def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p = sub.add_parser("ppo", help="train a morphogenetic policy with factored PPO")
     p.add_argument("--episodes", type=int, help="episodes in total (default 10)")
@@ -100,9 +108,9 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument("--no-tui", action="store_true", help="run headless with a progress bar")
     p.add_argument(
         "--tensorboard",
-        type=Path,
+        type=_directory_arg,
         metavar="DIR",
-        help="also write TensorBoard scalars to DIR/<run-id> (esper-ppo[tensorboard])",
+        help="also write TensorBoard scalars to DIR/<run dir name> (esper-ppo[tensorboard])",
     )
     p.add_argument(
         "--wandb",
@@ -148,15 +156,31 @@ def run_dir_path(run_dir: str | Path | None, run_id: str) -> Path:
     path = Path(text)
     try:
         if holds_run(path):
+            check_not_busy(path)  # a run being written: name its writer, as --resume does
             raise UsageError(
                 f"{path} already holds a recorded run; choose another --run-dir "
                 f"or continue it with --resume {path}"
             )
         if path.exists() and not path.is_dir():
             raise UsageError(f"{path} exists and is not a directory")
+    except RunDirError as exc:
+        raise UsageError(str(exc)) from None
     except OSError as exc:
         raise UsageError(f"cannot use run directory {path}: {exc.strerror or exc}") from None
     return path
+
+
+def tensorboard_path(tensorboard: Path, run_dir: Path) -> Path:
+    """Where `--tensorboard DIR` puts a run's scalars (DIR/<run dir name>), checked.
+
+    Said before anything is made: a file in the way would otherwise surface as an
+    error naming the run directory.
+    """
+    target = tensorboard / run_dir.name  # as esper.analysis.exporters.make_exporters
+    for path in (tensorboard, target):
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"--tensorboard: {path} exists and is not a directory")
+    return target
 
 
 def _check_ray(config: TrainConfig) -> None:
@@ -224,11 +248,13 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
     Call with the run directory locked: the checkpoint and log must not move meanwhile.
     """
     run_dir = check_resume_args(args)
-    from esper.trainer import load_resume_point
+    from esper.trainer import ForeignRunError, load_resume_point
 
     try:
         point = load_resume_point(run_dir)
         saved = dict(point.config)
+    except ForeignRunError as exc:  # an SB3 or monitor run: its own tool continues it
+        raise UsageError(str(exc)) from None
     except Exception as exc:  # a damaged or foreign file: say which, never unpickle
         raise UsageError(
             f"cannot resume from {run_dir / CHECKPOINT_NAME}: {_first_line(exc)}"
@@ -242,11 +268,23 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
         raise UsageError(f"cannot resume {run_dir}: its configuration is refused: {exc}") from None
     done = 0 if point.checkpoint is None else int(point.checkpoint["episodes_done"])
     if done >= config.episodes:
-        raise UsageError(
-            f"{run_dir} already ran {done} of {config.episodes} episodes; "
-            f"pass --episodes N with N > {done} to train further"
-        )
+        raise UsageError(episodes_refusal(run_dir, done, config.episodes, args.episodes))
     return run_dir, config, point
+
+
+def episodes_refusal(run_dir: Path, done: int, total: int, given: int | None) -> str:
+    """Why a resume has nothing to train, and what to pass instead (one line).
+
+    `--episodes` is the run's total, not a number to add; a user who passes fewer than
+    the run already ran is told so, rather than that it ran "40 of 8".
+    """
+    more = f"pass --episodes N with N > {done} to train further"
+    if given is None:
+        return f"{run_dir} already ran {done} of {total} episodes; {more}"
+    return (
+        f"--episodes {given} is the run's total, not a number to add: "
+        f"{run_dir} already ran {done} episodes, so {more}"
+    )
 
 
 class Terminated(KeyboardInterrupt):
@@ -269,15 +307,21 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, str, TrainConfig, Any, An
             run_dir, config, resume = resume_settings(args)
             _check_ray(config)
             _check_device(config.device)
+            if args.tensorboard is not None:
+                tensorboard_path(args.tensorboard, run_dir)
         except BaseException:
             lock.release()
             raise
-        return run_dir, run_dir.resolve().name, config, resume, lock
+        # the id its log was started under, so one run keeps one id (run.json may be lost)
+        run_id = resume.run_id or run_dir.resolve().name
+        return run_dir, run_id, config, resume, lock
     config = config_from_args(args)
     _check_ray(config)
     run_id = new_run_id()
     path = run_dir_path(args.run_dir, run_id)
     _check_device(config.device)
+    if args.tensorboard is not None:
+        tensorboard_path(args.tensorboard, path)
     return path, run_id, config, None, None
 
 
@@ -316,8 +360,21 @@ def run_ppo(args: argparse.Namespace) -> int:
                 raise UsageError(str(exc)) from None
             lock = new_dir.lock
         try:
-            exporters = make_exporters(args.tensorboard, args.wandb, run_dir, config.to_dict())
-            recorder = RunRecorder(run_dir, config=config.to_dict(), run_id=run_id)
+            exporters = make_exporters(args.tensorboard, False, run_dir, {})
+        except OSError as exc:  # the TensorBoard directory, not the run's, is at fault
+            target = tensorboard_path(args.tensorboard, run_dir)
+            why = exc.strerror or exc
+            raise UsageError(f"cannot write TensorBoard scalars into {target}: {why}") from None
+        except AnalysisError as exc:
+            raise UsageError(str(exc)) from None
+        try:
+            exporters += make_exporters(None, args.wandb, run_dir, config.to_dict())
+            recorder = RunRecorder(
+                run_dir,
+                config=config.to_dict(),
+                run_id=run_id,
+                started_at=None if resume is None else resume.started_at,
+            )
         except AnalysisError as exc:
             raise UsageError(str(exc)) from None
         except OSError as exc:

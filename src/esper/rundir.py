@@ -55,10 +55,7 @@ class RunLock:
         except BlockingIOError:
             holder = _read_pid(fd)
             os.close(fd)
-            who = f"process {holder}" if holder else "another process"
-            raise RunDirBusy(
-                f"{run_dir} is in use by {who} (one writer per run directory)"
-            ) from None
+            raise _busy(run_dir, holder) from None
         except BaseException:
             os.close(fd)
             raise
@@ -77,6 +74,33 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _busy(run_dir: Path, holder: int | None) -> RunDirBusy:
+    who = f"process {holder}" if holder else "another process"
+    return RunDirBusy(f"{run_dir} is in use by {who} (one writer per run directory)")
+
+
+def check_not_busy(path: Path) -> None:
+    """Raise RunDirBusy naming the holder if another process is writing into `path`.
+
+    A look only, for a start that is refused anyway (the directory holds a run): the
+    user should learn it is busy and by whom rather than only that it is taken. Nothing
+    is created; the shared lock taken to look is dropped at once, and a directory with
+    no lock file has never had a writer.
+    """
+    try:
+        fd = os.open(path / LOCK_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise _busy(path, _read_pid(fd)) from None
+    except OSError:
+        return
+    finally:
+        os.close(fd)
 
 
 def _read_pid(fd: int) -> int | None:

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from esper.telemetry.contracts import (
     EventType,
     Payload,
     SeedLifecycle,
+    TelemetryEvent,
     TrainingFailed,
     TrainingFinished,
     TrainingStarted,
@@ -95,21 +96,50 @@ class ResumePoint:
     config: dict[str, Any]
     next_seq: int
     start_update_index: int
+    #: The run's id and start time as its log's first TRAINING_STARTED records them (None:
+    #: no start event), so a resumed run goes on under its own id, whatever run.json says.
+    run_id: str | None = None
+    started_at: float | None = None
 
     @property
     def batch(self) -> int:
         return 0 if self.checkpoint is None else int(self.checkpoint["batch"])
 
 
-def _recorded_config(run_dir: Path, started: dict[str, Any] | None) -> dict[str, Any]:
-    """The configuration of a run that died before its first checkpoint."""
+class ForeignRunError(ValueError):
+    """The run directory was recorded by another trainer (an SB3 model, a HeadRatioMonitor)."""
+
+
+def foreign_recorder(config: Mapping[str, Any]) -> str | None:
+    """Who recorded a run whose start config this is, if not `esper ppo` (else None).
+
+    The SB3 integration names its algorithm (`PerHeadPPO`, ...) under "algorithm", and a
+    `HeadRatioMonitor` always records its `clip_eps` at the top level, where `esper ppo`
+    never does (its PPO settings are nested under "ppo", or flat as "clip" in old runs).
+    """
+    algorithm = config.get("algorithm")
+    if isinstance(algorithm, str) and algorithm:
+        return algorithm
+    if "clip_eps" in config:
+        return "a HeadRatioMonitor"
+    return None
+
+
+def _run_json_config(run_dir: Path) -> dict[str, Any]:
+    """The configuration run.json records, or {} if it is missing or damaged."""
     try:
         info = json.loads((run_dir / RUN_FILE).read_text(encoding="utf-8"))
         config = info["config"]
-        if isinstance(config, dict):
-            return config
     except (OSError, ValueError, KeyError, TypeError):
-        pass
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def _recorded_config(run_dir: Path, started: dict[str, Any] | None) -> dict[str, Any]:
+    """The configuration of a run that died before its first checkpoint."""
+    config = _run_json_config(run_dir)
+    if config:
+        return config
     if started is not None:  # run.json damaged: the start event carries the same config
         return started
     raise ValueError(f"no checkpoint, and neither {RUN_FILE} nor the log holds the configuration")
@@ -129,6 +159,7 @@ def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
     logged: set[int] = set()
     exploded: set[int] = set()
     started: dict[str, Any] | None = None
+    first_start: TelemetryEvent | None = None
     for event in read_events(run_dir / EVENTS_FILE):
         last_seq = max(last_seq, event.seq)
         index = getattr(event.payload, "update_index", None)
@@ -138,11 +169,19 @@ def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
             exploded.add(int(index))
         if event.event_type == EventType.TRAINING_STARTED and started is None:
             started = dict(getattr(event.payload, "config", {}))
+            first_start = event
+    recorder = foreign_recorder(started if started is not None else _run_json_config(run_dir))
+    if recorder is not None:
+        raise ForeignRunError(
+            f"{run_dir} was recorded by {recorder}, not by `esper ppo`, and cannot be resumed by it"
+        )
+    run_id = None if first_start is None else first_start.run_id
+    started_at = None if first_start is None else first_start.timestamp
     if state is None:
         if logged:
             raise ValueError(f"the log holds PPO updates but {CHECKPOINT_NAME} is missing")
         config = _recorded_config(run_dir, started)
-        return ResumePoint(None, config, next_seq=last_seq + 1, start_update_index=0)
+        return ResumePoint(None, config, last_seq + 1, 0, run_id=run_id, started_at=started_at)
     for key in ("agent", "config", "episodes_done", "updates_done", "batch"):
         if key not in state:
             raise ValueError(f"not an esper checkpoint (no {key!r})")
@@ -169,6 +208,8 @@ def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
         config=dict(state["config"]),
         next_seq=last_seq + 1,
         start_update_index=start,
+        run_id=run_id,
+        started_at=started_at,
     )
 
 

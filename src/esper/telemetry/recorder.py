@@ -114,6 +114,7 @@ class RunRecorder:
         config: Mapping[str, Any],
         *,
         run_id: str | None = None,
+        started_at: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.run_dir = Path(run_dir)
@@ -121,7 +122,7 @@ class RunRecorder:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         #: What was wrong with the directory on opening (e.g. a damaged run.json), if anything.
         self.note: str | None = None
-        self._info = self._write_run_info(config, clock())
+        self._info = self._write_run_info(config, clock(), started_at)
         self._lock = threading.Lock()
         self._failure: str | None = None
         self._held: list[str] = []  # BATCHED_EVENTS lines not yet written
@@ -133,14 +134,23 @@ class RunRecorder:
             self._file.write("\n")
             self._file.flush()
 
-    def _write_run_info(self, config: Mapping[str, Any], now: float) -> dict[str, Any]:
-        """Write run.json; a resumed run keeps the original and records when it resumed."""
+    def _write_run_info(
+        self, config: Mapping[str, Any], now: float, started_at: float | None
+    ) -> dict[str, Any]:
+        """Write run.json; a resumed run keeps the original and records when it resumed.
+
+        A resume may change some settings (episodes, device, backend, workers, threads):
+        `config` then replaces the recorded one, so run.json says what the run goes on
+        with (each attempt's TRAINING_STARTED event keeps what that attempt applied).
+        `started_at` is the run's original start, for a run.json rebuilt on resume.
+        """
         path = self.run_dir / RUN_FILE
+        recorded = json_value(config, "config")
         info: dict[str, Any] = {
             "run_id": self.run_id,
-            "started_at": now,
+            "started_at": now if started_at is None else started_at,
             "versions": library_versions(),
-            "config": json_value(config, "config"),
+            "config": recorded,
         }
         appending = self.events_path.is_file() and self.events_path.stat().st_size > 0
         if path.is_file() and not path.is_symlink():
@@ -153,7 +163,7 @@ class RunRecorder:
             if isinstance(previous, dict):
                 resumed = previous.get("resumed_at")
                 history = resumed if isinstance(resumed, list) else []
-                info = {**previous, "resumed_at": [*history, now]}
+                info = {**previous, "config": recorded, "resumed_at": [*history, now]}
             else:  # keep the damaged file for whoever wants to look, and say so
                 aside = path.with_name(f"{RUN_FILE}.damaged")
                 os.replace(path, aside)
