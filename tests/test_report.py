@@ -110,6 +110,19 @@ def test_report_target_rules(tmp_path: Path) -> None:
     assert report_target([a], None, png=True) == (a / "report.png", "png")
     assert report_target([a, b], tmp_path / "c.PNG", png=False) == (tmp_path / "c.PNG", "png")
     assert report_target([a, b], tmp_path / "c.html", png=False) == (tmp_path / "c.html", "html")
+    assert report_target([a], tmp_path / "c.HTML", png=False) == (tmp_path / "c.HTML", "html")
+
+
+@pytest.mark.parametrize("name", ["events.jsonl", "run.json", "checkpoint.pt", "x.pdf", "report"])
+def test_out_must_be_html_or_png_so_recorded_data_is_never_overwritten(
+    name: str, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = run_dir / name
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert main(["report", str(run_dir), "--out", str(target)]) == 2
+    assert "--out must end in .html or .png" in one_error_line(capsys, "report")
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert after == before  # nothing written, nothing overwritten
 
 
 # ----------------------------------------------------------------- rendering

@@ -23,6 +23,8 @@ from esper.analysis.runs import Run, load_runs
 EXIT_USAGE = 2
 REPORT_HTML = "report.html"
 REPORT_PNG = "report.png"
+#: The only suffixes --out may have (compared case-insensitively).
+REPORT_SUFFIXES = (".html", ".png")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -61,13 +63,18 @@ def report_target(
 
     One run: `RUN_DIR/report.html` (or `report.png` with --png) unless --out says. Several
     runs: --out is required, so a comparison never overwrites one run's own report. An
-    --out ending in .png means PNG; --png with an --out that is not .png is an error.
+    --out ending in .png means PNG, one ending in .html means HTML (either case); any
+    other suffix is an error rather than a guess, so the report can never land on a run's
+    recorded data (events.jsonl, run.json, checkpoint.pt) nor write HTML into a .pdf.
+    --png with an --out that is not .png is an error.
     """
     if out is None:
         if len(run_dirs) > 1:
             raise AnalysisError("a report of several runs needs --out FILE (.html or .png)")
         return run_dirs[0] / (REPORT_PNG if png else REPORT_HTML), "png" if png else "html"
     suffix = out.suffix.lower()
+    if suffix not in REPORT_SUFFIXES:
+        raise AnalysisError(f"--out must end in .html or .png, not {out}")
     if suffix == ".png":
         return out, "png"
     if png:
@@ -184,7 +191,7 @@ def add_analysis_commands(subparsers: Any) -> None:
         "--out",
         type=Path,
         metavar="FILE",
-        help=f"output file (default RUN_DIR/{REPORT_HTML}; needed for several runs)",
+        help=f"output .html or .png file (default RUN_DIR/{REPORT_HTML}; needed for several runs)",
     )
     report_parser.add_argument("--png", action="store_true", help="write a PNG instead of HTML")
     report_parser.set_defaults(handler=_guarded("esper report", run_report))
