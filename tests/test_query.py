@@ -197,6 +197,33 @@ def test_bad_sql_is_one_line_and_exit_2(run_dir: Path, capsys: pytest.CaptureFix
 
 
 @pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY (SELECT 1) TO '{run}/events.jsonl'",
+        "COPY ppo_updates TO '{run}/run.json' (FORMAT json)",
+        "COPY (SELECT 1) TO '{tmp}/new.csv'",
+        "ATTACH '{tmp}/other.duckdb' AS other",
+        "SELECT * FROM read_csv('{run}/run.json')",
+        "SELECT * FROM '{run}/events.jsonl'",
+        "SET enable_external_access = true",  # cannot be switched back on
+        "SET lock_configuration = false",
+    ],
+)
+def test_queries_cannot_touch_files(
+    statement: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    sql = statement.format(run=run_dir, tmp=tmp_path)
+    assert main(["query", str(run_dir), sql]) == 2
+    one_error_line(capsys, "query")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert list(tmp_path.iterdir()) == []
+    # The tables themselves still load and answer.
+    assert main(["query", str(run_dir), "SELECT count(*) AS n FROM ppo_updates", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n", str(N_UPDATES)]
+
+
+@pytest.mark.parametrize(
     ("args", "fragment"),
     [
         (["SELECT 1"], "give RUN_DIR"),

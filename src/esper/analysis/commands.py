@@ -203,7 +203,8 @@ def add_analysis_commands(subparsers: Any) -> None:
         description=(
             "SQL over recorded runs. Tables: ppo_updates (one row per PPO update, a column "
             "per statistic, e.g. head_slot_ratio_max), episodes, explosions, events, runs. "
-            "--schema lists every column."
+            "--schema lists every column. The SQL sees only these tables: it cannot read or "
+            "write files."
         ),
     )
     query_parser.add_argument(

@@ -95,10 +95,18 @@ def tables(runs: Sequence[Run]) -> list[Table]:
 
 
 def connect(runs: Sequence[Run]) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB database holding the tables of `runs`."""
+    """An in-memory DuckDB database holding the tables of `runs`, cut off from files.
+
+    The tables are filled from Python values, never from a file, so once they are in,
+    file access is switched off and the configuration locked: a query cannot `COPY ... TO`
+    over a run's events.jsonl, `ATTACH` a database, read another file or switch access
+    back on. The query is a reader, like the dashboard and the report.
+    """
     con = duckdb.connect(":memory:")
     for table in tables(runs):
         create_table(con, table)
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
