@@ -223,6 +223,14 @@ def test_queries_cannot_touch_files(
     assert capsys.readouterr().out.splitlines() == ["n", str(N_UPDATES)]
 
 
+@pytest.mark.parametrize("sql", ["", "   \n\t", "-- only a comment", "/* a comment */ ;"])
+def test_sql_without_a_statement_is_one_line_and_exit_2(
+    sql: str, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["query", str(run_dir), sql]) == 2
+    assert "holds no statement" in one_error_line(capsys, "query")
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [

@@ -118,9 +118,15 @@ def _one_line(message: str) -> str:
 
 
 def execute(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Column names and rows of `sql`; a bad query is an AnalysisError with DuckDB's reason."""
+    """Column names and rows of `sql`; a bad query is an AnalysisError with DuckDB's reason.
+
+    SQL holding no statement at all (empty, blank, only comments) is an error too: DuckDB
+    runs it as nothing and returns no result object.
+    """
     try:
         result = con.execute(sql)
+        if result is None:
+            raise AnalysisError('the SQL holds no statement; give one, e.g. "SELECT 1"')
         if result.description is None:  # a statement with no result set (e.g. CREATE VIEW)
             return [], []
         names = [d[0] for d in result.description]
