@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -187,6 +188,23 @@ def test_table_output_lists_rows(run_dir: Path, capsys: pytest.CaptureFixture[st
     assert main(["query", str(run_dir), "SELECT driver FROM explosions"]) == 0
     out = capsys.readouterr().out
     assert "driver" in out and "slot" in out and "1 row" in out
+
+
+@pytest.mark.parametrize("fmt", [[], ["--csv"], ["--json"]], ids=["table", "csv", "json"])
+def test_a_reader_closing_the_pipe_early_ends_the_query_quietly(
+    fmt: list[str], run_dir: Path
+) -> None:
+    """`esper query ... | head -c 100`: every format exits 1 with nothing on stderr."""
+    rows = "SELECT range AS x, 'padding to overflow the pipe' AS y FROM range(5000)"  # > 64 KiB
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "esper"), "query", str(run_dir), rows, *fmt],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(100)) == 100  # the reader takes a little and goes away
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 1
+    assert proc.stderr.read().decode() == ""
 
 
 def test_bad_sql_is_one_line_and_exit_2(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,18 +123,34 @@ def _json_value(value: Any) -> Any:
     return str(value)  # Decimal, dates, lists: their text
 
 
-def print_rows(names: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
-    """Write a query result to stdout as a Rich table, CSV or a JSON array of objects."""
+def _write_text_rows(names: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
+    """CSV or a JSON array of objects, straight to stdout."""
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(names)
         writer.writerows(rows)
-    elif fmt == "json":
+    else:
         records = [{n: _json_value(v) for n, v in zip(names, row, strict=True)} for row in rows]
         json.dump(records, sys.stdout, allow_nan=True)
         sys.stdout.write("\n")
+    sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+
+
+def print_rows(names: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
+    """Write a query result to stdout as a Rich table, CSV or a JSON array of objects.
+
+    A reader that closes the pipe early (`| head`) ends the command the same way for every
+    format: the table is printed by Rich, which on a broken pipe points stdout at devnull
+    and exits 1 with no traceback; CSV and JSON hand a broken pipe to that same handler.
+    """
+    from rich.console import Console
+
+    if fmt in ("csv", "json"):
+        try:
+            _write_text_rows(names, rows, fmt)
+        except BrokenPipeError:
+            Console().on_broken_pipe()
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(show_lines=False, header_style="bold")
