@@ -574,6 +574,11 @@ def _explosions_table(runs: Sequence[Run]) -> str:
 EVAL_HEADERS = ("Run", "Policy", "Mean return", "Std", "Std error", "Episodes", "Host accuracy")
 
 
+def _spread(value: Any) -> str:
+    """An eval.json std or standard error: null (one episode) is undefined, shown as —."""
+    return "—" if value is None else f"{float(value):.3f}"
+
+
 def _eval_section(runs: Sequence[Run]) -> str:
     """`esper eval`'s table for each run whose directory holds an eval.json (else nothing).
 
@@ -592,8 +597,8 @@ def _eval_section(runs: Sequence[Run]) -> str:
                         run.label,
                         p["policy"],
                         f"{float(p['mean_return']):.3f}",
-                        f"{float(p['std_return']):.3f}",
-                        f"{float(p['stderr_return']):.3f}",
+                        _spread(p["std_return"]),
+                        _spread(p["stderr_return"]),
                         int(p["episodes"]),
                         f"{float(p.get('host_accuracy', float('nan'))):.3f}",
                     )
