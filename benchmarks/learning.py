@@ -104,7 +104,7 @@ def verdict(results: Sequence[Any]) -> dict[str, Any]:
     heuristics = [r for r in results if r.policy.startswith("grow-")]
     best = max(heuristics, key=lambda r: r.mean_return)
     greedy = by_name["tamiyo-greedy"]
-    mark = best.mean_return - best.stderr_return
+    mark = best.mean_return - (best.stderr_return or 0.0)  # None: one eval episode
     return {
         "best_heuristic": best.policy,
         "best_mean": best.mean_return,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,6 +137,37 @@ def test_esper_eval_writes_one_entry_per_policy_and_is_deterministic(
     assert json.loads((run_dir / ev.EVAL_FILE).read_text()) == first
     assert main(["eval", str(run_dir), "--episodes", "3", "--seed", "8"]) == 0
     assert json.loads((run_dir / ev.EVAL_FILE).read_text()) != first
+
+
+def test_one_episode_has_no_spread(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A std of one episode is undefined: the table shows the dash, eval.json holds null."""
+    one = ev.summarize("x", [{"return": 2.5, "final_accuracy": 0.5, "seeds_grown": 1}])
+    assert (one.mean_return, one.std_return, one.stderr_return) == (2.5, None, None)
+    wait = ev.summarize("wait", [{"return": 1.0, "final_accuracy": 0.5, "seeds_grown": 0}])
+    assert ev.paired_difference(one, wait) == (1.5, None)
+
+    assert main(["eval", str(run_dir), "--episodes", "1", "--seed", "7"]) == 0
+    out = capsys.readouterr().out
+    doc = json.loads((run_dir / ev.EVAL_FILE).read_text())
+    rows = {line.split()[0]: re.split(r"\s{2,}", line.strip()) for line in out.splitlines()}
+    for entry in doc["policies"]:
+        assert entry["std_return"] is None and entry["stderr_return"] is None
+        assert entry["episodes"] == 1 and math.isfinite(entry["mean_return"])
+        assert entry["returns"] == [entry["mean_return"]]
+        _, mean, std, stderr, *rest = rows[entry["policy"]]
+        assert (mean, std, stderr) == (f"{entry['mean_return']:.3f}", "—", "—")
+        vs_wait = rest[0] if entry["policy"] != "wait" else ""
+        assert vs_wait == "" or re.fullmatch(r"[+-]\d+\.\d{3} ± —", vs_wait), vs_wait
+    assert "0.000 ± 0.000" not in out
+
+    from types import SimpleNamespace
+
+    from esper.analysis.report import _eval_section
+
+    run = SimpleNamespace(label="r1", run_dir=run_dir)
+    section = _eval_section([run])  # type: ignore[list-item]
+    assert "unreadable" not in section
+    assert "<td>—</td><td>—</td><td>1</td>" in section  # std, stderr, episodes
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -189,11 +190,63 @@ def test_table_output_lists_rows(run_dir: Path, capsys: pytest.CaptureFixture[st
     assert "driver" in out and "slot" in out and "1 row" in out
 
 
+@pytest.mark.parametrize("fmt", [[], ["--csv"], ["--json"]], ids=["table", "csv", "json"])
+def test_a_reader_closing_the_pipe_early_ends_the_query_quietly(
+    fmt: list[str], run_dir: Path
+) -> None:
+    """`esper query ... | head -c 100`: every format exits 1 with nothing on stderr."""
+    rows = "SELECT range AS x, 'padding to overflow the pipe' AS y FROM range(5000)"  # > 64 KiB
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "esper"), "query", str(run_dir), rows, *fmt],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    assert len(proc.stdout.read(100)) == 100  # the reader takes a little and goes away
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 1
+    assert proc.stderr.read().decode() == ""
+
+
 def test_bad_sql_is_one_line_and_exit_2(run_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["query", str(run_dir), "SELEC * FROM ppo_updates"]) == 2
     assert "syntax error" in one_error_line(capsys, "query")
     assert main(["query", str(run_dir), "SELECT * FROM no_such_table"]) == 2
     assert "no_such_table" in one_error_line(capsys, "query")
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "COPY (SELECT 1) TO '{run}/events.jsonl'",
+        "COPY ppo_updates TO '{run}/run.json' (FORMAT json)",
+        "COPY (SELECT 1) TO '{tmp}/new.csv'",
+        "ATTACH '{tmp}/other.duckdb' AS other",
+        "SELECT * FROM read_csv('{run}/run.json')",
+        "SELECT * FROM '{run}/events.jsonl'",
+        "SET enable_external_access = true",  # cannot be switched back on
+        "SET lock_configuration = false",
+    ],
+)
+def test_queries_cannot_touch_files(
+    statement: str, run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    sql = statement.format(run=run_dir, tmp=tmp_path)
+    assert main(["query", str(run_dir), sql]) == 2
+    one_error_line(capsys, "query")
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert list(tmp_path.iterdir()) == []
+    # The tables themselves still load and answer.
+    assert main(["query", str(run_dir), "SELECT count(*) AS n FROM ppo_updates", "--csv"]) == 0
+    assert capsys.readouterr().out.splitlines() == ["n", str(N_UPDATES)]
+
+
+@pytest.mark.parametrize("sql", ["", "   \n\t", "-- only a comment", "/* a comment */ ;"])
+def test_sql_without_a_statement_is_one_line_and_exit_2(
+    sql: str, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["query", str(run_dir), sql]) == 2
+    assert "holds no statement" in one_error_line(capsys, "query")
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,7 @@ from esper.actions import HEAD_NAMES
 from esper.analysis.commands import report_target
 from esper.analysis.runs import load_run, measured
 from esper.cli import main
+from esper.telemetry.contracts import EpisodeCompleted
 from esper.telemetry.emitter import TelemetryEmitter, emit_update
 from esper.telemetry.heads import ExplosionReport, HeadStats, UpdateStats, explosion_shares
 from esper.telemetry.hub import TelemetryHub
@@ -110,6 +111,19 @@ def test_report_target_rules(tmp_path: Path) -> None:
     assert report_target([a], None, png=True) == (a / "report.png", "png")
     assert report_target([a, b], tmp_path / "c.PNG", png=False) == (tmp_path / "c.PNG", "png")
     assert report_target([a, b], tmp_path / "c.html", png=False) == (tmp_path / "c.html", "html")
+    assert report_target([a], tmp_path / "c.HTML", png=False) == (tmp_path / "c.HTML", "html")
+
+
+@pytest.mark.parametrize("name", ["events.jsonl", "run.json", "checkpoint.pt", "x.pdf", "report"])
+def test_out_must_be_html_or_png_so_recorded_data_is_never_overwritten(
+    name: str, run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = run_dir / name
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert main(["report", str(run_dir), "--out", str(target)]) == 2
+    assert "--out must end in .html or .png" in one_error_line(capsys, "report")
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert after == before  # nothing written, nothing overwritten
 
 
 # ----------------------------------------------------------------- rendering
@@ -258,3 +272,27 @@ def test_an_explosion_no_head_drove_lists_no_driver(tmp_path: Path) -> None:
     assert run.explosions.column("driver") == [None]  # NULL in SQL, a dash on the page
     page = report.render_html([run], b"<svg></svg>")
     assert "<td>—</td><td>no</td><td>update 0: joint 3.00, no head moved</td>" in page
+
+
+def test_a_run_without_host_accuracy_says_so_instead_of_a_made_up_axis(tmp_path: Path) -> None:
+    """SB3 and hand-written runs record `final_accuracy: null` for every episode."""
+    with TelemetryHub([RunRecorder(tmp_path, config={})]) as hub:
+        emitter = TelemetryEmitter(hub, "sb3")
+        emitter.emit(started(("x",), task="CartPole-v1"))
+        for episode in range(3):
+            done = EpisodeCompleted(env_index=0, episode_return=10.0 + episode, length=10)
+            emitter.emit(done, episode=episode, batch=0)
+        emit_update(emitter, UpdateStats(heads={"x": HeadStats()}), batch=0)  # commits them
+    run = load_run(tmp_path)
+    assert run.episodes.column("final_accuracy") == [None, None, None]
+    fig = report.build_figure([run])
+    panels = {ax.get_title(loc="left"): ax for ax in fig.axes}
+    accuracy = panels["Host accuracy at episode end"]
+    assert list(accuracy.get_yticks()) == [] and not accuracy.lines  # no axis around nothing
+    (note,) = accuracy.texts
+    assert note.get_text().startswith("no host accuracy in this run")
+    assert accuracy.get_xlim() == (0.0, 2.0)  # the episodes that were recorded
+    returns = panels["Episode return"]  # the return panel is drawn as ever
+    assert list(returns.lines[0].get_ydata()) == [10.0, 11.0, 12.0]
+    svg = report.figure_bytes(fig, "svg").decode()
+    assert 'id="run0-final_accuracy-none"' in svg and "no host accuracy in this run" in svg

@@ -48,6 +48,8 @@ IntArray = npt.NDArray[np.int64]
 EVAL_SEED = 10_000
 EVAL_EPISODES = 30
 EVAL_FILE = "eval.json"
+#: A cell with no value: a spread of one episode is undefined, not zero.
+NO_VALUE = "—"
 
 #: A batch policy: the stacked states of every env and the step index -> actions [n, 8].
 BatchPolicy = Callable[["EnvStates", int], IntArray]
@@ -181,12 +183,16 @@ def play(
 
 @dataclass(frozen=True)
 class PolicyResult:
-    """One row of the evaluation table (and one entry of eval.json)."""
+    """One row of the evaluation table (and one entry of eval.json).
+
+    `std_return` and `stderr_return` are None (null in eval.json) for a single episode:
+    a sample spread needs two, and 0.0 would claim a certainty one episode cannot give.
+    """
 
     policy: str
     mean_return: float
-    std_return: float
-    stderr_return: float
+    std_return: float | None
+    stderr_return: float | None
     episodes: int
     host_accuracy: float
     seeds_grown: float
@@ -197,15 +203,18 @@ class PolicyResult:
 
 
 def summarize(name: str, episodes: Sequence[Mapping[str, Any]]) -> PolicyResult:
-    """Mean, sample std (ddof 1) and standard error of the return, plus host outcome."""
+    """Mean, sample std (ddof 1) and standard error of the return, plus host outcome.
+
+    With fewer than two episodes the std and standard error are undefined: None.
+    """
     returns = np.array([float(ep["return"]) for ep in episodes], dtype=np.float64)
     n = len(returns)
-    std = float(returns.std(ddof=1)) if n > 1 else 0.0
+    std = float(returns.std(ddof=1)) if n > 1 else None
     return PolicyResult(
         policy=name,
         mean_return=float(returns.mean()),
         std_return=std,
-        stderr_return=std / math.sqrt(n) if n > 0 else 0.0,
+        stderr_return=None if std is None else std / math.sqrt(n),
         episodes=n,
         host_accuracy=float(np.mean([ep["final_accuracy"] for ep in episodes])),
         seeds_grown=float(np.mean([ep["seeds_grown"] for ep in episodes])),
@@ -213,11 +222,14 @@ def summarize(name: str, episodes: Sequence[Mapping[str, Any]]) -> PolicyResult:
     )
 
 
-def paired_difference(a: PolicyResult, b: PolicyResult) -> tuple[float, float]:
-    """Mean and standard error of a - b, episode by episode (same seeds, same hosts)."""
+def paired_difference(a: PolicyResult, b: PolicyResult) -> tuple[float, float | None]:
+    """Mean and standard error of a - b, episode by episode (same seeds, same hosts).
+
+    The standard error is None (undefined) with fewer than two episodes.
+    """
     diff = np.asarray(a.returns) - np.asarray(b.returns)
     if diff.size < 2:
-        return float(diff.mean()) if diff.size else 0.0, 0.0
+        return float(diff.mean()) if diff.size else 0.0, None
     return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(diff.size))
 
 
@@ -234,6 +246,11 @@ def evaluate_policies(
     ]
 
 
+def _cell(value: float | None) -> str:
+    """A spread to three decimals, or the no-value dash when it is undefined."""
+    return NO_VALUE if value is None else f"{value:.3f}"
+
+
 def results_table_rows(results: Sequence[PolicyResult]) -> list[list[str]]:
     """The table's cells: the paired difference to `wait` when `wait` is in the table."""
     wait = next((r for r in results if r.policy == "wait"), None)
@@ -242,13 +259,13 @@ def results_table_rows(results: Sequence[PolicyResult]) -> list[list[str]]:
         vs_wait = ""
         if wait is not None and r is not wait:
             diff, se = paired_difference(r, wait)
-            vs_wait = f"{diff:+.3f} ± {se:.3f}"
+            vs_wait = f"{diff:+.3f} ± {_cell(se)}"
         rows.append(
             [
                 r.policy,
                 f"{r.mean_return:.3f}",
-                f"{r.std_return:.3f}",
-                f"{r.stderr_return:.3f}",
+                _cell(r.std_return),
+                _cell(r.stderr_return),
                 vs_wait,
                 f"{r.host_accuracy:.3f}",
                 f"{r.seeds_grown:.2f}",

@@ -23,6 +23,8 @@ from esper.analysis.runs import Run, load_runs
 EXIT_USAGE = 2
 REPORT_HTML = "report.html"
 REPORT_PNG = "report.png"
+#: The only suffixes --out may have (compared case-insensitively).
+REPORT_SUFFIXES = (".html", ".png")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -61,13 +63,18 @@ def report_target(
 
     One run: `RUN_DIR/report.html` (or `report.png` with --png) unless --out says. Several
     runs: --out is required, so a comparison never overwrites one run's own report. An
-    --out ending in .png means PNG; --png with an --out that is not .png is an error.
+    --out ending in .png means PNG, one ending in .html means HTML (either case); any
+    other suffix is an error rather than a guess, so the report can never land on a run's
+    recorded data (events.jsonl, run.json, checkpoint.pt) nor write HTML into a .pdf.
+    --png with an --out that is not .png is an error.
     """
     if out is None:
         if len(run_dirs) > 1:
             raise AnalysisError("a report of several runs needs --out FILE (.html or .png)")
         return run_dirs[0] / (REPORT_PNG if png else REPORT_HTML), "png" if png else "html"
     suffix = out.suffix.lower()
+    if suffix not in REPORT_SUFFIXES:
+        raise AnalysisError(f"--out must end in .html or .png, not {out}")
     if suffix == ".png":
         return out, "png"
     if png:
@@ -116,18 +123,34 @@ def _json_value(value: Any) -> Any:
     return str(value)  # Decimal, dates, lists: their text
 
 
-def print_rows(names: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
-    """Write a query result to stdout as a Rich table, CSV or a JSON array of objects."""
+def _write_text_rows(names: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
+    """CSV or a JSON array of objects, straight to stdout."""
     if fmt == "csv":
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(names)
         writer.writerows(rows)
-    elif fmt == "json":
+    else:
         records = [{n: _json_value(v) for n, v in zip(names, row, strict=True)} for row in rows]
         json.dump(records, sys.stdout, allow_nan=True)
         sys.stdout.write("\n")
+    sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+
+
+def print_rows(names: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str) -> None:
+    """Write a query result to stdout as a Rich table, CSV or a JSON array of objects.
+
+    A reader that closes the pipe early (`| head`) ends the command the same way for every
+    format: the table is printed by Rich, which on a broken pipe points stdout at devnull
+    and exits 1 with no traceback; CSV and JSON hand a broken pipe to that same handler.
+    """
+    from rich.console import Console
+
+    if fmt in ("csv", "json"):
+        try:
+            _write_text_rows(names, rows, fmt)
+        except BrokenPipeError:
+            Console().on_broken_pipe()
     else:
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(show_lines=False, header_style="bold")
@@ -184,7 +207,7 @@ def add_analysis_commands(subparsers: Any) -> None:
         "--out",
         type=Path,
         metavar="FILE",
-        help=f"output file (default RUN_DIR/{REPORT_HTML}; needed for several runs)",
+        help=f"output .html or .png file (default RUN_DIR/{REPORT_HTML}; needed for several runs)",
     )
     report_parser.add_argument("--png", action="store_true", help="write a PNG instead of HTML")
     report_parser.set_defaults(handler=_guarded("esper report", run_report))
@@ -196,7 +219,8 @@ def add_analysis_commands(subparsers: Any) -> None:
         description=(
             "SQL over recorded runs. Tables: ppo_updates (one row per PPO update, a column "
             "per statistic, e.g. head_slot_ratio_max), episodes, explosions, events, runs. "
-            "--schema lists every column."
+            "--schema lists every column. The SQL sees only these tables: it cannot read or "
+            "write files."
         ),
     )
     query_parser.add_argument(

@@ -95,10 +95,18 @@ def tables(runs: Sequence[Run]) -> list[Table]:
 
 
 def connect(runs: Sequence[Run]) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB database holding the tables of `runs`."""
+    """An in-memory DuckDB database holding the tables of `runs`, cut off from files.
+
+    The tables are filled from Python values, never from a file, so once they are in,
+    file access is switched off and the configuration locked: a query cannot `COPY ... TO`
+    over a run's events.jsonl, `ATTACH` a database, read another file or switch access
+    back on. The query is a reader, like the dashboard and the report.
+    """
     con = duckdb.connect(":memory:")
     for table in tables(runs):
         create_table(con, table)
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
     return con
 
 
@@ -110,9 +118,15 @@ def _one_line(message: str) -> str:
 
 
 def execute(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """Column names and rows of `sql`; a bad query is an AnalysisError with DuckDB's reason."""
+    """Column names and rows of `sql`; a bad query is an AnalysisError with DuckDB's reason.
+
+    SQL holding no statement at all (empty, blank, only comments) is an error too: DuckDB
+    runs it as nothing and returns no result object.
+    """
     try:
         result = con.execute(sql)
+        if result is None:
+            raise AnalysisError('the SQL holds no statement; give one, e.g. "SELECT 1"')
         if result.description is None:  # a statement with no result set (e.g. CREATE VIEW)
             return [], []
         names = [d[0] for d in result.description]

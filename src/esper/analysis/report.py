@@ -108,6 +108,9 @@ class Panel:
     over_updates: bool = True
 
 
+#: The accuracy panel of a run none of whose episodes has a host (not esper's task).
+NO_ACCURACY = "no host accuracy in this run (its episodes have no host)"
+
 PANELS: tuple[Panel, ...] = (
     Panel("ratio_max", "Per-head ratio max (relevant samples)", "ratio (log)"),
     Panel("joint", "Joint ratio max vs product of per-head maxima", "ratio (log)"),
@@ -359,10 +362,21 @@ def _joint_panel(ax: Axes, run: Run, column: int, limits: tuple[float, float]) -
     ax.legend(loc="lower right", fontsize=7)
 
 
-def _episode_panel(ax: Axes, run: Run, column: int, field: str) -> None:
+def _episode_panel(ax: Axes, run: Run, column: int, field: str, missing: str) -> None:
+    """`field` per episode; `missing` is said instead when no episode holds a value.
+
+    An episode outside esper's task has no host accuracy: a gap, not a point. When every
+    episode lacks it (an SB3 or hand-written run), there is nothing to scale a y axis to,
+    so the panel says so rather than draw an empty axis around a made-up range.
+    """
     x = episode_axis(run)
-    # An episode outside esper's task has no host accuracy: a gap, not a point.
     y = [math.nan if v is None else v for v in run.episodes.column(field)]
+    if x and all(math.isnan(v) for v in y):
+        note = ax.text(0.5, 0.5, missing, transform=ax.transAxes, ha="center", va="center")
+        note.set_gid(f"run{column}-{field}-none")
+        ax.set_yticks([])
+        ax.set_xlim(min(x), max(x) if max(x) > min(x) else min(x) + 1)
+        return
     (line,) = ax.plot(x, y, "-o", ms=marker_size(len(x)), color="C9")
     line.set_gid(f"run{column}-{field}")
 
@@ -408,9 +422,9 @@ def _draw_panel(ax: Axes, panel: Panel, run: Run, column: int, limits: _Limits) 
         case "joint":
             _joint_panel(ax, run, column, limits.joint)
         case "return":
-            _episode_panel(ax, run, column, "episode_return")
+            _episode_panel(ax, run, column, "episode_return", "no finite episode return")
         case "accuracy":
-            _episode_panel(ax, run, column, "final_accuracy")
+            _episode_panel(ax, run, column, "final_accuracy", NO_ACCURACY)
         case stat:
             _per_head(ax, run, column, stat, limits.colours)
     if not len(run.updates if panel.over_updates else run.episodes):
@@ -574,6 +588,11 @@ def _explosions_table(runs: Sequence[Run]) -> str:
 EVAL_HEADERS = ("Run", "Policy", "Mean return", "Std", "Std error", "Episodes", "Host accuracy")
 
 
+def _spread(value: Any) -> str:
+    """An eval.json std or standard error: null (one episode) is undefined, shown as —."""
+    return "—" if value is None else f"{float(value):.3f}"
+
+
 def _eval_section(runs: Sequence[Run]) -> str:
     """`esper eval`'s table for each run whose directory holds an eval.json (else nothing).
 
@@ -592,8 +611,8 @@ def _eval_section(runs: Sequence[Run]) -> str:
                         run.label,
                         p["policy"],
                         f"{float(p['mean_return']):.3f}",
-                        f"{float(p['std_return']):.3f}",
-                        f"{float(p['stderr_return']):.3f}",
+                        _spread(p["std_return"]),
+                        _spread(p["stderr_return"]),
                         int(p["episodes"]),
                         f"{float(p.get('host_accuracy', float('nan'))):.3f}",
                     )
