@@ -392,7 +392,7 @@ def test_run_info_and_episode_stats() -> None:
     episode(emitter, 6.0, grown=1)
     snap = aggregator.snapshot()
     assert (snap.run.run_id, snap.run.task, snap.run.episodes_total) == ("run-a", "digits", 8)
-    assert (snap.run.n_envs, snap.run.started_at) == (4, 1000.0)
+    assert (snap.run.n_envs, snap.run.started_at, snap.run.host_slots) == (4, 1000.0, 2)
     e = snap.episodes
     assert (e.last_return, e.mean_return, e.last_accuracy) == (6.0, 3.0, 0.6)
     assert e.return_history == (1.0, 2.0, 6.0)

@@ -245,6 +245,7 @@ def test_finished_episodes_are_recorded_with_their_returns(tmp_path: Path) -> No
     aggregator = SanctumAggregator()
     for event in events:
         aggregator.handle_event(event)
+    assert aggregator.snapshot().run.host_slots == 0  # no slot head: the panel shows no host
     shown = aggregator.snapshot().episodes
     assert shown.last_return == pytest.approx(returns[-1])
     assert shown.last_accuracy is None

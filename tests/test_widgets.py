@@ -625,6 +625,18 @@ def test_seed_counts_sit_under_their_names() -> None:
     assert header.index("fossilized") + len("fossilized") == counts.index(" 20 ") + 3
 
 
+def test_a_run_without_a_host_shows_its_returns_and_no_zero_seed_counts() -> None:
+    """An SB3 or hand-written run (no slot head): no slot table, no seeds row of zeros."""
+    episodes = EpisodeStats(last_return=-243.5, mean_return=-266.6, return_history=(-300.0,))
+    no_host = SanctumSnapshot(run=RunInfo(host_slots=0), episodes=episodes)
+    text = render_text(render_slots(no_host), width=44)
+    assert "no host slots in this run" in text and "-243.500" in text
+    assert "seeds" not in text and "no slots reported yet" not in text
+    # Before the run's start is read, the panel does not know yet: it waits for slots.
+    unknown = render_text(render_slots(SanctumSnapshot(episodes=episodes)), width=44)
+    assert "no slots reported yet" in unknown and "seeds" in unknown
+
+
 def test_event_times_are_offsets_into_the_run_or_utc() -> None:
     assert event_time(1065.0, started_at=1000.0) == "+0:01:05"
     assert event_time(3661.0, started_at=None) == "01:01:01"

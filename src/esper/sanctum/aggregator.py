@@ -220,10 +220,11 @@ class SanctumAggregator:
             n_envs=p.n_envs,
             device=p.device,
             started_at=event.timestamp,
+            host_slots=p.head_sizes.get("slot", 0),
         )
         self._finished = False  # a resumed run starts again after its interrupted end
         self._declare_heads(p.head_names)
-        for index in range(p.head_sizes.get("slot", 0)):
+        for index in range(self._run.host_slots or 0):
             self._slots.setdefault(index, SlotState(index=index))
         self._log_event(event)
 

@@ -99,6 +99,9 @@ class RunInfo:
     n_envs: int = 0
     device: str = ""
     started_at: float | None = None
+    #: Slots of esper's host, from the run's `slot` head; 0 for a run with no host (an SB3
+    #: or hand-written run), None until the run's start is read.
+    host_slots: int | None = None
 
 
 @dataclass(frozen=True)

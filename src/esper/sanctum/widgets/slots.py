@@ -139,7 +139,23 @@ def seeds_table(episodes: EpisodeStats) -> Table:
 
 
 def render_slots(snapshot: SanctumSnapshot) -> RenderableType:
-    """Slot table above the episode and seed summary."""
+    """Slot table above the episode and seed summary.
+
+    A run with no slot head (an SB3 or hand-written run) has no host: it says so, and
+    shows seed counts only if its episodes reported any (zeros would read as a host that
+    grew nothing).
+    """
+    history = ReturnHistory(snapshot.episodes)
+    if snapshot.run.host_slots == 0:
+        e = snapshot.episodes
+        parts: list[RenderableType] = [
+            Text("no host slots in this run", style=NO_DATA),
+            episode_text(e),
+            history,
+        ]
+        if e.seeds_grown or e.seeds_fossilized or e.seeds_killed:
+            parts.append(seeds_table(e))
+        return Group(*parts)
     if not snapshot.slots:
         slots: RenderableType = Text("no slots reported yet", style=NO_DATA)
     else:
@@ -149,7 +165,6 @@ def render_slots(snapshot: SanctumSnapshot) -> RenderableType:
         for slot in sorted(snapshot.slots, key=lambda s: s.index):
             table.add_row(*slot_row(slot))
         slots = table
-    history = ReturnHistory(snapshot.episodes)
     return Group(slots, episode_text(snapshot.episodes), history, seeds_table(snapshot.episodes))
 
 
