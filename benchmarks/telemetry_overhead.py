@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import math
 from typing import Any
 
 import torch
@@ -100,19 +99,14 @@ def _joint_only_agent_class() -> type:
         def update(self, buffer: Any) -> UpdateStats:
             cfg = self.config
             data = buffer.batch()
-            n_samples = data.obs.shape[0]
-            mb_size = math.ceil(n_samples / cfg.minibatches)
-            perms = [
-                torch.randperm(n_samples, generator=self._perm_gen, device=self.device)
-                for _ in range(cfg.epochs)
-            ]
+            epochs = self.minibatch_indices(data.obs.shape[0])  # ours' very minibatching
             active = torch.ones((), dtype=torch.bool, device=self.device)
             rows: list[Tensor] = []
             ratios: list[Tensor] = []
             self.policy.train()
             try:
-                for perm in perms:
-                    for index in perm.split(mb_size):
+                for minibatches in epochs:
+                    for index in minibatches:
                         row, ratio, active = self._joint_minibatch(data.select(index), active)
                         rows.append(row)
                         ratios.append(ratio)

@@ -401,6 +401,17 @@ class PPOAgent:
         """The policy's heads, in the order of its action vectors."""
         return tuple(self.policy.head_sizes)
 
+    def minibatch_indices(self, n_samples: int) -> list[tuple[Tensor, ...]]:
+        """Each epoch's minibatches as sample-index tensors: a fresh permutation per epoch
+        from the agent's generator, split into `minibatches` of one size (the last may be
+        smaller). All permutations are drawn up front, so they never wait on the device."""
+        cfg = self.config
+        mb_size = math.ceil(n_samples / cfg.minibatches)
+        return [
+            torch.randperm(n_samples, generator=self._perm_gen, device=self.device).split(mb_size)
+            for _ in range(cfg.epochs)
+        ]
+
     def update(self, buffer: RolloutBuffer) -> UpdateStats:
         """K epochs x M minibatches of PPO on `buffer`; returns what the update measured.
 
@@ -410,19 +421,14 @@ class PPOAgent:
         """
         cfg = self.config
         data = buffer.batch()
-        n_samples = data.obs.shape[0]
-        mb_size = math.ceil(n_samples / cfg.minibatches)
-        perms = [
-            torch.randperm(n_samples, generator=self._perm_gen, device=self.device)
-            for _ in range(cfg.epochs)
-        ]
+        epochs = self.minibatch_indices(data.obs.shape[0])
         parts: list[tuple[Tensor, Tensor]] = []  # per minibatch: log-ratios, counted heads
-        record = _Minibatches(math.ceil(n_samples / mb_size), self.device)
+        record = _Minibatches(len(epochs[0]), self.device)
         active = torch.ones((), dtype=torch.bool, device=self.device)
         self.policy.train()
         try:
-            for perm in perms:
-                for index in perm.split(mb_size):
+            for minibatches in epochs:
+                for index in minibatches:
                     mb_ratios, active = self._minibatch(data.select(index), active, record)
                     parts.append(mb_ratios)
         finally:
