@@ -3,7 +3,7 @@
 Each round starts fresh `esper ppo --no-tui` processes (digits, the product defaults),
 interleaved, the order alternating:
 
-- "policy": the thread count `esper.threads` chooses (one, at these sizes);
+- "policy": the thread count `esper.rl.threads` chooses (one, at these sizes);
 - "torch default": `--threads N` with N = torch's own default in a fresh process (the
   count the CLI used before it chose one).
 
@@ -37,14 +37,14 @@ from benchmarks.common import Row, Section, interleaved, paired_ratios, spread
 EPISODES_QUICK, EPISODES_FULL = 2, 10
 PROBE = """
 import sys, time
-import esper.environment as _env
+import esper.morpho.environment as _env
 _step = _env.MorphogeneticEnv.step
 def _first(self, action):
     print("FIRST_STEP_AT", repr(time.time()), flush=True)
     _env.MorphogeneticEnv.step = _step
     return _step(self, action)
 _env.MorphogeneticEnv.step = _first
-from esper.cli import main
+from esper.cli.main import main
 raise SystemExit(main(sys.argv[1:]))
 """
 IMPORTS = {

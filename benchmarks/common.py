@@ -253,10 +253,10 @@ def fixed_rollout(task: str, n_envs: int, episode_length: int, seed: int = SEED)
     Every timed update is fed this same buffer, so the two sides of a comparison train
     on identical samples; it is collected once per process (updates only read it).
     """
-    from esper.actions import head_sizes
-    from esper.environment import MorphogeneticEnv
-    from esper.ppo import PPOAgent
-    from esper.rollout import collect_batch
+    from esper.morpho.actions import head_sizes
+    from esper.morpho.environment import MorphogeneticEnv
+    from esper.rl.ppo import PPOAgent
+    from esper.rl.rollout import collect_batch
 
     envs = [
         MorphogeneticEnv(task=task, n_slots=DEFAULT_SLOTS, episode_length=episode_length)
@@ -278,7 +278,7 @@ def tiled_rollout(task: str, n_envs: int, steps: int, repeats: int) -> tuple[Any
     """
     import torch
 
-    from esper.ppo import RolloutBuffer
+    from esper.rl.ppo import RolloutBuffer
 
     real, obs_dim = fixed_rollout(task, n_envs, steps)
     tiled = RolloutBuffer(

@@ -30,7 +30,7 @@ _UPDATE: Any = None  # one UpdateStats, built on first use (no import at module 
 
 
 def _update_stats() -> Any:
-    from esper.actions import HEAD_NAMES
+    from esper.morpho.actions import HEAD_NAMES
     from esper.telemetry.heads import HeadStats, UpdateStats
 
     head = HeadStats(ratio_max=1.2, ratio_min=0.85, clip_fraction=0.1, entropy=0.7, relevant=40)

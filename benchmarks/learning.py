@@ -3,7 +3,7 @@
 For each task and training seed, PPO trains at the default hyper-parameters
 (`TrainConfig()`, the same batches, episode seeds and updates as `esper ppo`, without the
 telemetry), recording the mean training return per PPO update. Then the greedy and sampled
-policy and every baseline of `esper.evaluate` play the fixed evaluation seeds. Written:
+policy and every baseline of `esper.cli.evaluate` play the fixed evaluation seeds. Written:
 the learning curve (return per block of episodes, baselines as horizontal lines) as a PNG,
 the final evaluation table, and a JSON of every number, under `benchmarks/results/`.
 
@@ -41,12 +41,12 @@ def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -
     """
     import torch
 
-    from esper.actions import head_sizes
-    from esper.config import TrainConfig
-    from esper.environment import MorphogeneticEnv
-    from esper.ppo import PPOAgent
-    from esper.rollout import collect_batch
-    from esper.trainer import episode_seeds, observation_size
+    from esper.morpho.actions import head_sizes
+    from esper.morpho.environment import MorphogeneticEnv
+    from esper.rl.config import TrainConfig
+    from esper.rl.ppo import PPOAgent
+    from esper.rl.rollout import collect_batch
+    from esper.rl.trainer import episode_seeds, observation_size
 
     cfg = replace(TrainConfig(), task=task, seed=seed, **overrides)
     if episodes is not None:
@@ -81,7 +81,7 @@ def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -
 def evaluate_agent(agent: Any, cfg: dict[str, Any], episodes: int, seed: int) -> list[Any]:
     """Tamiyo greedy and sampled plus every baseline, on the fixed evaluation seeds."""
     from esper import evaluate as ev
-    from esper.environment import MorphogeneticEnv
+    from esper.morpho.environment import MorphogeneticEnv
 
     length, n_slots = int(cfg["episode_length"]), int(cfg["slots"])
 

@@ -45,7 +45,7 @@ def command(updates: int, run_dir: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "esper.cli",
+        "esper.cli.main",
         "ppo",
         "--no-tui",
         "--task",

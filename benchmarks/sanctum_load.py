@@ -47,7 +47,7 @@ def update_stats(rng: np.random.Generator, drift: npt.NDArray[np.float64]) -> An
     advanced in place as a mean-reverting walk): PPO ratios drift from update to update
     rather than jump, and that is what the history sparklines draw.
     """
-    from esper.actions import HEAD_NAMES
+    from esper.morpho.actions import HEAD_NAMES
     from esper.telemetry.heads import HeadStats, UpdateStats
 
     drift *= 0.9
@@ -90,7 +90,7 @@ def update_stats(rng: np.random.Generator, drift: npt.NDArray[np.float64]) -> An
 def event_stream(updates: int, per_update: int, seed: int = 0) -> list[Any]:
     """TRAINING_STARTED, then per batch `per_update` lifecycle/episode events and an update."""
     from esper import __version__
-    from esper.actions import HEAD_NAMES, head_sizes
+    from esper.morpho.actions import HEAD_NAMES, head_sizes
     from esper.telemetry.contracts import EpisodeCompleted, SeedLifecycle, TrainingStarted
     from esper.telemetry.emitter import TelemetryEmitter, emit_update
 

@@ -46,7 +46,7 @@ DEFAULTS: dict[str, Any] = {"n_steps": 2048, "batch_size": 64, "n_epochs": 10}
 def make_env() -> Any:
     import gymnasium
 
-    from esper.wrappers import DiscretizeActions
+    from esper.integrations.gym import DiscretizeActions
 
     return DiscretizeActions(gymnasium.make(ENV_ID), BINS)
 

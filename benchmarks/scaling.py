@@ -45,8 +45,8 @@ TASK = "digits"  # the product default: the host epoch is the cost being spread 
 
 def training_round(agent: Any, runner: Any) -> Callable[[], float]:
     """A timed batch on `runner` (collect + update); each call takes the next seeds."""
-    from esper.rollout import collect_batch
-    from esper.trainer import episode_seeds
+    from esper.rl.rollout import collect_batch
+    from esper.rl.trainer import episode_seeds
 
     batches = iter(range(1_000_000))
 
@@ -65,8 +65,8 @@ def training_round(agent: Any, runner: Any) -> Callable[[], float]:
 @contextmanager
 def started_runners(with_ray: bool) -> Iterator[dict[str, Any]]:
     """Every side's runner, started (and a local Ray instance when asked); closed on exit."""
-    from esper.environment import MorphogeneticEnv
-    from esper.runners import InProcessRunner, ProcessRunner, RayRunner
+    from esper.morpho.environment import MorphogeneticEnv
+    from esper.rl.runners import InProcessRunner, ProcessRunner, RayRunner
 
     make = functools.partial(
         MorphogeneticEnv, task=TASK, n_slots=DEFAULT_SLOTS, episode_length=DEFAULT_EPISODE_LENGTH
@@ -90,8 +90,8 @@ def started_runners(with_ray: bool) -> Iterator[dict[str, Any]]:
 
 def measure(rounds: int, with_ray: bool) -> dict[str, Any]:
     """Interleaved seconds per training batch of every side, and episodes/s spreads."""
-    from esper.actions import head_sizes
-    from esper.ppo import PPOAgent
+    from esper.morpho.actions import head_sizes
+    from esper.rl.ppo import PPOAgent
 
     with started_runners(with_ray) as runners:
         sides = {

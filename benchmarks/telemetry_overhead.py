@@ -11,9 +11,9 @@ state (weights, Adam state, RNGs) before every timed update, interleaved:
 - "baseline": `JointOnlyAgent` below, which computes no per-head quantity at all: the
   joint log-prob of the relevant heads (as Stable-Baselines3 scores a MultiDiscrete
   action: the sum of the heads' log-probs), the joint ratio, joint clipping (with
-  `esper.ppo.clipped_objective`, ours' implementation of the clipped term), the value
+  `esper.rl.ppo.clipped_objective`, ours' implementation of the clipped term), the value
   loss and the entropy bonus, and, as ours, the KL early stop and the non-finite guard
-  (`esper.ppo.all_finite`) on the device (both are training, not telemetry) and the
+  (`esper.rl.ppo.all_finite`) on the device (both are training, not telemetry) and the
   joint approx KL, clip fraction and explained variance read once per update (what SB3
   logs).
 
@@ -80,7 +80,7 @@ class ReloadingUpdate:
 def _joint_only_agent_class() -> type:
     """`JointOnlyAgent`, built on first use so importing this module does not load torch's
     training stack."""
-    from esper.ppo import (
+    from esper.rl.ppo import (
         PPOAgent,
         UpdateStats,
         all_finite,
@@ -190,8 +190,8 @@ def op_counts(update: ReloadingUpdate) -> dict[str, Any]:
 
 def measure(size: str, rounds: int, repeats: int) -> dict[str, Any]:
     """Interleaved update timings of ours (both clip modes) and the baseline at `size`."""
-    from esper.actions import head_sizes
-    from esper.ppo import PPOAgent, PPOConfig
+    from esper.morpho.actions import head_sizes
+    from esper.rl.ppo import PPOAgent, PPOConfig
 
     n_envs, steps, repeats_in_time, minibatches = SIZES[size]
     buffer, obs_dim = tiled_rollout(TASK, n_envs, steps, repeats_in_time)

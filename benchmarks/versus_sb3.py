@@ -147,8 +147,8 @@ def sb3_model(setup: Setup, clock: StepClock) -> Any:
     from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from esper import ENV_ID
-    from esper.ppo import PPOConfig
+    from esper.morpho import ENV_ID
+    from esper.rl.ppo import PPOConfig
 
     cfg = PPOConfig()
 
@@ -216,11 +216,11 @@ def optimiser_name(optimizer: Any) -> str:
 
 def ours_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Loop:
     """The product's Trainer with the run recorder, its envs wrapped in step timers."""
-    from esper.config import PPOConfig, TrainConfig
+    from esper.rl.config import PPOConfig, TrainConfig
+    from esper.rl.trainer import Trainer
     from esper.telemetry.emitter import TelemetryEmitter
     from esper.telemetry.hub import TelemetryHub
     from esper.telemetry.recorder import RunRecorder
-    from esper.trainer import Trainer
 
     config = TrainConfig(
         task=setup.task,
@@ -281,7 +281,7 @@ class LoopSide:
 
 def sb3_masks(buffer: Any) -> npt.NDArray[np.float32]:
     """The flat per-head masks [T, E, sum(head sizes)] of our rollout, as MaskablePPO stores."""
-    from esper.actions import ActionMasks
+    from esper.morpho.actions import ActionMasks
 
     op = buffer.op_mask.numpy()
     slot_by_op = buffer.slot_by_op.numpy()
@@ -343,15 +343,15 @@ class SB3Train:
 
 def our_config(setup: Setup) -> Any:
     """PPOConfig of our side: the defaults, `setup`'s epochs and minibatches, no KL stop."""
-    from esper.ppo import PPOConfig
+    from esper.rl.ppo import PPOConfig
 
     return PPOConfig(epochs=setup.epochs, minibatches=setup.minibatches, target_kl=None)
 
 
 def ours_update_side(setup: Setup, buffer: Any, obs_dim: int) -> ReloadingUpdate:
     """A timed `PPOAgent.update()` on `buffer`, from the state after one update."""
-    from esper.actions import head_sizes
-    from esper.ppo import PPOAgent
+    from esper.morpho.actions import head_sizes
+    from esper.rl.ppo import PPOAgent
 
     agent = PPOAgent(obs_dim, head_sizes(DEFAULT_SLOTS), our_config(setup), seed=SEED)
     agent.update(buffer)

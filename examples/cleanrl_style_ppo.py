@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
-from esper.monitor import HeadRatioMonitor
-from esper.wrappers import DiscretizeActions
+from esper.integrations.gym import DiscretizeActions
+from esper.integrations.monitor import HeadRatioMonitor
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 
 import gymnasium
 
-from esper.wrappers import DiscretizeActions
+from esper.integrations.gym import DiscretizeActions
 
 
 def head_names_for(env: gymnasium.Env[Any, Any]) -> list[str]:

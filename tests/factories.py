@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from esper.actions import HEAD_NAMES
+from esper.morpho.actions import HEAD_NAMES
 from esper.telemetry.contracts import TrainingStarted
 from esper.telemetry.heads import HeadStats, UpdateStats
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from esper import __version__
-from esper.actions import HEAD_NAMES
+from esper.morpho.actions import HEAD_NAMES
 from esper.telemetry.contracts import EpisodeCompleted, TrainingFinished, TrainingStarted
 from esper.telemetry.emitter import TelemetryEmitter, emit_update
 from esper.telemetry.heads import ExplosionReport, HeadStats, UpdateStats, explosion_shares

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper.actions import (
+from esper.morpho.actions import (
     HEAD_NAMES,
     RELEVANCE_TABLE,
     Op,

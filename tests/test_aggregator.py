@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from esper import __version__
-from esper.actions import HEAD_NAMES
+from esper.morpho.actions import HEAD_NAMES
 from esper.sanctum.aggregator import (
     SanctumAggregator,
     SanctumBackend,

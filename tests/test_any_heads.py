@@ -25,9 +25,9 @@ from synthetic_run import (
     update_stats,
 )
 
-from esper.cli import main as esper_main
-from esper.cli import sanctum_main
-from esper.console import head_table, update_line
+from esper.cli.console import head_table, update_line
+from esper.cli.main import main as esper_main
+from esper.cli.main import sanctum_main
 from esper.telemetry.contracts import PPOUpdatePayload
 from esper.telemetry.heads import flat_key
 

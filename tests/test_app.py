@@ -15,7 +15,7 @@ from textual.geometry import Region
 from textual.widget import Widget
 
 from esper import __version__
-from esper.actions import HEAD_NAMES, head_sizes
+from esper.morpho.actions import HEAD_NAMES, head_sizes
 from esper.sanctum.aggregator import SanctumAggregator
 from esper.sanctum.app import SanctumApp, render_screenshot, screenshot_svg
 from esper.sanctum.schema import (

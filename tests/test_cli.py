@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from esper.actions import HEAD_NAMES
+from esper.morpho.actions import HEAD_NAMES
 
 BIN = Path(sys.executable).parent
 
@@ -140,7 +140,7 @@ def test_sanctum_refuses_a_screenshot_it_should_not_write(
     extra: list[str],
     fragment: str,
 ) -> None:
-    from esper.cli import sanctum_main
+    from esper.cli.main import sanctum_main
 
     run_dir, _ = recorded_run
     (tmp_path / "a_dir.svg").mkdir()

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper.config import (
+from esper.rl.config import (
     MAX_ENVS,
     MAX_SEED,
     MAX_SLOTS,
@@ -38,7 +38,7 @@ def test_defaults_are_valid_and_batches_round_up() -> None:
 
 
 def test_ppo_config_lives_in_the_torch_free_module_and_ppo_reexports_it() -> None:
-    from esper import ppo
+    from esper.rl import ppo
 
     assert ppo.PPOConfig is PPOConfig
     assert TrainConfig().ppo == PPOConfig()

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper.actions import HEAD_NAMES
+from esper.morpho.actions import HEAD_NAMES
 from esper.telemetry.contracts import (
     EpisodeCompleted,
     EventType,

@@ -10,8 +10,8 @@ from gymnasium.utils.env_checker import check_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from esper import ENV_ID
-from esper.actions import (
+from esper.morpho import ENV_ID
+from esper.morpho.actions import (
     HEAD_NAMES,
     AlphaCurve,
     AlphaSpeed,
@@ -23,7 +23,7 @@ from esper.actions import (
     head_sizes,
     is_valid,
 )
-from esper.environment import (
+from esper.morpho.environment import (
     HISTORY,
     RENT,
     TERMINAL_WEIGHT,
@@ -31,8 +31,8 @@ from esper.environment import (
     observation_layout,
     step_reward,
 )
-from esper.lifecycle import LEGAL_TRANSITIONS, Stage
-from esper.tasks import TASKS, load_task
+from esper.morpho.lifecycle import LEGAL_TRANSITIONS, Stage
+from esper.morpho.tasks import TASKS, load_task
 
 NVEC = [4, 3, 5, 4, 3, 3, 4, 3]
 #: Host parameters on spirals (2 features, 3 classes, width 16, 3 slots), by hand.
@@ -289,7 +289,7 @@ def test_ansi_render_names_each_slot_stage() -> None:
 
 
 def test_the_default_task_is_spirals() -> None:
-    from esper.tasks import DEFAULT_TASK
+    from esper.morpho.tasks import DEFAULT_TASK
 
     assert DEFAULT_TASK == "spirals" and DEFAULT_TASK in TASKS
     assert MorphogeneticEnv().task.name == "spirals"
@@ -300,7 +300,7 @@ def test_on_the_default_task_early_norm_seeds_beat_waiting_and_late_ones() -> No
     growing and beats the same seeds from mid-episode, on the same hosts (paired seeds).
     Measured over 30 seeds (`esper eval`): +0.52 and +0.23; asserted here with a wide margin
     on 6 seeds."""
-    from esper.evaluate import BatchPolicy, heuristics, play, wait_policy
+    from esper.cli.evaluate import BatchPolicy, heuristics, play, wait_policy
 
     length, seeds = 25, list(range(20, 26))
     named = heuristics(length, 3)

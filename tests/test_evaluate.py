@@ -1,4 +1,4 @@
-"""`esper.evaluate` and `esper eval`: baselines on the env's own code path, statistics by
+"""`esper.cli.evaluate` and `esper eval`: baselines on the env's own code path, statistics by
 hand, determinism for a fixed seed, and the one-line exit-2 contract for bad input."""
 
 from __future__ import annotations
@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esper import evaluate as ev
-from esper.actions import Blueprint, Op, head_sizes
-from esper.checkpoint import CHECKPOINT_NAME, save_checkpoint
-from esper.cli import main
-from esper.config import TrainConfig
-from esper.environment import MorphogeneticEnv
-from esper.lifecycle import Stage
-from esper.ppo import PPOAgent
-from esper.runners import InProcessRunner
-from esper.trainer import observation_size
+from esper.cli import evaluate as ev
+from esper.cli.main import main
+from esper.morpho.actions import Blueprint, Op, head_sizes
+from esper.morpho.environment import MorphogeneticEnv
+from esper.morpho.lifecycle import Stage
+from esper.rl.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from esper.rl.config import TrainConfig
+from esper.rl.ppo import PPOAgent
+from esper.rl.runners import InProcessRunner
+from esper.rl.trainer import observation_size
 
 LENGTH, SLOTS = 4, 3
 BIN = Path(sys.executable).parent

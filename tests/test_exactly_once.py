@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from esper.analysis.runs import load_run
-from esper.cli import main
+from esper.cli.main import main
 from esper.sanctum.aggregator import aggregate_file
 from esper.telemetry.contracts import EventType, event_to_dict
 from esper.telemetry.recorder import EVENTS_FILE, committed_events, read_events

@@ -21,7 +21,6 @@ from synthetic_run import (
     relevant,
 )
 
-from esper.actions import HEAD_NAMES
 from esper.analysis import AnalysisError
 from esper.analysis.exporters import (
     EPISODE_STEP,
@@ -32,6 +31,7 @@ from esper.analysis.exporters import (
     make_exporters,
     update_scalars,
 )
+from esper.morpho.actions import HEAD_NAMES
 from esper.telemetry.contracts import PPOUpdatePayload
 from esper.telemetry.heads import HeadStats, UpdateStats
 from esper.telemetry.hub import TelemetryBackend, TelemetryHub

@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from esper.actions import BlendStyle, Blueprint
-from esper.host import HostNetwork, blend, build_seed, n_params
-from esper.tasks import load_task
+from esper.morpho.actions import BlendStyle, Blueprint
+from esper.morpho.host import HostNetwork, blend, build_seed, n_params
+from esper.morpho.tasks import load_task
 
 finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 pairs = st.integers(1, 40).flatmap(

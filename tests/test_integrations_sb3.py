@@ -366,7 +366,7 @@ def test_save_and_load_keep_recording(tmp_path: Path) -> None:
 # They read an SB3 run through the real CLIs.
 
 def _run_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    code = "import sys; from esper.cli import {0}; sys.exit({0}(sys.argv[1:]))"
+    code = "import sys; from esper.cli.main import {0}; sys.exit({0}(sys.argv[1:]))"
     entry = "sanctum_main" if args[0] == "sanctum" else "main"
     return subprocess.run(
         [sys.executable, "-c", code.format(entry), *args[1:]],

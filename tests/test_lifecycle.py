@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper.actions import AlphaCurve, AlphaSpeed, AlphaTarget, BlendStyle, Blueprint, Tempo
-from esper.lifecycle import (
+from esper.morpho.actions import AlphaCurve, AlphaSpeed, AlphaTarget, BlendStyle, Blueprint, Tempo
+from esper.morpho.lifecycle import (
     LEGAL_TRANSITIONS,
     IllegalTransitionError,
     LifecycleEvent,
@@ -249,5 +249,5 @@ def test_random_operations_follow_the_legal_table(ops: list[tuple]) -> None:
 
 
 def test_lifecycle_imports_no_torch() -> None:
-    code = "import sys, esper.lifecycle; sys.exit('torch' in sys.modules)"
+    code = "import sys, esper.morpho.lifecycle; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

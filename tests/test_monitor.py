@@ -12,7 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper.monitor import HeadRatioMonitor, open_run
+from esper.integrations.monitor import HeadRatioMonitor, open_run
 from esper.telemetry.contracts import (
     EventType,
     PPOUpdatePayload,

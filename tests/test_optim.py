@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from esper.optim import FusedAdam
+from esper.common.optim import FusedAdam
 
 
 def _net() -> nn.Module:
@@ -108,9 +108,9 @@ def test_bad_settings_and_mismatched_state() -> None:
 def test_a_training_step_never_imports_the_compiler() -> None:
     code = (
         "import sys, torch\n"
-        "from esper.ppo import PPOAgent\n"
-        "from esper.host import HostNetwork\n"
-        "from esper.actions import head_sizes\n"
+        "from esper.rl.ppo import PPOAgent\n"
+        "from esper.morpho.host import HostNetwork\n"
+        "from esper.morpho.actions import head_sizes\n"
         "agent = PPOAgent(56, head_sizes(3))\n"
         "host = HostNetwork(2, 2, torch.Generator().manual_seed(0), n_slots=3)\n"
         "x = torch.randn(8, 2); y = torch.randint(0, 2, (8,))\n"

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from esper.actions import HEAD_INDEX, HEAD_NAMES, RELEVANCE_TABLE, Op, head_sizes
-from esper.policy import TamiyoPolicy
+from esper.morpho.actions import HEAD_INDEX, HEAD_NAMES, RELEVANCE_TABLE, Op, head_sizes
+from esper.rl.policy import TamiyoPolicy
 
 OBS_DIM = 6
 N_SLOTS = 3

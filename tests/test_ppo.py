@@ -17,8 +17,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper.actions import HEAD_INDEX, HEAD_NAMES, ActionMasks, compute_masks, head_sizes
-from esper.ppo import (
+from esper.morpho.actions import HEAD_INDEX, HEAD_NAMES, ActionMasks, compute_masks, head_sizes
+from esper.rl.ppo import (
     PPOAgent,
     PPOConfig,
     RolloutBuffer,
@@ -28,7 +28,7 @@ from esper.ppo import (
     gae,
     head_ratio_stats,
 )
-from esper.rollout import collect_batch
+from esper.rl.rollout import collect_batch
 from esper.telemetry.heads import UPDATE_SCALARS
 
 N_SLOTS = 3

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from esper.actions import HEAD_NAMES
 from esper.analysis.runs import Table, load_run
+from esper.morpho.actions import HEAD_NAMES
 from esper.sanctum.aggregator import aggregate_file, replay_snapshots
 from esper.sanctum.app import screenshot_svg
 from esper.sanctum.schema import SanctumSnapshot

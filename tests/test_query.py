@@ -26,7 +26,6 @@ from synthetic_run import (
 )
 from test_report import one_error_line
 
-from esper.actions import HEAD_NAMES
 from esper.analysis import AnalysisError
 from esper.analysis.runs import (
     HEAD_STATS,
@@ -38,7 +37,8 @@ from esper.analysis.runs import (
     unique_labels,
     update_columns,
 )
-from esper.cli import main
+from esper.cli.main import main
+from esper.morpho.actions import HEAD_NAMES
 from esper.sanctum.aggregator import aggregate_file
 from esper.telemetry.contracts import PPOUpdatePayload
 from esper.telemetry.heads import HeadStats, UpdateStats, flat_key
@@ -301,7 +301,7 @@ def test_a_real_training_run_queries_like_the_aggregator(
 ) -> None:
     """One short real run (torch): the payloads PPOAgent writes load and match too."""
     torch = pytest.importorskip("torch")
-    from esper import cli
+    from esper.cli import main as cli
 
     run_dir = tmp_path / "real"
     args = ["ppo", "--task", "spirals", "--episodes", "2", "--episode-length", "3", "--no-tui"]

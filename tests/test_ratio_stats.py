@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from esper.ratio_stats import HeadRatioStats, head_ratio_stats, log_ratios
+from esper.rl.ratio_stats import HeadRatioStats, head_ratio_stats, log_ratios
 from esper.telemetry.heads import HeadStats, explain_explosion, iter_flat_heads
 
 T = torch.tensor

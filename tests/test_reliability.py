@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from esper.cli import main, sanctum_main
+from esper.cli.main import main, sanctum_main
 from esper.telemetry.recorder import RunRecorder
 
 BIN = Path(sys.executable).parent

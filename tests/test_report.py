@@ -23,10 +23,10 @@ from synthetic_run import (
     started,
 )
 
-from esper.actions import HEAD_NAMES
 from esper.analysis.commands import report_target
 from esper.analysis.runs import load_run, measured
-from esper.cli import main
+from esper.cli.main import main
+from esper.morpho.actions import HEAD_NAMES
 from esper.telemetry.contracts import EpisodeCompleted
 from esper.telemetry.emitter import TelemetryEmitter, emit_update
 from esper.telemetry.heads import ExplosionReport, HeadStats, UpdateStats, explosion_shares

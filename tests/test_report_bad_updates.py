@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from esper.analysis.runs import Run, Table, load_run
-from esper.cli import main
+from esper.cli.main import main
 
 report = pytest.importorskip("esper.analysis.report")
 

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from esper.cli import main
-from esper.rundir import LOCK_FILE, RunDirBusy, RunLock
+from esper.cli.main import main
 from esper.telemetry.recorder import EVENTS_FILE, RunRecorder
+from esper.telemetry.rundir import LOCK_FILE, RunDirBusy, RunLock
 
 BIN = Path(sys.executable).parent
 SMALL = [
@@ -77,7 +77,7 @@ def esper(*args: str, cwd: Path, limit_bytes: int | None = None) -> subprocess.P
 HOLDER = """
 import sys, time
 from pathlib import Path
-from esper.rundir import RunLock
+from esper.telemetry.rundir import RunLock
 lock = RunLock(Path(sys.argv[1]))
 print("locked", flush=True)
 sys.stdin.read()
@@ -208,7 +208,7 @@ def test_resuming_a_run_recorded_by_sb3_or_a_monitor_says_so(
 ) -> None:
     import torch
 
-    from esper.monitor import HeadRatioMonitor
+    from esper.integrations.monitor import HeadRatioMonitor
 
     run_dir = tmp_path / "run"
     with HeadRatioMonitor(run_dir, {"a": 2, "b": 3}, config=config) as monitor:
@@ -371,7 +371,7 @@ def test_an_update_that_makes_weights_non_finite_is_reverted_and_counted_as_skip
     logged as skipped, and after max_bad_updates of them the run stops with one line."""
     import torch
 
-    from esper.ppo import PPOAgent
+    from esper.rl.ppo import PPOAgent
 
     original = PPOAgent.update
     poisoned: list[int] = []
@@ -414,10 +414,10 @@ def test_a_killed_fork_server_costs_a_worker_restart_not_a_traceback(
 ) -> None:
     from multiprocessing import forkserver
 
-    from esper.config import PPOConfig, TrainConfig
+    from esper.rl.config import PPOConfig, TrainConfig
+    from esper.rl.trainer import Trainer
     from esper.telemetry.contracts import EventType, TelemetryEvent
     from esper.telemetry.emitter import TelemetryEmitter
-    from esper.trainer import Trainer
 
     class Sink(list[TelemetryEvent]):
         def publish(self, event: TelemetryEvent) -> None:
@@ -464,7 +464,7 @@ def test_a_raw_pickle_checkpoint_is_refused_in_one_line(
 
 
 def test_query_takes_its_flags_anywhere(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from esper.cli import main as esper_main
+    from esper.cli.main import main as esper_main
 
     run_dir = tmp_path / "run"
     assert main(["ppo", "--episodes", "2", *SMALL, "--run-dir", str(run_dir)]) == 0
@@ -500,7 +500,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_not_torchs_archive_error(
     import errno
     import io
 
-    import esper.checkpoint
+    import esper.rl.checkpoint
 
     real_fdopen = os.fdopen
     writes = {"checkpoints": 0}
@@ -527,7 +527,7 @@ def test_disk_full_during_a_checkpoint_is_one_line_not_torchs_archive_error(
             self.file.close()
             super().close()
 
-    monkeypatch.setattr(esper.checkpoint.os, "fdopen", lambda fd, mode: Full(fd))
+    monkeypatch.setattr(esper.rl.checkpoint.os, "fdopen", lambda fd, mode: Full(fd))
     run_dir = tmp_path / "run"
     assert main(["ppo", "--episodes", "6", *SMALL, "--run-dir", str(run_dir)]) == 1
     err = capsys.readouterr().err

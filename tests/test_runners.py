@@ -24,13 +24,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper import cli
-from esper.actions import head_sizes
-from esper.config import ConfigError, TrainConfig
-from esper.environment import MorphogeneticEnv
-from esper.ppo import PPOAgent, PPOConfig
-from esper.rollout import collect_batch
-from esper.runners import (
+from esper.cli import main as cli
+from esper.morpho.actions import head_sizes
+from esper.morpho.environment import MorphogeneticEnv
+from esper.rl.config import ConfigError, TrainConfig
+from esper.rl.ppo import PPOAgent, PPOConfig
+from esper.rl.rollout import collect_batch
+from esper.rl.runners import (
     MAX_RESTARTS_PER_CALL,
     EnvFactory,
     EnvGroup,
@@ -44,6 +44,7 @@ from esper.runners import (
     unreachable_address,
     worker_envs,
 )
+from esper.rl.trainer import Trainer
 from esper.sanctum.aggregator import SanctumAggregator
 from esper.sanctum.widgets.header import HeaderView, render_header
 from esper.telemetry.contracts import (
@@ -55,7 +56,6 @@ from esper.telemetry.contracts import (
     WorkerStatus,
 )
 from esper.telemetry.emitter import TelemetryEmitter
-from esper.trainer import Trainer
 
 LENGTH, N_ENVS = 5, 3
 #: A full batch of three episodes, then a partial one of two (the last batch of a run).

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from synthetic_run import MANY_HEADS, XYZ_HEADS, record_synthetic_run
 
-from esper.actions import HEAD_NAMES
+from esper.morpho.actions import HEAD_NAMES
 from esper.sanctum.aggregator import aggregate_file
 from esper.sanctum.app import SanctumApp
 from esper.sanctum.schema import (

@@ -12,9 +12,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper.cli import _esper_parser, config_from_args, main
-from esper.config import ConfigError, PPOConfig, TrainConfig
-from esper.threads import (
+from esper.cli.main import _esper_parser, config_from_args, main
+from esper.rl.config import ConfigError, PPOConfig, TrainConfig
+from esper.rl.threads import (
     PARALLEL_MIN_MACS,
     choose_threads,
     learner_threads,
@@ -66,7 +66,7 @@ def test_threads_flag_sets_the_config() -> None:
 
 def test_threads_flag_zero_is_one_line_exit_2(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "esper.cli", "ppo", "--threads", "0", "--no-tui"],
+        [sys.executable, "-m", "esper.cli.main", "ppo", "--threads", "0", "--no-tui"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

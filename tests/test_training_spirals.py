@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from esper.actions import HEAD_NAMES, head_sizes
-from esper.environment import MorphogeneticEnv
-from esper.ppo import PPOAgent, PPOConfig, RolloutBuffer
-from esper.rollout import collect_batch
+from esper.morpho.actions import HEAD_NAMES, head_sizes
+from esper.morpho.environment import MorphogeneticEnv
+from esper.rl.ppo import PPOAgent, PPOConfig, RolloutBuffer
+from esper.rl.rollout import collect_batch
 from esper.telemetry.heads import UpdateStats
 
 N_ENVS, LENGTH, SEED = 2, 12, 0

@@ -9,7 +9,7 @@ from gymnasium import spaces
 from hypothesis import given
 from hypothesis import strategies as st
 
-from esper.wrappers import DiscretizeActions
+from esper.integrations.gym import DiscretizeActions
 
 
 class BoxEnv(gymnasium.Env):

@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
         "missing): pip install 'esper-ppo[sb3]'"
     ) from exc
 
-from esper.monitor import DEFAULT_EXPLOSION_THRESHOLD, HeadRatioMonitor
+from esper.integrations.monitor import DEFAULT_EXPLOSION_THRESHOLD, HeadRatioMonitor
 from esper.telemetry.heads import HEAD_STATS, check_head_names
 
 #: A user's say on relevance: (observations, actions [N, heads] long) -> [N, heads] bool.
@@ -243,7 +243,7 @@ def _head_sizes(action_space: spaces.Space) -> tuple[int, ...]:
         return tuple(int(n) for n in action_space.nvec)
     raise ValueError(
         f"per-head telemetry needs a MultiDiscrete (or Discrete) action space, got "
-        f"{action_space}; a Box can be discretised with esper.wrappers.DiscretizeActions"
+        f"{action_space}; a Box can be discretised with esper.integrations.gym.DiscretizeActions"
     )
 
 

@@ -20,8 +20,8 @@ import math
 import sys
 from pathlib import Path
 
-from esper.actions import HEAD_NAMES
 from esper.analysis.runs import load_run
+from esper.morpho.actions import HEAD_NAMES
 from esper.sanctum.aggregator import aggregate_file, replay_snapshots
 from esper.sanctum.app import screenshot_svg
 from esper.telemetry.emitter import TelemetryEmitter

@@ -53,7 +53,7 @@ import numpy.typing as npt
 import torch
 from gymnasium import spaces
 
-from esper.actions import (
+from esper.morpho.actions import (
     HEAD_NAMES,
     ActionMasks,
     AlphaCurve,
@@ -67,9 +67,9 @@ from esper.actions import (
     head_sizes,
     is_valid,
 )
-from esper.host import HostNetwork
-from esper.lifecycle import LifecycleEvent, SlotLifecycle, Stage
-from esper.tasks import DEFAULT_TASK, load_task
+from esper.morpho.host import HostNetwork
+from esper.morpho.lifecycle import LifecycleEvent, SlotLifecycle, Stage
+from esper.morpho.tasks import DEFAULT_TASK, load_task
 
 FloatArray = npt.NDArray[np.float32]
 

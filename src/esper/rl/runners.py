@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from esper.actions import ActionMasks
+from esper.morpho.actions import ActionMasks
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -658,12 +658,12 @@ class _ProcessWorker:
 
 #: Modules the fork server imports once, so that a worker starts, or restarts, in a fork
 #: (0.1 s) instead of a fresh interpreter importing torch (3 s of CPU) and scikit-learn
-#: for the digits task (2 s). The host's optimiser (`esper.optim.FusedAdam`) no longer
+#: for the digits task (2 s). The host's optimiser (`esper.common.optim.FusedAdam`) no longer
 #: pulls in torch._dynamo, so neither does a worker.
 FORKSERVER_PRELOAD = [
     "__main__",
-    "esper.runners",
-    "esper.environment",
+    "esper.rl.runners",
+    "esper.morpho.environment",
     "sklearn.datasets",
     "sklearn.model_selection",
     "sklearn.preprocessing",

@@ -2,7 +2,7 @@
 
 This is the only place that knows both PPO internals and telemetry: it turns the
 agent's metrics dict into events and never lets a downstream consumer see a tensor.
-It also picks where the envs step (`config.backend`, see `esper.runners`); what workers
+It also picks where the envs step (`config.backend`, see `esper.rl.runners`); what workers
 report (lifecycle changes, episode outcomes, restarts, throughput) is emitted here,
 tagged with the worker, through the same emitter as everything else.
 """
@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from esper import __version__
-from esper.actions import head_sizes
-from esper.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from esper.config import TrainConfig, parse_fault
-from esper.environment import MorphogeneticEnv, observation_layout
-from esper.ppo import PPOAgent
-from esper.rollout import collect_batch
-from esper.runners import (
+from esper.morpho.actions import head_sizes
+from esper.morpho.environment import MorphogeneticEnv, observation_layout
+from esper.rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from esper.rl.config import TrainConfig, parse_fault
+from esper.rl.ppo import PPOAgent
+from esper.rl.rollout import collect_batch
+from esper.rl.runners import (
     EnvRunner,
     FactoredEnv,
     InProcessRunner,
@@ -39,6 +39,7 @@ from esper.runners import (
     WorkerError,
     make_runner,
 )
+from esper.rl.threads import learner_threads
 from esper.telemetry.contracts import (
     PAYLOAD_TYPES,
     EpisodeCompleted,
@@ -54,7 +55,6 @@ from esper.telemetry.contracts import (
 )
 from esper.telemetry.emitter import TelemetryEmitter, update_payloads
 from esper.telemetry.recorder import EVENTS_FILE, RUN_FILE, read_events
-from esper.threads import learner_threads
 
 UPDATE_EVENTS = frozenset({EventType.PPO_UPDATE_COMPLETED, EventType.PPO_UPDATE_SKIPPED})
 

@@ -3,7 +3,7 @@
 The CLI validates everything here before the training stack is imported, so a typo
 in a flag or a config file costs the operator a one-line message, not a traceback
 after a three-second torch import. The PPO hyper-parameters live here once, as
-`PPOConfig`, nested in `TrainConfig.ppo`; `esper.ppo` re-exports it.
+`PPOConfig`, nested in `TrainConfig.ppo`; `esper.rl.ppo` re-exports it.
 
 Every value is range-checked: finite, of the right type (a bool is not a number), and
 within bounds that keep a run from being absurd (a million slots, a billion envs), so a
@@ -21,11 +21,11 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
-from esper.actions import HEAD_NAMES
-from esper.tasks import TASKS
+from esper.morpho.actions import HEAD_NAMES
+from esper.morpho.tasks import TASKS
 
 CLIP_MODES: tuple[str, ...] = ("per_head", "joint")
-#: Where the envs step (esper.runners): this process, local worker processes, Ray actors.
+#: Where the envs step (esper.rl.runners): this process, local worker processes, Ray actors.
 BACKENDS: tuple[str, ...] = ("inprocess", "processes", "ray")
 ClipMode = Literal["per_head", "joint"]
 
@@ -224,7 +224,7 @@ class TrainConfig:
     #: Fault injection for tests and drills: "HEAD=nan@FIRST[-LAST]" (or inf) makes that
     #: head's logits non-finite in every minibatch of updates FIRST..LAST (batch indices).
     fault: str | None = None
-    #: Torch intra-op threads of the learner (default: chosen by size, esper.threads).
+    #: Torch intra-op threads of the learner (default: chosen by size, esper.rl.threads).
     threads: int | None = None
 
     def __post_init__(self) -> None:

@@ -113,7 +113,7 @@ _LOADERS: dict[str, Callable[[int], Task]] = {
 #: Known task names.
 TASKS: tuple[str, ...] = tuple(_LOADERS)
 #: The task a run trains on unless told otherwise: the one on which growing pays (the
-#: reasoning and the numbers are in esper.environment's docstring).
+#: reasoning and the numbers are in esper.morpho.environment's docstring).
 DEFAULT_TASK = "spirals"
 
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from esper.actions import (
+from esper.morpho.actions import (
     HEAD_INDEX,
     HEAD_NAMES,
     AlphaTarget,
@@ -38,8 +38,8 @@ from esper.actions import (
 )
 
 if TYPE_CHECKING:  # torch loads only once `esper eval` knows its arguments are good
-    from esper.environment import MorphogeneticEnv
-    from esper.runners import EnvStates
+    from esper.morpho.environment import MorphogeneticEnv
+    from esper.rl.runners import EnvStates
 
 IntArray = npt.NDArray[np.int64]
 
@@ -164,7 +164,7 @@ def play(
     episode_length: int,
 ) -> list[dict[str, Any]]:
     """One episode per seed, all envs in lock step; each env's `info["episode"]`."""
-    from esper.runners import InProcessRunner
+    from esper.rl.runners import InProcessRunner
 
     envs = [make_env() for _ in seeds]
     runner = InProcessRunner(envs)
@@ -316,14 +316,14 @@ def tamiyo_policies(agent: Any) -> dict[str, BatchPolicy]:
 def load_run_agent(run_dir: Path) -> tuple[Any, dict[str, Any]]:
     """The run's PPO agent restored from its checkpoint, and what the env needs to know.
 
-    The checkpoint is read with `weights_only=True` (see `esper.checkpoint`). The agent is
+    The checkpoint is read with `weights_only=True` (see `esper.rl.checkpoint`). The agent is
     rebuilt from the checkpoint's own shapes (observation size, head sizes, trunk width),
     so evaluation reads only `task`, `slots` and `episode_length` from the run's config.
     Anything missing, foreign or of the wrong shape is an `EvalError`.
     """
-    from esper.checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from esper.ppo import PPOAgent, PPOConfig
-    from esper.tasks import TASKS
+    from esper.morpho.tasks import TASKS
+    from esper.rl.checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from esper.rl.ppo import PPOAgent, PPOConfig
 
     path = run_dir / CHECKPOINT_NAME
     if not run_dir.is_dir():
@@ -368,7 +368,7 @@ def evaluate_run(
         raise EvalError(f"--seed must be a whole number >= 0, got {seed}")
     agent, cfg = load_run_agent(run_dir)
     length, n_slots = int(cfg["episode_length"]), int(cfg["slots"])
-    from esper.environment import MorphogeneticEnv
+    from esper.morpho.environment import MorphogeneticEnv
 
     def make_env() -> MorphogeneticEnv:
         return MorphogeneticEnv(task=cfg["task"], n_slots=n_slots, episode_length=length)

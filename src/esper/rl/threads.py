@@ -1,6 +1,6 @@
 """How many torch intra-op threads the learner uses: one, unless its matrices are large.
 
-The envs already step at one thread (`esper.runners.ENV_THREADS`): a host epoch is many
+The envs already step at one thread (`esper.rl.runners.ENV_THREADS`): a host epoch is many
 tiny kernels. The learner's kernels are tiny too: a minibatch of 13 samples through a
 128-unit trunk is far below the size at which splitting a matrix product over cores
 pays for waking the other threads. Measured on the 2-CPU reference machine with other
@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 
-from esper.config import TrainConfig
+from esper.rl.config import TrainConfig
 
 #: Multiply-accumulates of the trunk's hidden x hidden layer on one minibatch below which
 #: one thread is fastest. The largest size measured (256 samples x hidden 512, 2**26)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical
 
-from esper.actions import HEAD_INDEX, HEAD_NAMES, RELEVANCE_TABLE, Op
+from esper.morpho.actions import HEAD_INDEX, HEAD_NAMES, RELEVANCE_TABLE, Op
 
 N_HEADS = len(HEAD_NAMES)
 N_OPS = len(Op)

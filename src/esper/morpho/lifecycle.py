@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from esper.actions import (
+from esper.morpho.actions import (
     ALPHA_SPEED_EPOCHS,
     ALPHA_TARGET_VALUES,
     TEMPO_EPOCHS,

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from esper.actions import BlendStyle, Blueprint
-from esper.optim import FusedAdam
+from esper.common.optim import FusedAdam
+from esper.morpho.actions import BlendStyle, Blueprint
 
 DEFAULT_WIDTH = 16
 DEFAULT_LR = 5e-3

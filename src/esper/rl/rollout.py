@@ -2,7 +2,7 @@
 
 The per-head log-probs of the actions are stored as they were at rollout time: PPO's
 ratios are taken against them, which is what lets the per-head ratio maxima move.
-Where the envs step is the runner's business (`esper.runners`); the acting, and so every
+Where the envs step is the runner's business (`esper.rl.runners`); the acting, and so every
 number of the batch, happens here in the driver whatever the runner.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from esper.ppo import PPOAgent, RolloutBuffer
-from esper.runners import EnvRunner, FactoredEnv, InProcessRunner
+from esper.rl.ppo import PPOAgent, RolloutBuffer
+from esper.rl.runners import EnvRunner, FactoredEnv, InProcessRunner
 
 __all__ = ["FactoredEnv", "StepCallback", "collect_batch"]
 

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from esper.config import ClipMode, PPOConfig
-from esper.optim import FusedAdam
-from esper.policy import N_HEADS, N_OPS, TamiyoPolicy
-from esper.ratio_stats import HeadRatioStats, head_log_ratios, head_ratio_stats
+from esper.common.optim import FusedAdam
+from esper.rl.config import ClipMode, PPOConfig
+from esper.rl.policy import N_HEADS, N_OPS, TamiyoPolicy
+from esper.rl.ratio_stats import HeadRatioStats, head_log_ratios, head_ratio_stats
 from esper.telemetry.heads import LOG_RATIO_CLAMP, UpdateStats
 
 __all__ = [

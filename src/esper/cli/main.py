@@ -21,8 +21,9 @@ from typing import Any, NoReturn
 from esper.analysis import AnalysisError
 from esper.analysis.commands import add_analysis_commands
 from esper.analysis.exporters import make_exporters
-from esper.checkpoint import CHECKPOINT_NAME
-from esper.config import (
+from esper.cli.evaluate import add_eval_command
+from esper.rl.checkpoint import CHECKPOINT_NAME
+from esper.rl.config import (
     BACKENDS,
     CLIP_MODES,
     TASKS,
@@ -31,8 +32,9 @@ from esper.config import (
     build_config,
     read_config_file,
 )
-from esper.evaluate import add_eval_command
-from esper.rundir import (
+from esper.rl.threads import learner_threads
+from esper.telemetry.recorder import EVENTS_FILE
+from esper.telemetry.rundir import (
     NewRunDir,
     RunDirError,
     check_not_busy,
@@ -41,8 +43,6 @@ from esper.rundir import (
     new_run_id,
     prepare_run_dir,
 )
-from esper.telemetry.recorder import EVENTS_FILE
-from esper.threads import learner_threads
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -248,7 +248,7 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
     Call with the run directory locked: the checkpoint and log must not move meanwhile.
     """
     run_dir = check_resume_args(args)
-    from esper.trainer import ForeignRunError, load_resume_point
+    from esper.rl.trainer import ForeignRunError, load_resume_point
 
     try:
         point = load_resume_point(run_dir)
@@ -333,10 +333,10 @@ def run_ppo(args: argparse.Namespace) -> int:
         _fail("esper ppo", str(exc))
     config = replace(config, threads=learner_threads(config))  # the count, into run.json
 
+    from esper.rl.trainer import Trainer
     from esper.telemetry.emitter import TelemetryEmitter
     from esper.telemetry.hub import TelemetryHub
     from esper.telemetry.recorder import RunRecorder
-    from esper.trainer import Trainer
 
     hub = TelemetryHub()
     emitter = TelemetryEmitter(
@@ -401,7 +401,7 @@ def run_ppo(args: argparse.Namespace) -> int:
 
 
 def _run_headless(trainer: Any, hub: Any, config: TrainConfig, run_dir: Path) -> int:
-    from esper.console import ConsoleBackend
+    from esper.cli.console import ConsoleBackend
 
     console = ConsoleBackend(config.episodes, completed=trainer.episodes_done)
     hub.add_backend(console)
@@ -448,7 +448,7 @@ def _train(trainer: Any) -> _Outcome:
 
 def _exit_code(outcome: _Outcome, trainer: Any, terminated: bool = False) -> int:
     """0 done, 130 interrupted, 143 terminated, 1 failed (traceback only if unexpected)."""
-    from esper.trainer import TrainingError
+    from esper.rl.trainer import TrainingError
 
     if outcome.error is None:
         if terminated:

@@ -28,8 +28,7 @@ import torch
 from torch import Tensor
 
 from esper import __version__
-from esper.ratio_stats import HeadRatioStats, log_ratios
-from esper.rundir import RunDirError, RunLock, lock_run_dir, new_run_id, prepare_run_dir
+from esper.rl.ratio_stats import HeadRatioStats, log_ratios
 from esper.telemetry.contracts import (
     EpisodeCompleted,
     TrainingFailed,
@@ -40,6 +39,7 @@ from esper.telemetry.emitter import TelemetryEmitter, emit_update
 from esper.telemetry.heads import UPDATE_SCALARS, HeadStats, UpdateStats, check_head_names
 from esper.telemetry.hub import TelemetryHub
 from esper.telemetry.recorder import EVENTS_FILE, RunRecorder, read_events
+from esper.telemetry.rundir import RunDirError, RunLock, lock_run_dir, new_run_id, prepare_run_dir
 
 #: The joint ratio max above which an update carries an explosion report (as esper's PPO).
 DEFAULT_EXPLOSION_THRESHOLD = 2.0
@@ -68,7 +68,7 @@ def open_run(
 ) -> OpenRun:
     """Create a fresh run directory (default `runs/<run-id>`) and start recording into it.
 
-    The directory is created and locked as `esper ppo` does (`esper.rundir`): one writer
+    The directory is created and locked as `esper ppo` does (`esper.telemetry.rundir`): one writer
     per run directory, an existing run refused. With `continue_run` the directory must
     hold a run instead, and recording appends to it with its run id, sequence numbers and
     update indices going on (as `esper ppo --resume` does). Raises ValueError
