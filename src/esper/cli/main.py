@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 from esper.analysis import AnalysisError
 from esper.analysis.commands import add_analysis_commands
 from esper.analysis.exporters import make_exporters
+from esper.cli.envs import env_spec
 from esper.cli.evaluate import add_eval_command
 from esper.rl.checkpoint import CHECKPOINT_NAME
 from esper.rl.config import (
@@ -331,7 +332,14 @@ def run_ppo(args: argparse.Namespace) -> int:
         run_dir, run_id, config, resume, lock = _open_run(args)
     except (ConfigError, UsageError) as exc:
         _fail("esper ppo", str(exc))
-    config = replace(config, threads=learner_threads(config))  # the count, into run.json
+    try:
+        spec = env_spec(config)
+    except ConfigError as exc:
+        if lock is not None:
+            lock.release()
+        _fail("esper ppo", str(exc))
+    # the count, into run.json
+    config = replace(config, threads=learner_threads(config, spec.batch_steps))
 
     from esper.rl.trainer import Trainer
     from esper.telemetry.emitter import TelemetryEmitter
@@ -349,7 +357,7 @@ def run_ppo(args: argparse.Namespace) -> int:
     new_dir: NewRunDir | None = None
     try:
         try:
-            trainer = Trainer(config, emitter, run_dir, stop=stop, resume=resume)
+            trainer = Trainer(config, emitter, run_dir, spec, stop=stop, resume=resume)
         except Exception as exc:  # e.g. a checkpoint whose agent does not fit its config
             where = run_dir / CHECKPOINT_NAME if resume is not None else "the run"
             raise UsageError(f"cannot start {where}: {_first_line(exc)}") from None

@@ -13,6 +13,8 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
+from esper.common.spaces import FactoredActions
+
 BoolArray = npt.NDArray[np.bool_]
 
 #: The eight heads, in the order used by every tensor, array and table in esper.
@@ -140,6 +142,15 @@ def head_sizes(n_slots: int = DEFAULT_SLOTS) -> dict[str, int]:
 def relevance_mask(ops: npt.ArrayLike) -> BoolArray:
     """Per-sample relevance of each head ([N, 8] bool) for an array of op indices."""
     return RELEVANCE_TABLE[np.asarray(ops, dtype=np.int64)]
+
+
+def factored_actions(n_slots: int = DEFAULT_SLOTS) -> FactoredActions:
+    """The declaration the algorithm trains on: the eight heads, op as the selector that
+    decides relevance (RELEVANT_HEADS) and the legal slots."""
+    sizes = head_sizes(n_slots)
+    return FactoredActions(
+        names=HEAD_NAMES, sizes=tuple(sizes.values()), selector="op", relevance=RELEVANCE_TABLE
+    )
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ from esper.morpho.actions import (
     Op,
     Tempo,
     compute_masks,
+    factored_actions,
     head_sizes,
     is_valid,
 )
@@ -162,6 +163,8 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         self.device = torch.device(device)
         sizes = head_sizes(n_slots)
         self.action_space = spaces.MultiDiscrete([sizes[h] for h in HEAD_NAMES])
+        #: The heads as the algorithm sees them (esper.common.spaces).
+        self.factored_actions = factored_actions(n_slots)
         layout = observation_layout(n_slots)
         low = np.concatenate([np.full(n, lo, dtype=np.float32) for _, n, lo, _ in layout])
         high = np.concatenate([np.full(n, hi, dtype=np.float32) for _, n, _, hi in layout])
@@ -254,6 +257,12 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
             [lc.can_mutate for lc in self._slots],
             [lc.can_kill for lc in self._slots],
         )
+
+    def legal_actions(self) -> npt.NDArray[np.bool_]:
+        """The legal values `[ops, heads, width]` the policy samples under: the op mask,
+        and the slot mask of each op (GROW into an empty slot, KILL a live seed, ...)."""
+        masks = self.structured_masks()
+        return self.factored_actions.legal({"op": masks.op, "slot": masks.slot_by_op})
 
     def action_masks(self) -> npt.NDArray[np.bool_]:
         """The flat per-head mask, in the layout maskable PPO implementations expect."""

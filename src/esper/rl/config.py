@@ -226,6 +226,9 @@ class TrainConfig:
     fault: str | None = None
     #: Torch intra-op threads of the learner (default: chosen by size, esper.rl.threads).
     threads: int | None = None
+    env_id: str | None = None
+    bins: int | None = None
+    rollout_steps: int | None = None
 
     def __post_init__(self) -> None:
         validate(self)

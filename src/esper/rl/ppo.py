@@ -34,8 +34,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from esper.common.optim import FusedAdam
+from esper.common.spaces import FactoredActions
 from esper.rl.config import ClipMode, PPOConfig
-from esper.rl.policy import N_HEADS, N_OPS, TamiyoPolicy
+from esper.rl.policy import FactoredPolicy
 from esper.rl.ratio_stats import HeadRatioStats, head_log_ratios, head_ratio_stats
 from esper.telemetry.heads import LOG_RATIO_CLAMP, UpdateStats
 
@@ -93,8 +94,7 @@ class Batch(NamedTuple):
     old_log_probs: Tensor
     advantages: Tensor
     returns: Tensor
-    op_mask: Tensor
-    slot_by_op: Tensor
+    legal: Tensor  # [B, cases, heads, width] (esper.common.spaces)
 
     def select(self, index: Tensor) -> Batch:
         return Batch(*(field.index_select(0, index) for field in self))
@@ -113,7 +113,7 @@ class RolloutBuffer:
         n_steps: int,
         n_envs: int,
         obs_dim: int,
-        n_slots: int,
+        actions: FactoredActions,
         device: torch.device | str = "cpu",
         gamma: float = 0.99,
         gae_lambda: float = 0.95,
@@ -126,13 +126,12 @@ class RolloutBuffer:
             return torch.zeros(n_steps, n_envs, *shape, dtype=dtype, device=self.device)
 
         self.obs = zeros(obs_dim)
-        self.actions = zeros(N_HEADS, dtype=torch.int64)
-        self.log_probs = zeros(N_HEADS)
+        self.actions = zeros(actions.n_heads, dtype=torch.int64)
+        self.log_probs = zeros(actions.n_heads)
         self.values = zeros()
         self.rewards = zeros()
         self.episode_starts = zeros(dtype=torch.bool)
-        self.op_mask = zeros(N_OPS, dtype=torch.bool)
-        self.slot_by_op = zeros(N_OPS, n_slots, dtype=torch.bool)
+        self.legal = zeros(*actions.legal_shape, dtype=torch.bool)
         self.advantages: Tensor | None = None
         self.returns: Tensor | None = None
 
@@ -146,8 +145,7 @@ class RolloutBuffer:
         values: npt.ArrayLike | Tensor,
         rewards: npt.ArrayLike | Tensor,
         episode_starts: npt.ArrayLike | Tensor,
-        op_mask: npt.ArrayLike | Tensor,
-        slot_by_op: npt.ArrayLike | Tensor,
+        legal: npt.ArrayLike | Tensor,
     ) -> None:
         """Write step `t` of every env (arrays with a leading env axis)."""
         given = {
@@ -157,8 +155,7 @@ class RolloutBuffer:
             "values": values,
             "rewards": rewards,
             "episode_starts": episode_starts,
-            "op_mask": op_mask,
-            "slot_by_op": slot_by_op,
+            "legal": legal,
         }
         for name, value in given.items():
             target: Tensor = getattr(self, name)
@@ -189,8 +186,7 @@ class RolloutBuffer:
             self.log_probs,
             self.advantages,
             self.returns,
-            self.op_mask,
-            self.slot_by_op,
+            self.legal,
         )
         return Batch(*(f.flatten(0, 1) for f in fields))
 
@@ -346,12 +342,15 @@ class _Minibatches:
 
 
 class PPOAgent:
-    """The Tamiyo policy, its Adam optimizer and the PPO update with per-head telemetry."""
+    """A factored policy, its Adam optimizer and the PPO update with per-head telemetry.
+
+    It trains on any `FactoredActions` declaration; on the morphogenetic env it is Tamiyo.
+    """
 
     def __init__(
         self,
         obs_dim: int,
-        head_sizes: Mapping[str, int],
+        actions: FactoredActions,
         config: PPOConfig | None = None,
         device: torch.device | str = "cpu",
         seed: int = 0,
@@ -359,10 +358,11 @@ class PPOAgent:
         self.config = config or PPOConfig()
         self.device = torch.device(device)
         self.obs_dim = obs_dim
-        self.head_sizes = dict(head_sizes)
+        self.actions = actions
+        self.head_sizes = actions.head_sizes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            policy = TamiyoPolicy(obs_dim, head_sizes, self.config.hidden)
+            policy = FactoredPolicy(obs_dim, actions, self.config.hidden)
         self.policy = policy.to(self.device)
         # Fused Adam honours `found_inf` on the device: the sync-free skip of a minibatch.
         self.optimizer = FusedAdam(self.policy.parameters(), lr=self.config.lr)
@@ -376,15 +376,14 @@ class PPOAgent:
     def act(
         self,
         obs: npt.ArrayLike,
-        op_mask: npt.ArrayLike,
-        slot_by_op: npt.ArrayLike,
+        legal: npt.ArrayLike,
         deterministic: bool = False,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32]]:
-        """Actions [N, 8], per-head log-probs [N, 8] and values [N] for a batch of states."""
+        """Actions [N, H], per-head log-probs [N, H] and values [N] for a batch of states
+        with legal values `legal` [N, cases, H, W]."""
         actions, log_probs, values = self.policy.act(
             self._tensor(obs, torch.float32),
-            self._tensor(op_mask, torch.bool),
-            self._tensor(slot_by_op, torch.bool),
+            self._tensor(legal, torch.bool),
             deterministic=deterministic,
             generator=self._sample_gen,
         )
@@ -399,7 +398,7 @@ class PPOAgent:
     @property
     def head_names(self) -> tuple[str, ...]:
         """The policy's heads, in the order of its action vectors."""
-        return tuple(self.policy.head_sizes)
+        return self.actions.names
 
     def minibatch_indices(self, n_samples: int) -> list[tuple[Tensor, ...]]:
         """Each epoch's minibatches as sample-index tensors: a fresh permutation per epoch
@@ -489,7 +488,7 @@ class PPOAgent:
         """
         cfg = self.config
         log_probs, entropies, values, relevant = self.policy.evaluate_actions(
-            mb.obs, mb.actions, mb.op_mask, mb.slot_by_op
+            mb.obs, mb.actions, mb.legal
         )
         advantages = mb.advantages
         if cfg.normalize_advantage and advantages.shape[0] > 1:
@@ -545,6 +544,7 @@ class PPOAgent:
         return {
             "obs_dim": self.obs_dim,
             "head_sizes": dict(self.head_sizes),
+            "actions": self.actions.to_dict(),
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "sample_generator": self._sample_gen.get_state(),
@@ -558,8 +558,15 @@ class PPOAgent:
                 f"checkpoint is for obs_dim={state['obs_dim']}, head_sizes={state['head_sizes']}; "
                 f"this agent has obs_dim={self.obs_dim}, head_sizes={self.head_sizes}"
             )
-        # Checkpoints before 2026-12 also hold `log_head_sizes`, derived from the sizes.
-        policy = {k: v for k, v in state["policy"].items() if k != "log_head_sizes"}
+        if "actions" in state and FactoredActions.from_dict(state["actions"]) != self.actions:
+            raise ValueError(
+                f"checkpoint is for heads {state['actions']}; this agent has "
+                f"{self.actions.to_dict()}"
+            )
+        # Older checkpoints also hold buffers derived from the declaration (`value_exists`,
+        # `log_head_sizes`); this policy rebuilds them from its own.
+        derived = {"log_head_sizes", "value_exists"}
+        policy = {k: v for k, v in state["policy"].items() if k not in derived}
         self.policy.load_state_dict(policy)
         self.optimizer.load_state_dict(state["optimizer"])
         self._sample_gen.set_state(state["sample_generator"])

@@ -5,9 +5,9 @@ sampling generator), so the actions, and with them every number of a run, are th
 whichever runner steps the envs: the backend changes the wall time only. A runner only
 steps. `reset(seeds)` starts an episode in each of the first `len(seeds)` envs (the last
 batch of a run may be smaller), `step(actions)` advances those envs by one action each;
-both return what the agent needs next, the observations and the op-conditioned validity
-masks, and `step` also the rewards, end flags and per-env info dicts (lifecycle events,
-episode summaries), which travel back with the results.
+both return what the agent needs next, the observations and the legal values of every
+head (`esper.common.spaces`), and `step` also the rewards, end flags and per-env info
+dicts (lifecycle events, episode summaries), which travel back with the results.
 
 Env compute runs at `ENV_THREADS` intra-op torch threads in every backend: torch's float
 results depend on the thread count (the digits host drifts apart after a few epochs at 1
@@ -26,7 +26,7 @@ sent again. `on_restart` hears of every replacement (the trainer emits a warning
 Why the processes backend is not gymnasium's `AsyncVectorEnv`: it runs one process per env
 (no `workers < envs`), merges the info dicts into numpy arrays (the lists of lifecycle
 events and the episode summary would come back as object arrays to unpick), needs a
-second round trip per step (`call`) for the structured masks, and a dead worker breaks the
+second round trip per step (`call`) for the legal values, and a dead worker breaks the
 whole vector env with no way to replace that one worker and replay its episodes. A pipe per
 worker from the standard library's `multiprocessing` does all of it in a few lines.
 """
@@ -54,7 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from esper.morpho.actions import ActionMasks
+from esper.common.spaces import FactoredActions
 
 FloatArray = npt.NDArray[np.float32]
 BoolArray = npt.NDArray[np.bool_]
@@ -71,10 +71,16 @@ MAX_RESTARTS_PER_CALL = 3
 
 
 class FactoredEnv(Protocol):
-    """What a runner needs from an environment (MorphogeneticEnv satisfies it)."""
+    """What a runner needs from an environment: a gymnasium env that declares its heads.
+
+    `legal_actions()` gives the legal values of the current state ([cases, heads, width],
+    `esper.common.spaces`). The morphogenetic env satisfies it; any gymnasium env with a
+    Discrete, MultiDiscrete or discretised Box action space does through
+    `esper.integrations.gym.FactoredGymEnv`.
+    """
 
     obs_dim: int
-    n_slots: int
+    factored_actions: FactoredActions
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -82,7 +88,7 @@ class FactoredEnv(Protocol):
 
     def step(self, action: npt.ArrayLike) -> tuple[Any, Any, bool, bool, dict[str, Any]]: ...
 
-    def structured_masks(self) -> ActionMasks: ...
+    def legal_actions(self) -> BoolArray: ...
 
 
 EnvFactory = Callable[[], FactoredEnv]
@@ -116,14 +122,14 @@ class EnvState(NamedTuple):
     """One env after reset: what the agent acts on."""
 
     obs: FloatArray
-    masks: ActionMasks
+    legal: BoolArray
 
 
 class EnvStep(NamedTuple):
     """One env after one step."""
 
     obs: FloatArray
-    masks: ActionMasks
+    legal: BoolArray
     reward: float
     terminated: bool
     truncated: bool
@@ -132,11 +138,10 @@ class EnvStep(NamedTuple):
 
 @dataclass(frozen=True)
 class EnvStates:
-    """Observations and validity masks of the active envs, stacked in env order."""
+    """Observations and legal values of the active envs, stacked in env order."""
 
     obs: FloatArray  # [n, obs_dim]
-    op_mask: BoolArray  # [n, n_ops]
-    slot_by_op: BoolArray  # [n, n_ops, n_slots]
+    legal: BoolArray  # [n, cases, heads, width]
 
 
 @dataclass(frozen=True)
@@ -153,8 +158,7 @@ def stack_states(states: Sequence[EnvState | EnvStep]) -> EnvStates:
     """Per-env observations and masks as the batch arrays the agent takes."""
     return EnvStates(
         obs=np.stack([s.obs for s in states]),
-        op_mask=np.stack([s.masks.op for s in states]),
-        slot_by_op=np.stack([s.masks.slot_by_op for s in states]),
+        legal=np.stack([s.legal for s in states]),
     )
 
 
@@ -163,8 +167,7 @@ def stack_steps(steps: Sequence[EnvStep]) -> StepResults:
     states = stack_states(steps)
     return StepResults(
         obs=states.obs,
-        op_mask=states.op_mask,
-        slot_by_op=states.slot_by_op,
+        legal=states.legal,
         rewards=np.array([float(s.reward) for s in steps], dtype=np.float32),
         terminated=np.array([bool(s.terminated) for s in steps], dtype=np.bool_),
         truncated=np.array([bool(s.truncated) for s in steps], dtype=np.bool_),
@@ -205,7 +208,7 @@ class EnvRunner(Protocol):
     n_envs: int
     n_workers: int
     obs_dim: int
-    n_slots: int
+    actions: FactoredActions
 
     @property
     def backend(self) -> str:
@@ -259,9 +262,9 @@ class EnvGroup:
         self.envs = list(envs)
         self._active = 0
 
-    def describe(self) -> tuple[int, int]:
-        """(obs_dim, n_slots) of the envs, for the driver to size its buffers."""
-        return int(self.envs[0].obs_dim), int(self.envs[0].n_slots)
+    def describe(self) -> tuple[int, FactoredActions]:
+        """(obs_dim, heads) of the envs, for the driver to size its buffers."""
+        return int(self.envs[0].obs_dim), self.envs[0].factored_actions
 
     def reset(self, seeds: Sequence[int | None]) -> list[EnvState]:
         if len(seeds) > len(self.envs):
@@ -270,7 +273,7 @@ class EnvGroup:
         active = self.envs[: self._active]
         with env_threads():
             obs = [env.reset(seed=seed)[0] for env, seed in zip(active, seeds, strict=True)]
-        return [EnvState(ob, env.structured_masks()) for ob, env in zip(obs, active, strict=True)]
+        return [EnvState(ob, env.legal_actions()) for ob, env in zip(obs, active, strict=True)]
 
     def step(self, actions: npt.ArrayLike) -> list[EnvStep]:
         acts = np.asarray(actions)
@@ -280,7 +283,7 @@ class EnvGroup:
         with env_threads():
             outcomes = [env.step(a) for env, a in zip(active, acts, strict=True)]
         return [
-            EnvStep(ob, env.structured_masks(), float(r), bool(term), bool(trunc), info)
+            EnvStep(ob, env.legal_actions(), float(r), bool(term), bool(trunc), info)
             for (ob, r, term, trunc, info), env in zip(outcomes, active, strict=True)
         ]
 
@@ -340,7 +343,7 @@ class InProcessRunner:
     def __init__(self, envs: Sequence[FactoredEnv]) -> None:
         self._group = EnvGroup(envs)
         self.n_envs = len(envs)
-        self.obs_dim, self.n_slots = self._group.describe()
+        self.obs_dim, self.actions = self._group.describe()
         self._throughput = _Throughput(1)
 
     def reset(self, seeds: Sequence[int | None]) -> EnvStates:
@@ -433,8 +436,8 @@ class WorkerPoolRunner:
             self.close()
             raise
         if len(set(shapes)) != 1:
-            raise WorkerError(f"workers disagree on (obs_dim, n_slots): {sorted(set(shapes))}")
-        self.obs_dim, self.n_slots = shapes[0]
+            raise WorkerError(f"workers disagree on (obs_dim, heads): {shapes}")
+        self.obs_dim, self.actions = shapes[0]
 
     def _launch(self, worker: int) -> WorkerHandle:
         """Start worker `worker` on its share of the factories (without waiting for it)."""
@@ -443,7 +446,7 @@ class WorkerPoolRunner:
     def _worker_factories(self, worker: int) -> list[EnvFactory]:
         return [self._factories[i] for i in self._groups[worker]]
 
-    def _start_all(self) -> list[tuple[int, int]]:
+    def _start_all(self) -> list[tuple[int, FactoredActions]]:
         for handle in self._workers:
             handle.send("describe")
         shapes = []

@@ -47,10 +47,16 @@ def choose_threads(macs: int, cpus: int) -> int:
     return max(1, min(cpus, macs // PARALLEL_MIN_MACS))
 
 
-def learner_threads(config: TrainConfig, cpus: int | None = None) -> int:
-    """The intra-op thread count for a run: `config.threads` if set, else the policy's."""
+def learner_threads(
+    config: TrainConfig, steps_per_env: int | None = None, cpus: int | None = None
+) -> int:
+    """The intra-op thread count for a run: `config.threads` if set, else the policy's.
+
+    `steps_per_env` is what each env adds to a batch (default: the morphogenetic
+    episode length, one episode per env).
+    """
     if config.threads is not None:
         return config.threads
-    samples = config.envs * config.episode_length
+    samples = config.envs * (config.episode_length if steps_per_env is None else steps_per_env)
     minibatch = math.ceil(samples / config.ppo.minibatches)
     return choose_threads(minibatch_macs(minibatch, config.ppo.hidden), cpus or usable_cpus())

@@ -2,6 +2,8 @@
 
 This is the only place that knows both PPO internals and telemetry: it turns the
 agent's metrics dict into events and never lets a downstream consumer see a tensor.
+It trains on whatever `EnvSpec` it is handed (the command line builds one for the
+morphogenetic task or for any gymnasium env), knowing the env only by its declared heads.
 It also picks where the envs step (`config.backend`, see `esper.rl.runners`); what workers
 report (lifecycle changes, episode outcomes, restarts, throughput) is emitted here,
 tagged with the worker, through the same emitter as everything else.
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import json
 import threading
 import time
@@ -25,13 +26,13 @@ import numpy as np
 import torch
 
 from esper import __version__
-from esper.morpho.actions import head_sizes
-from esper.morpho.environment import MorphogeneticEnv, observation_layout
+from esper.common.spaces import FactoredActions
 from esper.rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
-from esper.rl.config import TrainConfig, parse_fault
+from esper.rl.config import ConfigError, TrainConfig, parse_fault
 from esper.rl.ppo import PPOAgent
-from esper.rl.rollout import collect_batch
+from esper.rl.rollout import ContinuingRollout, collect_batch
 from esper.rl.runners import (
+    EnvFactory,
     EnvRunner,
     FactoredEnv,
     InProcessRunner,
@@ -73,9 +74,28 @@ class TrainResult:
     interrupted: bool
 
 
-def observation_size(n_slots: int) -> int:
-    """Length of the env's observation vector, known without building an env."""
-    return sum(size for _, size, _, _ in observation_layout(n_slots))
+@dataclass(frozen=True)
+class EnvSpec:
+    """The environment a run trains on, as the trainer needs to know it.
+
+    `make` builds one env (picklable: worker processes and Ray actors call it).
+    `episode_length` set: every episode lasts exactly that many steps, and each batch runs
+    one fresh, seeded episode per env (the morphogenetic task). None: episodes end when
+    they end; each batch runs `batch_steps` steps per env and the envs carry on between
+    batches, resetting themselves (`esper.rl.rollout.ContinuingRollout`). `name` is
+    recorded as the run's task.
+    """
+
+    make: EnvFactory
+    obs_dim: int
+    actions: FactoredActions
+    name: str
+    episode_length: int | None
+    batch_steps: int
+
+    def __post_init__(self) -> None:
+        if self.episode_length is not None and self.batch_steps != self.episode_length:
+            raise ValueError("an env of fixed episode length runs one episode per batch")
 
 
 def episode_seeds(base_seed: int, first_episode: int, count: int) -> list[int]:
@@ -234,32 +254,35 @@ class Trainer:
         config: TrainConfig,
         emitter: TelemetryEmitter,
         run_dir: Path,
+        env: EnvSpec,
         stop: threading.Event | None = None,
         resume: ResumePoint | None = None,
         io_failure: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
+        self.env = env
         self.emitter = emitter
         self.run_dir = run_dir
         self.stop = stop or threading.Event()
         self.fault = parse_fault(config.fault) if config.fault else None
+        if self.fault is not None and self.fault.head not in env.actions.names:
+            raise ConfigError(
+                f"fault names head {self.fault.head!r}; this run's heads are "
+                f"{', '.join(env.actions.names)}"
+            )
         torch.manual_seed(config.seed)
-        torch.set_num_threads(learner_threads(config))  # the envs step at one (runners)
-        self._make_env = functools.partial(
-            MorphogeneticEnv,
-            task=config.task,
-            n_slots=config.slots,
-            episode_length=config.episode_length,
-            device=config.device,
-        )
+        # the envs step at one thread (runners)
+        torch.set_num_threads(learner_threads(config, env.batch_steps))
+        self._make_env = env.make
         in_process = config.backend == "inprocess"
         self.envs: list[FactoredEnv] = (
             [self._make_env() for _ in range(config.envs)] if in_process else []
         )
         self.runner: EnvRunner | None = None
+        self._continuing: ContinuingRollout | None = None
         self.agent = PPOAgent(
-            obs_dim=observation_size(config.slots),
-            head_sizes=head_sizes(config.slots),
+            obs_dim=env.obs_dim,
+            actions=env.actions,
             config=config.ppo,
             device=config.device,
             seed=config.seed,
@@ -351,27 +374,39 @@ class Trainer:
             )
             self.emitter.emit(lifecycle, episode=self.episodes_done + env_index, batch=self.batch)
 
-    def _run_batch(self) -> None:
+    def _collect(self, runner: EnvRunner) -> tuple[Any, list[tuple[int, dict[str, Any]]]]:
+        """One batch of experience: the buffer and the episodes that ended, by env."""
         cfg = self.config
+        if self.env.episode_length is not None:
+            n = min(cfg.envs, cfg.episodes - self.episodes_done)
+            seeds = episode_seeds(cfg.seed, self.episodes_done, n)
+            buffer, episodes = collect_batch(
+                self.agent, runner, self.env.episode_length, seeds, on_step=self._on_step
+            )
+            return buffer, list(enumerate(episodes))
+        if self._continuing is None:  # a resumed run starts fresh episodes
+            seeds = episode_seeds(cfg.seed, self.episodes_done, cfg.envs)
+            self._continuing = ContinuingRollout(self.agent, runner, self.env.batch_steps, seeds)
+        return self._continuing.collect(on_step=self._on_step)
+
+    def _run_batch(self) -> None:
         self._in_batch = True
-        n = min(cfg.envs, cfg.episodes - self.episodes_done)
-        seeds = episode_seeds(cfg.seed, self.episodes_done, n)
         runner = self._open_runner()
-        buffer, episodes = collect_batch(
-            self.agent, runner, cfg.episode_length, seeds, on_step=self._on_step
-        )
-        for i, ep in enumerate(episodes):
+        buffer, ended = self._collect(runner)
+        episodes = [summary for _, summary in ended]
+        for k, (i, ep) in enumerate(ended):
+            accuracy = ep.get("final_accuracy")
             completed = EpisodeCompleted(
                 env_index=i,
                 worker=runner.worker_of(i),
                 episode_return=float(ep["return"]),
-                final_accuracy=float(ep["final_accuracy"]),
-                seeds_grown=int(ep["seeds_grown"]),
-                seeds_fossilized=int(ep["seeds_fossilized"]),
-                seeds_killed=int(ep["seeds_killed"]),
+                final_accuracy=None if accuracy is None else float(accuracy),
+                seeds_grown=int(ep.get("seeds_grown", 0)),
+                seeds_fossilized=int(ep.get("seeds_fossilized", 0)),
+                seeds_killed=int(ep.get("seeds_killed", 0)),
                 length=int(ep["length"]),
             )
-            self.emitter.emit(completed, episode=self.episodes_done + i, batch=self.batch)
+            self.emitter.emit(completed, episode=self.episodes_done + k, batch=self.batch)
         self._emit_worker_status(runner)
         faulty = self.fault is not None and self.fault.active(self.batch)
         before = {
@@ -396,12 +431,13 @@ class Trainer:
             )
             skip_reason = "the update made the policy's parameters non-finite; reverted"
         index = self.emitter.next_update_index
+        accuracies = [ep["final_accuracy"] for ep in episodes if "final_accuracy" in ep]
         payloads = update_payloads(
             stats,
             index,
             batch=self.batch,
-            mean_return=float(np.mean([ep["return"] for ep in episodes])),
-            host_accuracy=float(np.mean([ep["final_accuracy"] for ep in episodes])),
+            mean_return=float(np.mean([ep["return"] for ep in episodes])) if episodes else None,
+            host_accuracy=float(np.mean(accuracies)) if accuracies else None,
             skip_reason=skip_reason,
         )
         # Plain data (the events' own JSON form), so the checkpoint loads with weights_only.
@@ -412,7 +448,7 @@ class Trainer:
                 {"event_type": p.EVENT_TYPE.value, "data": p.to_dict()} for p in payloads
             ],
         }
-        self.episodes_done += n
+        self.episodes_done += len(ended)
         self.batch += 1
         bad = stats.minibatches_skipped > 0
         self._bad_updates = self._bad_updates + 1 if bad else 0
@@ -492,7 +528,7 @@ class Trainer:
         sizes = self.agent.head_sizes
         started = TrainingStarted(
             config=cfg.to_dict(),
-            task=cfg.task,
+            task=self.env.name,
             head_names=list(sizes),
             head_sizes=sizes,
             episodes_total=cfg.episodes,

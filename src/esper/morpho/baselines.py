@@ -1,0 +1,109 @@
+"""The morphogenetic task's own yardsticks for `esper eval`: never grow, and fixed schedules.
+
+`wait` (the host trains alone) and a small named family of fixed grow schedules
+(`heuristics`), which differ in the blueprint and in the timing, so a table of them shows
+how much those decisions matter. They act on the legal values of `esper.common.spaces`
+like any policy, so the evaluation plays them through the algorithm's own code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from esper.morpho.actions import (
+    HEAD_INDEX,
+    HEAD_NAMES,
+    AlphaTarget,
+    BlendStyle,
+    Blueprint,
+    Op,
+    Tempo,
+)
+
+IntArray = npt.NDArray[np.int64]
+_OP, _SLOT = HEAD_INDEX["op"], HEAD_INDEX["slot"]
+
+
+class States(Protocol):
+    """What a baseline reads of the envs' stacked state (`esper.rl.runners.EnvStates`)."""
+
+    obs: npt.NDArray[np.float32]
+    legal: npt.NDArray[np.bool_]  # [n, ops, heads, width]
+
+
+Baseline = Callable[[States, int], IntArray]
+
+
+def _wait_actions(n: int) -> IntArray:
+    return np.zeros((n, len(HEAD_NAMES)), dtype=np.int64)
+
+
+def wait_policy(states: States, t: int) -> IntArray:
+    """Never grow: the host trains alone."""
+    return _wait_actions(states.obs.shape[0])
+
+
+@dataclass(frozen=True)
+class GrowSchedule:
+    """Grow `blueprint` into the first free slot at each step of `steps`, otherwise WAIT.
+
+    A step at which no slot is free is a WAIT. Never mutates or kills: every seed ramps to
+    its target and fossilizes on its own.
+    """
+
+    blueprint: Blueprint
+    steps: tuple[int, ...]
+    style: BlendStyle = BlendStyle.LINEAR_ADD
+    tempo: Tempo = Tempo.FAST
+    target: AlphaTarget = AlphaTarget.FULL
+
+    def __call__(self, states: States, t: int) -> IntArray:
+        n = states.obs.shape[0]
+        actions = _wait_actions(n)
+        if t not in self.steps:
+            return actions
+        for i in range(n):
+            legal = states.legal[i]
+            if not legal[0, _OP, Op.GROW]:
+                continue
+            slot = int(np.flatnonzero(legal[Op.GROW, _SLOT])[0])
+            row = {
+                "op": Op.GROW,
+                "slot": slot,
+                "blueprint": self.blueprint,
+                "style": self.style,
+                "tempo": self.tempo,
+                "alpha_target": self.target,
+            }
+            for head, value in row.items():
+                actions[i, HEAD_INDEX[head]] = int(value)
+        return actions
+
+
+def heuristics(episode_length: int, n_slots: int) -> dict[str, GrowSchedule]:
+    """The named fixed grow schedules: blueprint choice and timing, one change at a time.
+
+    `early` grows one seed per step from step 0 until every slot is full; `late` does the
+    same from the middle of the episode, so the seeds have half the time to pay back.
+    """
+    early = tuple(range(n_slots))
+    late = tuple(range(episode_length // 2, episode_length // 2 + n_slots))
+    return {
+        "grow-norm-early": GrowSchedule(Blueprint.NORM, early),
+        "grow-norm-late": GrowSchedule(Blueprint.NORM, late),
+        "grow-wide-early": GrowSchedule(Blueprint.WIDE_MLP, early),
+        "grow-linear-early": GrowSchedule(Blueprint.LINEAR, early),
+        "grow-lowrank-early": GrowSchedule(Blueprint.LOW_RANK, early),
+    }
+
+
+def baselines(episode_length: int, n_slots: int) -> dict[str, Baseline]:
+    """WAIT and the fixed heuristics, by name, in table order."""
+    policies: dict[str, Baseline] = {"wait": wait_policy}
+    policies.update(heuristics(episode_length, n_slots))
+    return policies
