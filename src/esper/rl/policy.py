@@ -55,7 +55,8 @@ class FactoredPolicy(nn.Module):
         )
         self.logits_head = _linear(hidden, self.n_heads * self.width, 0.01)
         self.value_head = _linear(hidden, 1, 1.0)
-        self.register_buffer("relevance", torch.as_tensor(actions.relevance, dtype=torch.bool))
+        relevance = torch.tensor(actions.relevance.copy(), dtype=torch.bool)
+        self.register_buffer("relevance", relevance)
         self.inject_nonfinite = None
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
