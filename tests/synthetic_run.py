@@ -123,8 +123,11 @@ def final_accuracy(episode: int) -> float:
     return 0.5 + 0.05 * episode
 
 
-def started(heads: Heads = HEAD_NAMES, task: str = "spirals") -> TrainingStarted:
-    """The start event of a synthetic run: it declares the heads, each of size 3."""
+def started(
+    heads: Heads = HEAD_NAMES, task: str = "spirals", clip_eps: float | None = None
+) -> TrainingStarted:
+    """The start event of a synthetic run: it declares the heads, each of size 3, and the
+    clip range when given (None: recorded as runs did before they recorded it)."""
     return TrainingStarted(
         config={"task": task},
         task=task,
@@ -134,18 +137,22 @@ def started(heads: Heads = HEAD_NAMES, task: str = "spirals") -> TrainingStarted
         n_envs=N_ENVS,
         device="cpu",
         esper_version=__version__,
+        clip_eps=clip_eps,
     )
 
 
 def record_synthetic_run(
-    run_dir: Path, run_id: str = "synthetic", heads: Heads = HEAD_NAMES
+    run_dir: Path,
+    run_id: str = "synthetic",
+    heads: Heads = HEAD_NAMES,
+    clip_eps: float | None = None,
 ) -> Path:
     """Record the synthetic run with `heads` into `run_dir` (real emitter, hub, recorder)."""
     ticks = itertools.count(1_000)
     hub = TelemetryHub()
     hub.add_backend(RunRecorder(run_dir, config={"task": "spirals"}, run_id=run_id))
     emitter = TelemetryEmitter(hub, run_id, clock=lambda: float(next(ticks)))
-    emitter.emit(started(heads))
+    emitter.emit(started(heads, clip_eps=clip_eps))
     for update in range(N_UPDATES):
         for env in range(N_ENVS):
             episode = update * N_ENVS + env

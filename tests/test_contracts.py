@@ -107,6 +107,7 @@ started = head_names.flatmap(
         device=st.text(),
         esper_version=st.text(),
         resumed_from_update=st.none() | st.integers(),
+        clip_eps=st.none() | st.floats(0.0, 1.0, exclude_min=True, exclude_max=True),
     )
 )
 #: Payloads whose fields constrain each other (heads named alike throughout).

@@ -15,6 +15,7 @@ from esper.sanctum.widgets.style import (
     ratio_sparkline,
     spark_level,
 )
+from esper.telemetry.heads import SPEC_BANDS
 
 
 def reference_worst(values: list[float]) -> float:
@@ -48,8 +49,11 @@ def test_known_worst_values() -> None:
 
 @given(st.lists(ratios, min_size=0, max_size=30))
 def test_sparkline_cells_and_colours(values: list[float]) -> None:
-    text = ratio_sparkline(values)
+    def color(v: float | None) -> str:
+        return ratio_color(v, SPEC_BANDS)
+
+    text = ratio_sparkline(values, RATIO_BAR_FULL, color)
     assert text.plain == "".join(SPARK_LEVELS[spark_level(v, RATIO_BAR_FULL)] for v in values)
     for i, v in enumerate(values):
         styles = [str(s.style) for s in text.spans if s.start <= i < s.end]
-        assert styles == [ratio_color(v)]
+        assert styles == [ratio_color(v, SPEC_BANDS)]

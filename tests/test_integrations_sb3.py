@@ -227,6 +227,30 @@ def test_run_records_sb3_settings_and_ends(tmp_path: Path) -> None:
     assert finished.episodes == 2
 
 
+@pytest.mark.parametrize(
+    ("clip_range", "recorded"),
+    [(0.1, 0.1), (lambda progress: 0.05 + 0.1 * progress, pytest.approx(0.15))],
+)
+def test_run_header_records_the_clip_range_at_the_start(
+    tmp_path: Path, clip_range: Any, recorded: Any
+) -> None:
+    """SB3's clip_range is a schedule of the remaining progress: the header records its
+    value at the start (progress 1), and Sanctum and the report draw the bands from it."""
+    from esper.analysis.runs import load_run
+    from esper.sanctum.aggregator import aggregate_file
+    from esper.telemetry.heads import RatioBands
+
+    model = PerHeadPPO(
+        "MlpPolicy", make_env(), run_dir=tmp_path / "run", clip_range=clip_range, **SIZES
+    )
+    model.learn(SIZES["n_steps"] * 2)
+    started = next(iter(read_events(tmp_path / "run" / "events.jsonl"))).payload
+    assert started.clip_eps == recorded and started.config["clip_range"] == recorded
+    bands = aggregate_file(tmp_path / "run" / "events.jsonl").tamiyo.bands
+    assert bands == RatioBands(started.clip_eps) == load_run(tmp_path / "run").bands
+    assert bands.healthy == pytest.approx((1 - started.clip_eps, 1 + started.clip_eps))
+
+
 def test_finished_episodes_are_recorded_with_their_returns(tmp_path: Path) -> None:
     """SB3's episode infos become EPISODE_COMPLETED events (no host accuracy: not esper's
     task), so Sanctum's return panel and the episodes table fill for an SB3 run too."""

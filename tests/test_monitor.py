@@ -224,6 +224,20 @@ def test_bad_input_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="expected a JSON value"):
         HeadRatioMonitor(tmp_path / "t", ["a"], config={"where": tmp_path})
     assert not (tmp_path / "t").exists()  # refused before anything was written
+    for clip in (0.0, 1.0):  # a clip of 1 or more never bounds a falling ratio: no bands
+        with pytest.raises(ValueError, match=r"clip_eps must be in \(0, 1\)"):
+            HeadRatioMonitor(tmp_path / "u", ["a"], clip_eps=clip)
+    assert not (tmp_path / "u").exists()
+
+
+def test_the_run_header_records_the_clip_and_a_reopened_run_repeats_it(tmp_path: Path) -> None:
+    with HeadRatioMonitor(tmp_path / "r", ["a"], clip_eps=0.1) as first:
+        first.observe(t([[0.5]]), t([[0.0]]))
+        first.end_update()
+    with first.reopen():
+        pass
+    starts = of_type(tmp_path / "r", EventType.TRAINING_STARTED)
+    assert [s.clip_eps for s in starts] == [0.1, 0.1]
 
 
 def test_reopen_continues_the_run_and_its_numbering(tmp_path: Path) -> None:

@@ -67,7 +67,7 @@ from esper.sanctum.widgets.style import (
     round_half_up,
     sparkline,
 )
-from esper.telemetry.heads import HeadStats, UpdateStats
+from esper.telemetry.heads import SPEC_BANDS, HeadStats, UpdateStats
 
 # ------------------------------------------------------------------ helpers
 
@@ -145,16 +145,16 @@ def render_text(renderable: RenderableType, width: int = 116) -> str:
     ],
 )
 def test_ratio_color_bands(value: float, color: str) -> None:
-    assert ratio_color(value) == color
+    assert ratio_color(value, SPEC_BANDS) == color
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_ratio_color_non_finite_is_red(value: float) -> None:
-    assert ratio_color(value) == CRITICAL
+    assert ratio_color(value, SPEC_BANDS) == CRITICAL
 
 
 def test_ratio_color_without_data_is_dim() -> None:
-    assert ratio_color(None) == NO_DATA
+    assert ratio_color(None, SPEC_BANDS) == NO_DATA
 
 
 @pytest.mark.parametrize(
@@ -177,17 +177,17 @@ def test_ratio_color_without_data_is_dim() -> None:
     ],
 )
 def test_joint_ratio_color_bands(value: float, color: str) -> None:
-    assert joint_ratio_color(value) == color
+    assert joint_ratio_color(value, SPEC_BANDS) == color
 
 
 def test_joint_ratio_color_without_data_is_dim() -> None:
-    assert joint_ratio_color(None) == NO_DATA
+    assert joint_ratio_color(None, SPEC_BANDS) == NO_DATA
 
 
 def test_joint_bands_are_looser_than_head_bands_where_heads_are_healthy() -> None:
     # 1.3 is a per-head warning but what two healthy heads (1.14 each) multiply to
-    assert ratio_color(1.3) == WARNING
-    assert joint_ratio_color(1.14 * 1.14) == HEALTHY
+    assert ratio_color(1.3, SPEC_BANDS) == WARNING
+    assert joint_ratio_color(1.14 * 1.14, SPEC_BANDS) == HEALTHY
 
 
 # ------------------------------------------------------------------ bars

@@ -6,10 +6,11 @@ the explosions listed under it. Each run gets a column and every head the same c
 every panel and every column; the heads are the runs' own (`Run.head_names`, any number,
 any names). Panels, top to bottom:
 
-1. per-head ratio max per PPO update, log scale, on the dashboard's bands (healthy
-   [0.8, 1.2], warning [0.5, 1.5], critical beyond), non-finite updates marked;
-2. the joint ratio max beside the product of the relevant heads' maxima, with the joint
-   bands and the ratio explosions;
+1. per-head ratio max per PPO update, log scale, on the dashboard's bands from the run's
+   own clip range (`Run.bands`; at eps 0.2 healthy [0.8, 1.2], warning [0.5, 1.5],
+   critical beyond), non-finite updates marked;
+2. the joint ratio max beside the product of the relevant heads' maxima, with the run's
+   joint bands and the ratio explosions;
 3-5. per-head entropy, approximate KL and clip fraction;
 6-7. episode return and final host accuracy per episode.
 
@@ -39,7 +40,6 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLoca
 
 from esper.analysis import AnalysisError
 from esper.analysis.runs import Run, measured
-from esper.sanctum.widgets.style import JOINT_HEALTHY, JOINT_WARNING, RATIO_HEALTHY, RATIO_WARNING
 from esper.telemetry.heads import flat_key
 
 Format = Literal["html", "png"]
@@ -313,7 +313,7 @@ def _per_head(ax: Axes, run: Run, column: int, stat: str, colours: dict[str, str
 
 
 def _ratio_panel(ax: Axes, run: Run, column: int, limits: _Limits) -> None:
-    _draw_bands(ax, RATIO_HEALTHY, RATIO_WARNING, limits.ratio)
+    _draw_bands(ax, run.bands.healthy, run.bands.warning, limits.ratio)
     _per_head(ax, run, column, "ratio_max", limits.colours)
     handles: list[Any] = [Patch(color=BAND_COLOURS[b], alpha=0.4, label=b) for b in BAND_COLOURS]
     bad = nonfinite_updates(run)
@@ -333,8 +333,8 @@ def _ratio_panel(ax: Axes, run: Run, column: int, limits: _Limits) -> None:
 
 
 def _joint_panel(ax: Axes, run: Run, column: int, limits: tuple[float, float]) -> None:
-    joint = (1.0 / JOINT_HEALTHY, JOINT_HEALTHY)
-    _draw_bands(ax, joint, (1.0 / JOINT_WARNING, JOINT_WARNING), limits)
+    healthy, warning = run.bands.joint_healthy, run.bands.joint_warning
+    _draw_bands(ax, (1.0 / healthy, healthy), (1.0 / warning, warning), limits)
     x = run.updates.column("update_index")
     ms = marker_size(len(x))
     (line,) = ax.plot(x, run.updates.column("joint_ratio_max"), "k-o", ms=ms, label="joint max")
@@ -440,6 +440,7 @@ def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure
     width, height = figure_size(n_runs, explosion_text)
     fig = Figure(figsize=(width, height), dpi=DPI)
     heads = figure_heads(runs)
+    joint_warning = max(r.bands.joint_warning for r in runs)  # every column's bands in view
     limits = _Limits(
         ratio=log_limits(
             v for r in runs for h in r.head_names for v in measured(r.updates, h, "ratio_max")
@@ -451,7 +452,7 @@ def build_figure(runs: Sequence[Run], *, explosion_text: bool = False) -> Figure
                 for c in ("joint_ratio_max", "ratio_max_product")
                 for v in r.updates.column(c)
             ),
-            span=(1.0 / (2 * JOINT_WARNING), 2 * JOINT_WARNING),
+            span=(1.0 / (2 * joint_warning), 2 * joint_warning),
         ),
         colours=head_colours(heads),
     )

@@ -50,6 +50,7 @@ from esper.telemetry.heads import (
     HEAD_COUNT_STATS,
     HEAD_STATS,
     UPDATE_SCALARS,
+    RatioBands,
     UpdateStats,
     flat_key,
 )
@@ -296,11 +297,18 @@ class Run:
     task: str | None
     status: str  # finished, interrupted, failed, or unfinished (running or cut short)
     head_names: tuple[str, ...]  # the run's heads in display order (see the module doc)
+    #: The clip range the run's start event records; None when it records none.
+    clip_eps: float | None
     updates: Table
     episodes: Table
     explosions: Table
     events: Table
     stats: ReadStats
+
+    @property
+    def bands(self) -> RatioBands:
+        """The run's health bands: from its clip range, the spec's (eps 0.2) if unrecorded."""
+        return RatioBands.for_clip(self.clip_eps)
 
     @property
     def lines_skipped(self) -> int:
@@ -314,6 +322,7 @@ class _RunBuilder:
     def __init__(self) -> None:
         self.run_id: str | None = None
         self.task: str | None = None
+        self.clip_eps: float | None = None
         self.status = "unfinished"
         self.head_names: dict[str, None] = {}  # an ordered set: declared, then seen
         self.updates: list[tuple[TelemetryEvent, PPOUpdatePayload]] = []
@@ -351,6 +360,8 @@ class _RunBuilder:
     def _started(self, event: TelemetryEvent) -> None:
         assert isinstance(event.payload, TrainingStarted)
         self.task = event.payload.task
+        if event.payload.clip_eps is not None:  # a resume that records none keeps the first
+            self.clip_eps = event.payload.clip_eps
         if not self.head_names:  # the first start declares the order; a resume repeats it
             self.head_names = dict.fromkeys(event.payload.head_names)
         else:
@@ -485,6 +496,7 @@ def load_run(path: Path | str, label: str | None = None) -> Run:
         task=builder.task,
         status=builder.status,
         head_names=tuple(builder.head_names),
+        clip_eps=builder.clip_eps,
         updates=builder.update_table(),
         episodes=Table("episodes", EPISODE_COLUMNS, builder.episodes),
         explosions=builder.explosion_table(),
@@ -499,6 +511,7 @@ RUN_COLUMNS: tuple[Column, ...] = (
     Column("run_dir", str),
     Column("task", str, nullable=True),
     Column("status", str),
+    Column("clip_eps", float, nullable=True),
     Column("updates", int),
     Column("episodes", int),
     Column("explosions", int),
@@ -516,6 +529,7 @@ def runs_table(runs: Sequence[Run]) -> Table:
             str(r.run_dir),
             r.task,
             r.status,
+            r.clip_eps,
             len(r.updates),
             len(r.episodes),
             len(r.explosions),

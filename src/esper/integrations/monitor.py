@@ -146,8 +146,8 @@ class HeadRatioMonitor:
         device: str = "cpu",
     ) -> None:
         self.head_names, self.head_sizes = _head_table(head_names, head_sizes)
-        if not clip_eps > 0:
-            raise ValueError(f"clip_eps must be > 0, got {clip_eps}")
+        if not 0 < clip_eps < 1:  # a clip of 1 or more never bounds a falling ratio
+            raise ValueError(f"clip_eps must be in (0, 1), got {clip_eps}")
         if not explosion_threshold > 1:
             raise ValueError(f"explosion_threshold must be > 1, got {explosion_threshold}")
         self.clip_eps = float(clip_eps)
@@ -173,6 +173,7 @@ class HeadRatioMonitor:
             n_envs=n_envs,
             device=device,
             esper_version=__version__,
+            clip_eps=self.clip_eps,  # the run's health bands
         )
         self._start = started
         self._run = open_run(run_dir, started.config)

@@ -537,6 +537,7 @@ class Trainer:
             esper_version=__version__,
             resumed_from_update=None if self._resume is None else self.emitter.next_update_index,
             resumed_from_batch=None if self._resume is None else self._resume.batch,
+            clip_eps=cfg.ppo.clip_eps,
         )
         self.emitter.emit(started)
         self._emit_pending()

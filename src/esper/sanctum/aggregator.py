@@ -21,6 +21,8 @@ Decisions the widgets rely on:
   gets the neutral 1.0 (as for an update that had no relevant sample of it), so every
   head's sparkline stays aligned with the joint's.
 
+- The health bands are the run's: TRAINING_STARTED records its clip range, and a log
+  without one (or whose start records none) gets the spec's eps 0.2 bands.
 - Per-head NaN/Inf latches stay set for the rest of the run. A head latches NaN when its
   ratio max or min is NaN or its `nonfinite` count is positive (a count cannot tell NaN
   from inf, and both mean "skipped as unusable"); it latches Inf when its ratio max or
@@ -74,7 +76,7 @@ from esper.telemetry.contracts import (
     WorkerRestarted,
     WorkerStatus,
 )
-from esper.telemetry.heads import NEUTRAL_RATIO, HeadStats
+from esper.telemetry.heads import NEUTRAL_RATIO, SPEC_BANDS, HeadStats, RatioBands
 from esper.telemetry.recorder import ReadStats, committed_events, read_events
 
 #: How many recent episodes `EpisodeStats.mean_return` averages.
@@ -139,6 +141,7 @@ class SanctumAggregator:
         self._tamiyo: TamiyoState | None = TamiyoState()  # None: rebuild on the next snapshot
         self._history_len = history_len
         self._head_names: tuple[str, ...] = ()  # the run's heads, in display order
+        self._bands = SPEC_BANDS  # the run's health bands (from its start event)
         self._histories: dict[str, deque[float]] = {}  # head -> ratio max per update
         self._joint_history = deque[float](maxlen=history_len)
         self._nan_latched: set[str] = set()
@@ -221,7 +224,12 @@ class SanctumAggregator:
             device=p.device,
             started_at=event.timestamp,
             host_slots=p.head_sizes.get("slot", 0),
+            clip_eps=p.clip_eps,
         )
+        bands = RatioBands.for_clip(p.clip_eps)
+        if bands != self._bands:
+            self._bands = bands
+            self._tamiyo = None
         self._finished = False  # a resumed run starts again after its interrupted end
         self._declare_heads(p.head_names)
         for index in range(self._run.host_slots or 0):
@@ -293,7 +301,9 @@ class SanctumAggregator:
                 for h in self._head_names
             }
             if p is None:  # only heads declared, or latches from skipped updates, so far
-                self._tamiyo = TamiyoState(head_names=self._head_names, heads=heads)
+                self._tamiyo = TamiyoState(
+                    head_names=self._head_names, heads=heads, bands=self._bands
+                )
             else:
                 self._tamiyo = TamiyoState(
                     head_names=self._head_names,
@@ -304,6 +314,7 @@ class SanctumAggregator:
                     last_update_batch=self._ppo_batch,
                     last_update_time=self._ppo_time,
                     joint_ratio_max_history=tuple(self._joint_history),
+                    bands=self._bands,
                 )
         return self._tamiyo
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from esper.telemetry.heads import NEUTRAL_RATIO, HeadStats, UpdateStats
+from esper.telemetry.heads import NEUTRAL_RATIO, SPEC_BANDS, HeadStats, RatioBands, UpdateStats
 
 #: How many PPO updates of per-head history the sparklines keep (a bounded ring).
 HISTORY_LEN = 120
@@ -46,6 +46,8 @@ class TamiyoState:
     `HeadState`. Nothing here assumes how many heads there are or what they are called.
     `update` is the latest completed update as it arrived (its update-wide values: joint
     ratio, KL, losses, ...); None until the first one, so no default reads as a reading.
+    `bands` are the run's health bands, from the clip range its start event records (the
+    spec's eps 0.2 when it records none); every panel colours a ratio by them.
     """
 
     head_names: tuple[str, ...] = ()
@@ -56,6 +58,7 @@ class TamiyoState:
     last_update_batch: int | None = None  # the batch the shown values come from
     last_update_time: float | None = None  # event timestamp, seconds since the epoch
     joint_ratio_max_history: tuple[float, ...] = ()
+    bands: RatioBands = SPEC_BANDS
 
     @property
     def ppo_data_received(self) -> bool:
@@ -102,6 +105,9 @@ class RunInfo:
     #: Slots of esper's host, from the run's `slot` head; 0 for a run with no host (an SB3
     #: or hand-written run), None until the run's start is read.
     host_slots: int | None = None
+    #: The clip range the run's start event records; None when it records none (an older
+    #: log), whose bands are then the spec's (`TamiyoState.bands`).
+    clip_eps: float | None = None
 
 
 @dataclass(frozen=True)

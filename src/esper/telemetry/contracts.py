@@ -32,6 +32,7 @@ from esper.telemetry.heads import (
     UPDATE_SCALARS,
     ExplosionReport,
     HeadStats,
+    RatioBands,
     UpdateStats,
     check_head_names,
     flat_key,
@@ -342,6 +343,10 @@ class TrainingStarted(Payload):
     #: On resume: the batch it restarts at. Events of this batch or later that an earlier
     #: attempt wrote without committing their update are void (see `committed_events`).
     resumed_from_batch: int | None = None
+    #: The PPO clip range the run starts with: the dashboard and the report draw each head's
+    #: health bands from it (`RatioBands`). None: not recorded (logs from before runs
+    #: recorded it); readers then assume the spec's 0.2 (`SPEC_CLIP_EPS`).
+    clip_eps: float | None = None
 
     EVENT_TYPE: ClassVar[EventType] = EventType.TRAINING_STARTED
 
@@ -351,6 +356,10 @@ class TrainingStarted(Payload):
             check_head_names(self.head_names)
         except ValueError as exc:
             raise ContractError(f"TrainingStarted.head_names: {exc}") from None
+        try:
+            RatioBands.for_clip(self.clip_eps)
+        except ValueError as exc:
+            raise ContractError(f"TrainingStarted.clip_eps: {exc}") from None
         if set(self.head_sizes) != set(self.head_names):
             raise ContractError(
                 f"TrainingStarted.head_sizes: heads {sorted(self.head_sizes)} differ from "

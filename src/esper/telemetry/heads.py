@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, fields
+from enum import StrEnum
 from typing import Any, Final
 
 #: Reported for a head (or the joint) with no sample: "no policy change". A consumer tells
@@ -62,6 +63,117 @@ class HeadStats:
             worst = max(worst, abs(math.log(ratio)))
         return worst
 
+
+
+class Band(StrEnum):
+    """Health of one ratio reading, as every consumer (dashboard, report) shows it."""
+
+    HEALTHY = "healthy"
+    WARNING = "warning"
+    CRITICAL = "critical"
+    NO_DATA = "no data"  # no reading (None): never shown as healthy
+
+
+#: The clip range the health bands are stated for, and the one assumed for a run whose
+#: start event does not record its own (logs written before runs recorded it).
+SPEC_CLIP_EPS: Final = 0.2
+#: A head's warning band reaches this many clip ranges from 1: 0.5 and 1.5 at eps 0.2.
+WARNING_CLIP_RANGES: Final = 2.5
+#: Below 1 the warning band never reaches under this share of the healthy low edge 1 - eps.
+#: Without it a clip of 0.4 or more would put the edge at or below 0 (ratios are positive,
+#: so nothing would ever be critical there); the two rules meet at eps = 1/3, so every clip
+#: in common use (0.1 to 0.3) gets the linear edge.
+WARNING_LOW_FLOOR: Final = 0.25
+#: The joint's edges at eps 0.2: 1.5 (about two heads at the clip edge, 1.2^2 = 1.44) and
+#: 3.0 (about six, 1.2^6 = 2.99: a GROW uses six heads, the most any op of esper's uses).
+SPEC_JOINT_HEALTHY: Final = 1.5
+SPEC_JOINT_WARNING: Final = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class RatioBands:
+    """The health bands of per-head and joint ratios for a run clipping at `clip_eps`.
+
+    A head's ratio is healthy inside the clip range [1 - eps, 1 + eps], a warning up to
+    `WARNING_CLIP_RANGES` clip ranges from 1 (the low edge floored at `WARNING_LOW_FLOOR`
+    of the healthy one, so it stays positive), critical beyond. The bands follow the
+    run's own clip: at eps 0.1 a head at 1.15 is already past the clip edge by half a
+    clip range, which at eps 0.2 is still inside it. At eps 0.2 they are the spec's
+    0.8/1.2 and 0.5/1.5 exactly.
+
+    The joint bands are symmetric in log space, because the joint is a product of heads:
+    they count clip edges, `SPEC_JOINT_*` = (1.2)^k at eps 0.2, so for another clip they
+    are (1 + eps)^k with the same k (1.5 and 3.0 exactly at 0.2).
+    """
+
+    clip_eps: float = SPEC_CLIP_EPS
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.clip_eps < 1.0:  # also rejects NaN
+            raise ValueError(f"clip_eps must be in (0, 1), got {self.clip_eps}")
+
+    @classmethod
+    def for_clip(cls, clip_eps: float | None) -> RatioBands:
+        """The bands of a run's recorded clip; the spec's (eps 0.2) when none is recorded."""
+        return SPEC_BANDS if clip_eps is None else cls(clip_eps)
+
+    @property
+    def healthy(self) -> tuple[float, float]:
+        """[low, high] of the healthy band: the clip range itself."""
+        return 1.0 - self.clip_eps, 1.0 + self.clip_eps
+
+    @property
+    def warning(self) -> tuple[float, float]:
+        """[low, high] of the warning band (it contains the healthy band)."""
+        width = WARNING_CLIP_RANGES * self.clip_eps
+        low = max(1.0 - width, WARNING_LOW_FLOOR * (1.0 - self.clip_eps))
+        return low, 1.0 + width
+
+    @property
+    def joint_healthy(self) -> float:
+        """Joint ratios within this factor of 1 (either way) are healthy."""
+        return self._joint_edge(SPEC_JOINT_HEALTHY)
+
+    @property
+    def joint_warning(self) -> float:
+        """Joint ratios within this factor of 1 (either way) are at most a warning."""
+        return self._joint_edge(SPEC_JOINT_WARNING)
+
+    def _joint_edge(self, spec_edge: float) -> float:
+        # spec_edge ** 1.0 at eps 0.2 (1 + 0.2 == 1.2 in floating point): the spec exactly.
+        return float(spec_edge ** (math.log(1.0 + self.clip_eps) / math.log(1.0 + SPEC_CLIP_EPS)))
+
+    def band(self, ratio: float | None) -> Band:
+        """Band of one head's ratio; NaN and infinities are critical, None is no data."""
+        if ratio is None:
+            return Band.NO_DATA
+        if not math.isfinite(ratio):
+            return Band.CRITICAL
+        low, high = self.healthy
+        if low <= ratio <= high:
+            return Band.HEALTHY
+        low, high = self.warning
+        if low <= ratio <= high:
+            return Band.WARNING
+        return Band.CRITICAL
+
+    def joint_band(self, ratio: float | None) -> Band:
+        """Band of a joint ratio, by its factor from 1 either way; <= 0 is critical."""
+        if ratio is None:
+            return Band.NO_DATA
+        if not math.isfinite(ratio) or ratio <= 0.0:
+            return Band.CRITICAL
+        edge = self.joint_healthy
+        if 1.0 / edge <= ratio <= edge:
+            return Band.HEALTHY
+        edge = self.joint_warning
+        if 1.0 / edge <= ratio <= edge:
+            return Band.WARNING
+        return Band.CRITICAL
+
+
+#: The spec's bands (eps 0.2): what a run that records no clip range is shown with.
+SPEC_BANDS: Final = RatioBands(SPEC_CLIP_EPS)
 
 #: The statistics of a head, in record order; the suffixes of the flat names.
 HEAD_STATS: Final[tuple[str, ...]] = tuple(f.name for f in fields(HeadStats))

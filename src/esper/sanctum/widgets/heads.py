@@ -63,11 +63,13 @@ def worst_color(*colors: str) -> str:
 
 
 def head_health(tamiyo: TamiyoState, head: str) -> str:
-    """A head's health colour from both ends of its ratio range (NO_DATA when unmeasured)."""
+    """A head's health colour from both ends of its ratio range, in the run's bands
+    (NO_DATA when unmeasured)."""
     stats = measured_stats(tamiyo, head)
     if stats is None:
         return NO_DATA
-    return worst_color(ratio_color(stats.ratio_max), ratio_color(stats.ratio_min))
+    bands = tamiyo.bands
+    return worst_color(ratio_color(stats.ratio_max, bands), ratio_color(stats.ratio_min, bands))
 
 
 def head_state(tamiyo: TamiyoState, head: str) -> Text:
@@ -100,14 +102,14 @@ def _entropy_cell(tamiyo: TamiyoState, head: str) -> Text:
 
 def _ratio_max_cell(tamiyo: TamiyoState, head: str) -> Text:
     stats = measured_stats(tamiyo, head)
-    return ratio_text(None if stats is None else stats.ratio_max)
+    return ratio_text(None if stats is None else stats.ratio_max, tamiyo.bands)
 
 
 def _ratio_min_cell(tamiyo: TamiyoState, head: str) -> Text:
     stats = measured_stats(tamiyo, head)
     if stats is None:
         return no_value()
-    return Text(fmt_ratio(stats.ratio_min), style=ratio_color(stats.ratio_min))
+    return Text(fmt_ratio(stats.ratio_min), style=ratio_color(stats.ratio_min, tamiyo.bands))
 
 
 def _clip_cell(tamiyo: TamiyoState, head: str) -> Text:

@@ -8,6 +8,7 @@ side (as many as the width allows), so many heads don't push the panels below aw
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -18,14 +19,13 @@ from rich.text import Text
 from esper.sanctum.schema import SanctumSnapshot, TamiyoState
 from esper.sanctum.widgets.base import SnapshotPanel
 from esper.sanctum.widgets.style import (
-    JOINT_WARNING,
+    BAND_STYLES,
     RATIO_BAR_FULL,
     TailSparkline,
     fmt_ratio,
-    joint_ratio_color,
     no_value,
-    ratio_color,
 )
+from esper.telemetry.heads import RatioBands
 
 
 def worst_ratio(values: Sequence[float]) -> float | None:
@@ -51,6 +51,26 @@ def history_row(
     return spark, Text(fmt_ratio(worst), style=color(worst))
 
 
+Color = Callable[[float | None], str]
+
+
+@functools.lru_cache(maxsize=8)
+def band_colors(bands: RatioBands) -> tuple[Color, Color]:
+    """(per-head, joint) colour functions of the run's bands, one pair per run's bands.
+
+    The same function objects each redraw: the sparkline cells are remembered by colour
+    function, so a new function per redraw would recolour every cell.
+    """
+
+    def head(v: float | None) -> str:
+        return BAND_STYLES[bands.band(v)]
+
+    def joint(v: float | None) -> str:
+        return BAND_STYLES[bands.joint_band(v)]
+
+    return head, joint
+
+
 #: Rows of heads in one group before the heads spread over several groups side by side.
 HISTORY_ROWS = 12
 #: Narrowest a group may get (name, a short sparkline, the worst value).
@@ -72,12 +92,13 @@ def history_grid(
     grid.add_column(ratio=1, no_wrap=True, justify="right")
     grid.add_column(justify="right", no_wrap=True)
     grid.add_row(Text(""), Text(title, style="dim"), Text("worst", style="dim"))
+    head_color, joint_color = band_colors(tamiyo.bands)
     for head in heads:
         history = tamiyo.head(head).ratio_max_history
-        grid.add_row(head, *history_row(history, RATIO_BAR_FULL, ratio_color))
+        grid.add_row(head, *history_row(history, RATIO_BAR_FULL, head_color))
     if joint:
         history = tamiyo.joint_ratio_max_history
-        grid.add_row("joint", *history_row(history, JOINT_WARNING, joint_ratio_color))
+        grid.add_row("joint", *history_row(history, tamiyo.bands.joint_warning, joint_color))
     return grid
 
 

@@ -43,7 +43,7 @@ def ppo_rows(t: TamiyoState) -> list[tuple[str, Text]]:
     if u.early_stopped:
         epochs.append(" (early stop)", style=WARNING)
     values = (
-        joint_ratio_text(u.joint_ratio_max),
+        joint_ratio_text(u.joint_ratio_max, t.bands),
         Text(fmt_number(u.approx_kl, 4)),
         Text(fmt_percent(u.clip_fraction)),
         Text(fmt_number(u.policy_loss)),

@@ -15,6 +15,8 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from rich.text import Text
 
+from esper.telemetry.heads import Band, RatioBands
+
 #: Rich styles of the three health bands and of "no data yet".
 HEALTHY = "green"
 WARNING = "yellow"
@@ -23,19 +25,16 @@ NO_DATA = "dim"
 #: What every panel prints where there is no value: never a default that looks healthy.
 NO_VALUE = "—"
 
-#: Per-head ratio bands (TELE-151): the PPO clip range eps = 0.2 is healthy ...
-RATIO_HEALTHY = (0.8, 1.2)
-#: ... a moderate shift outside it a warning, anything beyond critical.
-RATIO_WARNING = (0.5, 1.5)
+#: The rich style of each health band. The bands themselves are the run's (`RatioBands`,
+#: from its clip range), declared once in the telemetry package beside the records.
+BAND_STYLES: dict[Band, str] = {
+    Band.HEALTHY: HEALTHY,
+    Band.WARNING: WARNING,
+    Band.CRITICAL: CRITICAL,
+    Band.NO_DATA: NO_DATA,
+}
 #: A per-head ratio bar is full at a factor-of-2 shift either way (|ln r| = ln 2).
 RATIO_BAR_FULL = 2.0
-
-#: Joint (TELE-150) bands, symmetric in log space because the joint is a product.
-#: Green up to 1.5: at most two relevant heads sitting at the clip edge (1.2^2 = 1.44).
-JOINT_HEALTHY = 1.5
-#: Yellow up to 3.0 ~ 1.2^6: a GROW uses six heads, the most any op uses, so a joint above
-#: 3 cannot come from heads that all stay inside the per-head clip range: red.
-JOINT_WARNING = 3.0
 
 BAR_CELLS = 5
 BAR_FULL_CELL = "█"
@@ -54,37 +53,22 @@ def is_finite(v: float | None) -> bool:
     return v is not None and math.isfinite(v)
 
 
-def ratio_color(v: float | None) -> str:
-    """Health band of one head's ratio: green in [0.8, 1.2], yellow in [0.5, 1.5], red beyond.
+def ratio_color(v: float | None, bands: RatioBands) -> str:
+    """Colour of one head's ratio in the run's bands: green inside the clip range, yellow in
+    the warning band, red beyond (NaN and infinities too); None means no data and is dim.
 
-    NaN and infinities are red (something is broken); None means no data and is dim.
+    At eps 0.2: green in [0.8, 1.2], yellow in [0.5, 1.5].
     """
-    if v is None:
-        return NO_DATA
-    if not math.isfinite(v):
-        return CRITICAL
-    if RATIO_HEALTHY[0] <= v <= RATIO_HEALTHY[1]:
-        return HEALTHY
-    if RATIO_WARNING[0] <= v <= RATIO_WARNING[1]:
-        return WARNING
-    return CRITICAL
+    return BAND_STYLES[bands.band(v)]
 
 
-def joint_ratio_color(v: float | None) -> str:
-    """Health band of the joint ratio: green within x1.5 of 1, yellow within x3, red beyond.
+def joint_ratio_color(v: float | None, bands: RatioBands) -> str:
+    """Colour of the joint ratio in the run's joint bands (x1.5 and x3 of 1 at eps 0.2).
 
     Per-head bands would be wrong here: clipping bounds each head, so a joint of 1.3 is
-    what two healthy heads produce. See JOINT_HEALTHY / JOINT_WARNING for the reasoning.
+    what two healthy heads produce. See `RatioBands` for the reasoning.
     """
-    if v is None:
-        return NO_DATA
-    if not math.isfinite(v) or v <= 0.0:
-        return CRITICAL
-    if 1.0 / JOINT_HEALTHY <= v <= JOINT_HEALTHY:
-        return HEALTHY
-    if 1.0 / JOINT_WARNING <= v <= JOINT_WARNING:
-        return WARNING
-    return CRITICAL
+    return BAND_STYLES[bands.joint_band(v)]
 
 
 def round_half_up(x: float) -> int:
@@ -172,18 +156,21 @@ def no_value() -> Text:
     return Text(NO_VALUE, style=NO_DATA)
 
 
-def ratio_text(v: float | None) -> Text:
+def ratio_text(v: float | None, bands: RatioBands) -> Text:
     """`{:.3f}` value and its 5-cell bar, both in the value's health colour; None is a dash."""
     if v is None:
         return no_value()
-    return Text(f"{fmt_ratio(v)} {ratio_bar(v)}", style=ratio_color(v))
+    return Text(f"{fmt_ratio(v)} {ratio_bar(v)}", style=ratio_color(v, bands))
 
 
-def joint_ratio_text(v: float | None) -> Text:
-    """Joint ratio value and bar, coloured by the joint bands; the bar is full at x3."""
+def joint_ratio_text(v: float | None, bands: RatioBands) -> Text:
+    """Joint ratio value and bar, coloured by the joint bands; the bar is full at the
+    joint's warning edge (x3 at eps 0.2)."""
     if v is None:
         return no_value()
-    return Text(f"{fmt_ratio(v)} {ratio_bar(v, JOINT_WARNING)}", style=joint_ratio_color(v))
+    return Text(
+        f"{fmt_ratio(v)} {ratio_bar(v, bands.joint_warning)}", style=joint_ratio_color(v, bands)
+    )
 
 
 def spark_level(v: float, full_at: float) -> int:
@@ -197,9 +184,7 @@ def sparkline(values: Sequence[float], full_at: float = RATIO_BAR_FULL) -> str:
 
 
 def ratio_sparkline(
-    values: Sequence[float],
-    full_at: float = RATIO_BAR_FULL,
-    color: Callable[[float | None], str] = ratio_color,
+    values: Sequence[float], full_at: float, color: Callable[[float | None], str]
 ) -> Text:
     """A sparkline whose every cell carries its own value's health colour.
 
@@ -250,10 +235,7 @@ class TailSparkline:
     """
 
     def __init__(
-        self,
-        values: Sequence[float],
-        full_at: float = RATIO_BAR_FULL,
-        color: Callable[[float | None], str] = ratio_color,
+        self, values: Sequence[float], full_at: float, color: Callable[[float | None], str]
     ) -> None:
         self.values, self.full_at, self.color = values, full_at, color
 
