@@ -590,7 +590,8 @@ EVAL_HEADERS = ("Run", "Policy", "Mean return", "Std", "Std error", "Episodes", 
 
 
 def _spread(value: Any) -> str:
-    """An eval.json std or standard error: null (one episode) is undefined, shown as —."""
+    """An eval.json number that may be null (a spread of one episode, the accuracy of an
+    env without a host): undefined, shown as —."""
     return "—" if value is None else f"{float(value):.3f}"
 
 
@@ -615,7 +616,7 @@ def _eval_section(runs: Sequence[Run]) -> str:
                         _spread(p["std_return"]),
                         _spread(p["stderr_return"]),
                         int(p["episodes"]),
-                        f"{float(p.get('host_accuracy', float('nan'))):.3f}",
+                        _spread(p.get("host_accuracy")),  # null: an env without a host
                     )
                 )
         except (OSError, ValueError, KeyError, TypeError) as exc:
