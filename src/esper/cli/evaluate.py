@@ -399,6 +399,7 @@ def add_eval_command(sub: Any) -> None:
     """Register `esper eval` on the `esper` sub-parsers (sets `handler`)."""
     p = sub.add_parser(
         "eval",
+        allow_abbrev=False,
         help="play a run's policy and the baselines on fixed seeds",
         description="Play the run's policy (greedy and sampled) and the baselines (wait, "
         "random, fixed grow heuristics) on the same fixed seeds; print one table and "
