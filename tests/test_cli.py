@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from esper.morpho.actions import HEAD_NAMES
+from esper.rl.config import TrainConfig
 
 BIN = Path(sys.executable).parent
 
@@ -159,8 +160,28 @@ def test_sanctum_refuses_a_screenshot_it_should_not_write(
     [
         (["esper", "ppo", "--episodes", "0"], "episodes must be a whole number in [1, "),
         (["esper", "ppo", "--episodes", "-2"], "episodes must be a whole number in [1, "),
-        (["esper", "ppo", "--task", "mnist"], "unknown task 'mnist'"),
+        (["esper", "ppo", "--task", "mnist"], "unknown task 'mnist'; known tasks: digits, spirals"),
         (["esper", "ppo", "--clip", "0"], "clip must be a finite number in (0, 1)"),
+        (["esper", "ppo", "--clip", "2"], "clip must be a finite number in (0, 1), got 2.0"),
+        (["esper", "ppo", "--envs", "x"], "argument --envs: invalid int value: 'x'"),
+        (["esper", "ppo", "--clip-mode", "both"], "argument --clip-mode: invalid choice: 'both'"),
+        (["esper", "ppo", "--bins", "4"], "bins needs env_id (it discretises an env's Box"),
+        (["esper", "ppo", "--rollout-steps", "8"], "rollout_steps needs env_id"),
+        (
+            ["esper", "ppo", "--env-id", "CartPole-v1", "--rollout-steps", "0"],
+            "rollout_steps must be none or a whole number in [1, 100000], got 0",
+        ),
+        (
+            ["esper", "ppo", "--env-id", "CartPole-v1", "--bins", "1001"],
+            "bins must be none or a whole number in [2, 1000], got 1001",
+        ),
+        # a prefix of a flag is not the flag: --env is not --envs, --epi not --episodes
+        (["esper", "ppo", "--env", "CartPole-v1"], "unrecognized arguments: --env CartPole-v1"),
+        (["esper", "ppo", "--epi", "3"], "unrecognized arguments: --epi 3"),
+        (["esper", "report", "run", "--ou", "x.html"], "unrecognized arguments: --ou x.html"),
+        (["esper", "query", "run", "SELECT 1", "--js"], "unrecognized arguments: --js"),
+        (["esper", "eval", "run", "--epi", "3"], "unrecognized arguments: --epi 3"),
+        (["sanctum", "--rep"], "unrecognized arguments: --rep"),
         (["esper", "ppo", "--epochs", "0"], "epochs must be a whole number in [1, "),
         (["esper", "ppo", "--episodes", "ten"], "invalid int value: 'ten'"),
         (["esper", "ppo", "--config", "missing.toml"], "cannot read config file"),
@@ -180,6 +201,71 @@ def test_bad_input_is_one_line_and_exit_2(args: list[str], fragment: str, tmp_pa
     assert fragment in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # refused before anything is made
+
+
+def test_ppo_help_comes_from_the_config_declarations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "1000")  # argparse wraps at the width, even inside --env-id
+    proc = run_cli("esper", "ppo", "--help", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())
+    for shown in (
+        "--episodes N episodes in total, over all parallel envs (default 10)",
+        "--clip CLIP PPO clip range epsilon (default 0.2)",
+        "--lr LR learning rate (default 0.0003)",
+        "--clip-mode {per_head,joint}",
+        "--backend {inprocess,processes,ray} where the envs step (default inprocess)",
+        "--workers WORKERS worker processes or Ray actors the envs use (default: one per env)",
+        "--task TASK morphogenetic host task; not used with --env-id; one of digits, spirals "
+        "(default spirals)",
+        "--env-id ID train on this env: a gymnasium id (CartPole-v1) or module:callable",
+        "--task, --slots and --episode-length then do not apply",
+        "--bins K discretise a Box action space into K levels per dimension",
+        "--rollout-steps N steps each env takes per PPO batch (only with --env-id) (default: 128)",
+        "--run-dir RUN_DIR",
+        "--resume RUN_DIR",
+    ):
+        assert shown in text
+    assert "--fault" not in text and "max-bad-updates" not in text
+
+
+def test_settings_flags_reach_the_config_over_the_config_file(tmp_path: Path) -> None:
+    from esper.cli.main import _esper_parser, config_from_args
+
+    path = tmp_path / "gym.toml"
+    path.write_text('env_id = "Pendulum-v1"\nbins = 3\nrollout_steps = 64\nepochs = 2\n')
+    args = _esper_parser().parse_args(
+        ["ppo", "--config", str(path), "--bins", "9", "--clip", "0.1", "--task", "anything"]
+    )
+    config = config_from_args(args)  # with an env_id the task is not looked up
+    assert (config.env_id, config.bins, config.rollout_steps) == ("Pendulum-v1", 9, 64)
+    assert (config.ppo.epochs, config.ppo.clip_eps, config.task) == (2, 0.1, "anything")
+    plain = config_from_args(_esper_parser().parse_args(["ppo"]))
+    assert plain == TrainConfig()  # no flag given: every default stands
+
+
+def test_a_fault_naming_any_head_parses_but_a_malformed_one_exits_2(tmp_path: Path) -> None:
+    from esper.cli.main import _esper_parser, config_from_args
+
+    args = _esper_parser().parse_args(["ppo", "--fault", "no_such_head=nan@1"])
+    assert config_from_args(args).fault == "no_such_head=nan@1"  # the trainer checks heads
+    proc = run_cli("esper", "ppo", "--no-tui", "--fault", "slot=nan", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "esper ppo: error: fault must look like HEAD=nan@FIRST[-LAST] (or inf), got 'slot=nan'"
+    ]
+
+
+def test_an_unknown_task_in_a_config_file_is_refused_by_the_cli(tmp_path: Path) -> None:
+    (tmp_path / "cfg.toml").write_text('task = "mnist"\n')
+    proc = run_cli("esper", "ppo", "--config", "cfg.toml", "--no-tui", cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "esper ppo: error: unknown task 'mnist'; known tasks: digits, spirals"
+    ]
+    assert not (tmp_path / "runs").exists()
 
 
 def test_unknown_config_key_is_rejected(tmp_path: Path) -> None:
@@ -217,3 +303,27 @@ def test_esper_report_and_query_through_the_real_cli(
     assert [r["head_slot_ratio_max"] for r in rows] == [d["head_slot_ratio_max"] for d in recorded]
     proc = run_cli("esper", "query", str(run_dir), "SELEC nonsense", cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_derived_flags_convert_and_leave_unset_as_none() -> None:
+    import argparse
+
+    from esper.cli.main import OneLineParser, add_setting_flags
+    from esper.rl.config import SettingFlag
+
+    parser = OneLineParser(prog="toy")
+    add_setting_flags(
+        parser,
+        [
+            SettingFlag("fast", "--fast", bool, None, "go fast", "(default False)", None, False),
+            SettingFlag("rate", "--rate", float, None, "a rate", "(default 0.5)", None, False),
+            SettingFlag("mode", "--mode", str, ("a", "b"), "a mode", "(default a)", None, True),
+        ],
+    )
+    assert vars(parser.parse_args([])) == {"fast": None, "rate": None, "mode": None}
+    got = parser.parse_args(["--no-fast", "--rate", "0.25", "--mode", "b"])
+    assert (got.fast, got.rate, got.mode) == (False, 0.25, "b")
+    assert parser.parse_args(["--fast"]).fast is True
+    shown = parser.format_help()
+    assert "--mode" not in shown and "go fast (default False)" in shown  # hidden, and shown
+    assert isinstance(parser, argparse.ArgumentParser) and not parser.allow_abbrev

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from hypothesis import given
@@ -17,10 +20,17 @@ from esper.rl.config import (
     MAX_SEED,
     MAX_SLOTS,
     ConfigError,
+    FaultSpec,
+    OneOf,
     PPOConfig,
+    SettingFlag,
     TrainConfig,
     build_config,
+    field_flags,
+    flag,
+    parse_fault,
     read_config_file,
+    setting_flags,
 )
 
 
@@ -55,7 +65,12 @@ def test_ppo_config_lives_in_the_torch_free_module_and_ppo_reexports_it() -> Non
         ("slots", 10_000_000, f"slots must be a whole number in [1, {MAX_SLOTS}]"),
         ("seed", 10**30, f"seed must be a whole number in [0, {MAX_SEED}]"),
         ("seed", -1, "seed must be a whole number in [0, "),
-        ("task", "mnist", "unknown task 'mnist'; known tasks: digits, spirals"),
+        ("task", "", "task must be a non-empty string, got ''"),
+        ("task", 3, "task must be a non-empty string, got 3"),
+        ("env_id", "Cart Pole", "env_id must be none or a gymnasium id like CartPole-v1 or "),
+        ("env_id", "a:b:c", "env_id must be none or a gymnasium id like CartPole-v1 or "),
+        ("bins", 1, "bins must be none or a whole number in [2, 1000], got 1"),
+        ("rollout_steps", 0, "rollout_steps must be none or a whole number in [1, 100000]"),
         ("device", "tpu", "device must be cpu, cuda, cuda:N or mps"),
         ("device", "cpu:abc", "device must be cpu, cuda, cuda:N or mps, got 'cpu:abc'"),
         ("device", "cuda:x", "device must be cpu, cuda, cuda:N or mps"),
@@ -207,3 +222,111 @@ def test_wrong_type_in_file_is_a_config_error(tmp_path: Path) -> None:
     path.write_text(json.dumps({"ppo": 3}))
     with pytest.raises(ConfigError, match="ppo must be a table of PPO settings, got 3"):
         build_config(read_config_file(path), {})
+
+
+def test_the_config_module_imports_no_environment() -> None:
+    """The algorithm's settings must load without the morphogenetic env (or gymnasium)."""
+    code = (
+        "import sys, esper.rl.config; "
+        "print(sorted(m for m in sys.modules if m.startswith(('esper.morpho', 'gymnasium'))))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "[]"
+
+
+def test_a_task_name_is_not_looked_up_by_the_config() -> None:
+    """Which tasks exist is the environment's business; the CLI checks it (test_cli)."""
+    assert TrainConfig(task="mnist").task == "mnist"
+    assert build_config({"task": "my_task"}, {}).task == "my_task"
+
+
+def test_a_fault_is_checked_for_its_form_only() -> None:
+    nan = parse_fault("slot=nan@3")
+    assert (nan.head, math.isnan(nan.value), nan.first, nan.last) == ("slot", True, 3, 3)
+    assert parse_fault("op=inf@0") == FaultSpec(head="op", value=math.inf, first=0, last=0)
+    spec = parse_fault("action_0=inf@2-5")  # any head name: the trainer knows the run's heads
+    assert (spec.head, spec.value, spec.first, spec.last) == ("action_0", math.inf, 2, 5)
+    assert TrainConfig(fault="policy=NaN@0").fault == "policy=NaN@0"
+    bad_faults = ("=nan@1", "a b=nan@1", "slot=zero@1", "slot=nan@", "slot=nan@5-2", "9=nan@1")
+    for bad in bad_faults:
+        with pytest.raises(ConfigError, match=r"fault must look like HEAD=nan@FIRST\[-LAST\]"):
+            parse_fault(bad)
+
+
+def test_env_id_settings_default_to_none_and_read_back() -> None:
+    cfg = TrainConfig()
+    assert (cfg.env_id, cfg.bins, cfg.rollout_steps) == (None, None, None)
+    gym = build_config({"env_id": "Pendulum-v1", "bins": 7, "rollout_steps": 64}, {})
+    assert (gym.env_id, gym.bins, gym.rollout_steps) == ("Pendulum-v1", 7, 64)
+    assert build_config(json.loads(json.dumps(gym.to_dict())), {}) == gym
+    assert TrainConfig(env_id="my_pkg.envs:make_env").env_id == "my_pkg.envs:make_env"
+    assert TrainConfig(env_id="ALE/Pong-v5", bins=2, rollout_steps=100_000).bins == 2
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"bins": 5}, "bins needs env_id (it discretises an env's Box actions), got bins=5 "
+         "without env_id"),
+        ({"rollout_steps": 32}, "rollout_steps needs env_id (the morphogenetic env steps "
+         "episode_length per episode), got rollout_steps=32 without env_id"),
+    ],
+)  # fmt: skip
+def test_env_id_only_settings_without_env_id_are_refused(
+    values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config(values, {})
+    assert str(info.value) == message
+
+
+def test_flags_are_described_from_the_fields_with_their_defaults() -> None:
+    flags = {s.key: s for s in setting_flags()}
+    assert list(flags) == [
+        "task", "episodes", "envs", "episode_length", "slots", "env_id", "bins",
+        "rollout_steps", "lr", "clip", "epochs", "minibatches", "clip_mode", "seed", "device",
+        "backend", "workers", "ray_address", "fault", "threads",
+    ]  # fmt: skip
+    clip = flags["clip"]  # PPOConfig.clip_eps, under the flat key build_config reads
+    assert (clip.flag, clip.kind) == ("--clip", float)
+    assert clip.help == "PPO clip range epsilon (default 0.2)"
+    assert flags["episode_length"].flag == "--episode-length"
+    assert flags["envs"].kind is int and flags["envs"].help.endswith("(default 8)")
+    assert flags["lr"].help.endswith("(default 0.0003)")
+    assert flags["backend"].choices == ("inprocess", "processes", "ray")  # from RUN_RULES
+    assert flags["clip_mode"].choices == ("per_head", "joint")
+    assert flags["workers"].kind is int
+    assert flags["workers"].help.endswith("(default: one per env)")
+    assert flags["bins"].metavar == "K" and "only with --env-id" in flags["bins"].help
+    assert "--task, --slots and --episode-length then do not apply" in flags["env_id"].help
+    assert flags["fault"].hidden and not flags["threads"].hidden
+    assert "max_bad_updates" not in flags and "gamma" not in flags  # no flag declared
+
+
+@dataclass(frozen=True)
+class _Toy:
+    """Every kind of field a flag can be derived from."""
+
+    size: int | None = field(default=None, metadata=flag("a size", unset="automatic"))
+    rate: float = field(default=0.5, metadata=flag("a rate"))
+    mode: Literal["a", "b"] = field(default="a", metadata=flag("a mode"))
+    name: str = field(default="x", metadata=flag("a name"))
+    fast: bool = field(default=False, metadata=flag("go fast"))
+    pick: str = field(default="p", metadata=flag("a pick"))
+    plain: int = 3
+
+
+def test_field_flags_take_type_choices_and_default_from_the_declaration() -> None:
+    got = field_flags(_Toy, {"pick": OneOf(("p", "q"))}, key=lambda n: f"toy_{n}")
+    described = [(s.key, s.flag, s.kind, s.choices, s.help) for s in got]
+    assert described == [
+        ("toy_size", "--toy-size", int, None, "a size (default: automatic)"),
+        ("toy_rate", "--toy-rate", float, None, "a rate (default 0.5)"),
+        ("toy_mode", "--toy-mode", str, ("a", "b"), "a mode (default a)"),
+        ("toy_name", "--toy-name", str, None, "a name (default x)"),
+        ("toy_fast", "--toy-fast", bool, None, "go fast (default False)"),
+        ("toy_pick", "--toy-pick", str, ("p", "q"), "a pick (default p)"),
+    ]
+    assert all(isinstance(s, SettingFlag) and not s.hidden for s in got)

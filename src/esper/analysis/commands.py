@@ -197,6 +197,7 @@ def add_analysis_commands(subparsers: Any) -> None:
     """Register `report` and `query` on the `esper` sub-parsers (each sets `handler`)."""
     report_parser = subparsers.add_parser(
         "report",
+        allow_abbrev=False,
         help="render a recorded run (or several side by side) to HTML or PNG",
         description="Render recorded runs to one self-contained HTML page (or a PNG).",
     )
@@ -214,6 +215,7 @@ def add_analysis_commands(subparsers: Any) -> None:
 
     query_parser = subparsers.add_parser(
         "query",
+        allow_abbrev=False,
         help="run SQL (DuckDB) over recorded runs",
         usage="%(prog)s [-h] [--csv | --json] [--schema] RUN_DIR [RUN_DIR ...] SQL",
         description=(

@@ -11,13 +11,21 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING
 
-from esper.rl.config import ConfigError, TrainConfig
+from esper.morpho.tasks import TASKS
+from esper.rl.config import DEFAULT_ROLLOUT_STEPS, ConfigError, TrainConfig
 
 if TYPE_CHECKING:
     from esper.rl.trainer import EnvSpec
 
-#: Steps each env takes per PPO batch on a gymnasium env (`rollout_steps` unset).
-DEFAULT_ROLLOUT_STEPS = 128
+
+def check_task(config: TrainConfig) -> TrainConfig:
+    """The morphogenetic task must exist; checked here, where the environment is known.
+
+    A run on an `env_id` env has no task, so its `task` setting is not looked at.
+    """
+    if config.env_id is None and config.task not in TASKS:
+        raise ConfigError(f"unknown task {config.task!r}; known tasks: {', '.join(TASKS)}")
+    return config
 
 
 def env_id_of(config: TrainConfig) -> str | None:
@@ -39,12 +47,10 @@ def env_spec(config: TrainConfig) -> EnvSpec:
 
     env_id = env_id_of(config)
     if env_id is None:
-        from esper.morpho.environment import MorphogeneticEnv, observation_layout
-        from esper.morpho.tasks import TASKS
-
-        if config.task not in TASKS:
-            raise ConfigError(f"unknown task {config.task!r}; known tasks: {', '.join(TASKS)}")
         from esper.morpho.actions import factored_actions
+        from esper.morpho.environment import MorphogeneticEnv, observation_layout
+
+        check_task(config)
 
         return EnvSpec(
             make=functools.partial(

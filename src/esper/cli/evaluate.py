@@ -110,6 +110,7 @@ def add_eval_command(sub: Any) -> None:
     """Register `esper eval` on the `esper` sub-parsers (sets `handler`)."""
     p = sub.add_parser(
         "eval",
+        allow_abbrev=False,
         help="play a run's policy and the baselines on fixed seeds",
         description="Play the run's policy (greedy and sampled) and the baselines (random; "
         "on the morphogenetic task also wait and fixed grow schedules) on the same fixed "

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -21,17 +21,17 @@ from typing import Any, NoReturn
 from esper.analysis import AnalysisError
 from esper.analysis.commands import add_analysis_commands
 from esper.analysis.exporters import make_exporters
-from esper.cli.envs import env_spec
+from esper.cli.envs import check_task, env_spec
 from esper.cli.evaluate import add_eval_command
+from esper.morpho.tasks import TASKS
 from esper.rl.checkpoint import CHECKPOINT_NAME
 from esper.rl.config import (
-    BACKENDS,
-    CLIP_MODES,
-    TASKS,
     ConfigError,
+    SettingFlag,
     TrainConfig,
     build_config,
     read_config_file,
+    setting_flags,
 )
 from esper.rl.threads import learner_threads
 from esper.telemetry.recorder import EVENTS_FILE
@@ -51,12 +51,13 @@ EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 #: Longest file name most file systems take (one path component, in bytes).
 NAME_MAX = 255
-#: Flags that are training settings (TrainConfig fields of the same name).
-SETTING_FLAGS = (
-    "episodes", "task", "envs", "episode_length", "slots", "epochs", "minibatches",
-    "clip", "clip_mode", "lr", "seed", "device", "fault", "backend", "workers", "ray_address",
-    "threads",
-)  # fmt: skip
+#: The flags that are training settings, declared on the config fields (esper.rl.config).
+SETTINGS: tuple[SettingFlag, ...] = tuple(setting_flags())
+#: Their dests: TrainConfig fields, or flat PPO keys such as `clip`, as build_config reads.
+SETTING_FLAGS: tuple[str, ...] = tuple(s.key for s in SETTINGS)
+#: What the help of a setting adds that only the command line knows (the tasks live in
+#: esper.morpho, which the config module does not import).
+SETTING_NOTES: dict[str, str] = {"task": f"one of {', '.join(TASKS)}"}
 
 
 class UsageError(Exception):
@@ -69,7 +70,15 @@ def _fail(prog: str, message: str) -> NoReturn:
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad flag costs one line (plus a hint), not the whole usage text."""
+    """argparse, but a bad flag costs one line (plus a hint), not the whole usage text.
+
+    Prefixes of flags are refused (`allow_abbrev=False`): `--env` must not quietly mean
+    `--envs`, and a flag added later must not change what an old command line means.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         _fail(self.prog, f"{message} (see --help)")
@@ -82,28 +91,40 @@ def _directory_arg(text: str) -> Path:
     return Path(text)
 
 
+def add_setting_flags(
+    parser: argparse.ArgumentParser,
+    settings: Sequence[SettingFlag],
+    notes: Mapping[str, str] | None = None,
+) -> None:
+    """One argparse flag per setting; each defaults to None, which means "not given".
+
+    A flag's value is only converted here (int, float, a choice); its range is checked
+    by build_config, so flags and config files give the same one-line message.
+    """
+    for s in settings:
+        note = (notes or {}).get(s.key)
+        help_text = s.help if note is None else f"{s.about}; {note} {s.default}".rstrip()
+        options: dict[str, Any] = {
+            "dest": s.key,
+            "default": None,
+            "help": argparse.SUPPRESS if s.hidden else help_text,
+        }
+        if s.metavar is not None:
+            options["metavar"] = s.metavar
+        if s.kind is bool:
+            options["action"] = argparse.BooleanOptionalAction
+            options.pop("metavar", None)
+        else:
+            if s.kind is not str:
+                options["type"] = s.kind
+            if s.choices is not None:
+                options["choices"] = s.choices
+        parser.add_argument(s.flag, **options)
+
+
 def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
-    p = sub.add_parser("ppo", help="train a morphogenetic policy with factored PPO")
-    p.add_argument("--episodes", type=int, help="episodes in total (default 10)")
-    p.add_argument("--task", help=f"host task: {', '.join(TASKS)} (default spirals)")
-    p.add_argument("--envs", type=int, help="parallel environments per PPO batch (default 8)")
-    p.add_argument("--episode-length", type=int, help="host epochs per episode (default 25)")
-    p.add_argument("--slots", type=int, help="seed slots in the host (default 3)")
-    p.add_argument("--epochs", type=int, help="PPO epochs per update (default 4)")
-    p.add_argument("--minibatches", type=int, help="minibatches per PPO epoch (default 4)")
-    p.add_argument("--clip", type=float, help="PPO clip range epsilon (default 0.2)")
-    p.add_argument("--clip-mode", choices=CLIP_MODES, help="clip each head or the joint ratio")
-    p.add_argument("--lr", type=float, help="learning rate (default 3e-4)")
-    p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--device", help="torch device: cpu (default), cuda, cuda:N")
-    p.add_argument("--backend", choices=BACKENDS, help="where the envs step (default inprocess)")
-    p.add_argument(
-        "--workers", type=int, help="worker processes or Ray actors (default: one per env)"
-    )
-    p.add_argument(
-        "--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local one)"
-    )
-    p.add_argument("--threads", type=int, help="torch threads of the learner (default: by size)")
+    p = sub.add_parser("ppo", help="train a policy with factored PPO")
+    add_setting_flags(p, SETTINGS, SETTING_NOTES)
     p.add_argument("--run-dir", help="where to record the run (default runs/<run-id>)")
     p.add_argument("--config", type=Path, help="TOML or JSON file of settings; flags override it")
     p.add_argument("--no-tui", action="store_true", help="run headless with a progress bar")
@@ -121,8 +142,6 @@ def _ppo_parser(sub: argparse._SubParsersAction[OneLineParser]) -> None:
     p.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue a run from its checkpoint"
     )
-    # Fault injection for tests and drills (HEAD=nan@FIRST[-LAST]); not for everyday use.
-    p.add_argument("--fault", help=argparse.SUPPRESS)
 
 
 def _esper_parser() -> argparse.ArgumentParser:
@@ -138,7 +157,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """Defaults <- config file <- flags; raises ConfigError naming the bad value."""
     file_values = read_config_file(args.config) if args.config is not None else None
     overrides: dict[str, Any] = {name: getattr(args, name) for name in SETTING_FLAGS}
-    return build_config(file_values, overrides)
+    return check_task(build_config(file_values, overrides))
 
 
 def run_dir_path(run_dir: str | Path | None, run_id: str) -> Path:
@@ -264,7 +283,7 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
     if args.backend is not None:  # another backend starts from its own worker defaults
         saved = {k: v for k, v in saved.items() if k not in ("workers", "ray_address")}
     try:
-        config = build_config(saved, overrides)
+        config = check_task(build_config(saved, overrides))
     except ConfigError as exc:
         raise UsageError(f"cannot resume {run_dir}: its configuration is refused: {exc}") from None
     done = 0 if point.checkpoint is None else int(point.checkpoint["episodes_done"])

@@ -8,6 +8,13 @@ after a three-second torch import. The PPO hyper-parameters live here once, as
 Every value is range-checked: finite, of the right type (a bool is not a number), and
 within bounds that keep a run from being absurd (a million slots, a billion envs), so a
 start that cannot work fails before anything is created on disk.
+
+A field that is also an `esper ppo` flag says so in its declaration (`metadata=flag(...)`:
+its help text, and what None means); `setting_flags` describes those flags from the fields,
+their annotations and the rule tables, so the command line never declares a setting again.
+
+This module belongs to the algorithm and knows no environment: which tasks exist and
+which heads a run has are checked by the command line and the trainer, which know them.
 """
 
 from __future__ import annotations
@@ -16,13 +23,11 @@ import json
 import math
 import re
 import tomllib
+import types
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Literal
-
-from esper.morpho.actions import HEAD_NAMES
-from esper.morpho.tasks import TASKS
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 CLIP_MODES: tuple[str, ...] = ("per_head", "joint")
 #: Where the envs step (esper.rl.runners): this process, local worker processes, Ray actors.
@@ -40,7 +45,16 @@ MAX_HIDDEN = 8192
 MAX_BAD_UPDATES = 10**6
 #: Seeds are mixed into per-episode seeds that must stay within 64 bits.
 MAX_SEED = 2**32 - 1
+#: Levels per dimension a Box action space may be discretised into.
+MIN_BINS, MAX_BINS = 2, 1000
+MAX_ROLLOUT_STEPS = 100_000
+#: Steps each env takes per PPO batch for an `env_id` env when `rollout_steps` is None.
+DEFAULT_ROLLOUT_STEPS = 128
 _DEVICE = re.compile(r"(cpu|mps|cuda(:[0-9]{1,3})?)")
+#: A gymnasium id (`CartPole-v1`, `ALE/Pong-v5`) or `module:callable`: no spaces, one colon.
+_ENV_ID = re.compile(r"[^\s:]+(:[^\s:]+)?")
+#: A fault's head: any identifier-like name (the run's heads are known only to the trainer).
+_HEAD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class ConfigError(ValueError):
@@ -101,11 +115,18 @@ def _optional(check: Callable[[object], str | None]) -> Callable[[object], str |
     return optional
 
 
-def _one_of(choices: tuple[str, ...]) -> Callable[[object], str | None]:
-    def check(value: object) -> str | None:
-        return None if value in choices else f"one of {', '.join(choices)}"
+@dataclass(frozen=True)
+class OneOf:
+    """The rule "one of these names"; a flag checked by it offers them as its choices."""
 
-    return check
+    choices: tuple[str, ...]
+
+    def __call__(self, value: object) -> str | None:
+        return None if value in self.choices else f"one of {', '.join(self.choices)}"
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[object], str | None]:
+    return OneOf(choices)
 
 
 def _boolean(value: object) -> str | None:
@@ -124,6 +145,114 @@ def _first_problem(
     return None
 
 
+# -------------------------------------------------------------------- flags, declared once
+
+_FLAG = "esper.flag"
+
+
+@dataclass(frozen=True)
+class FlagDoc:
+    """How a config field is offered as an `esper ppo` flag (kept in the field's metadata).
+
+    `unset` says what None means for an optional setting, so the help shows every default;
+    `hidden` flags (fault injection) parse but stay out of `--help`.
+    """
+
+    help: str
+    unset: str | None = None
+    metavar: str | None = None
+    hidden: bool = False
+
+
+def flag(
+    help: str, *, unset: str | None = None, metavar: str | None = None, hidden: bool = False
+) -> dict[str, FlagDoc]:
+    """Field metadata making a config field an `esper ppo` flag with this help text."""
+    return {_FLAG: FlagDoc(help=help, unset=unset, metavar=metavar, hidden=hidden)}
+
+
+@dataclass(frozen=True)
+class SettingFlag:
+    """One settings flag, described from its field: what argparse needs, nothing more.
+
+    `key` is the flag's dest and the flat key `build_config` reads (`clip`, not clip_eps);
+    `kind` converts the text (int, float, str or bool); None as a value means "not given".
+    `about` is the declared help and `default` how the help shows the default.
+    """
+
+    key: str
+    flag: str
+    kind: type
+    choices: tuple[str, ...] | None
+    about: str
+    default: str
+    metavar: str | None
+    hidden: bool
+
+    @property
+    def help(self) -> str:
+        return f"{self.about} {self.default}" if self.default else self.about
+
+
+def _kind(annotation: Any) -> tuple[type, tuple[str, ...] | None]:
+    """The flag type and choices of a field annotation: `int | None` -> int, Literal -> str."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        if len(members) != 1:
+            raise TypeError(f"a flag takes one type, not {annotation}")
+        annotation = members[0]
+    if get_origin(annotation) is Literal:
+        return str, tuple(str(a) for a in get_args(annotation))
+    if annotation in (int, float, str, bool):
+        return annotation, None
+    raise TypeError(f"no flag type for {annotation}")
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def field_flags(
+    cls: type,
+    rules: Mapping[str, Callable[[object], str | None]],
+    key: Callable[[str], str] = str,
+) -> list[SettingFlag]:
+    """The flags declared on the fields of dataclass `cls`, in field order.
+
+    Choices come from the annotation (Literal) or the field's rule (`OneOf`); the help
+    ends with the default, taken from the field itself so it cannot go stale.
+    """
+    hints = get_type_hints(cls)
+    out: list[SettingFlag] = []
+    for f in fields(cls):
+        doc = f.metadata.get(_FLAG)
+        if doc is None:
+            continue
+        kind, choices = _kind(hints[f.name])
+        rule = rules.get(f.name)
+        if isinstance(rule, OneOf):
+            choices = rule.choices
+        default = f.default if f.default is not MISSING else None
+        if default is None:
+            shown = f"(default: {doc.unset})" if doc.unset else ""
+        else:
+            shown = f"(default {_shown(default)})"
+        name = key(f.name)
+        out.append(
+            SettingFlag(
+                key=name,
+                flag="--" + name.replace("_", "-"),
+                kind=kind,
+                choices=choices,
+                about=doc.help,
+                default=shown,
+                metavar=doc.metavar,
+                hidden=doc.hidden,
+            )
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------- PPO
 
 
@@ -131,18 +260,20 @@ def _first_problem(
 class PPOConfig:
     """PPO hyper-parameters; validated on construction so a typo fails before a run starts."""
 
-    lr: float = 3e-4
+    lr: float = field(default=3e-4, metadata=flag("learning rate"))
     gamma: float = 0.99
     gae_lambda: float = 0.95
-    clip_eps: float = 0.2
-    epochs: int = 4
-    minibatches: int = 4
+    clip_eps: float = field(default=0.2, metadata=flag("PPO clip range epsilon"))
+    epochs: int = field(default=4, metadata=flag("PPO epochs per update"))
+    minibatches: int = field(default=4, metadata=flag("minibatches per PPO epoch"))
     value_coef: float = 0.5
     entropy_coef: float = 0.01
     max_grad_norm: float = 0.5
     #: Stop the update once a minibatch's approx KL exceeds 1.5 * target_kl (None: never).
     target_kl: float | None = 0.05
-    clip_mode: ClipMode = "per_head"
+    clip_mode: ClipMode = field(
+        default="per_head", metadata=flag("clip each head's ratio or the joint ratio")
+    )
     #: An update's explosion report is made when its joint ratio max exceeds this.
     explosion_threshold: float = 2.0
     #: Automated intervention: stop the update once the joint ratio max exceeds this.
@@ -207,28 +338,72 @@ class TrainConfig:
     and `ray_address` say where the envs step; they change the wall time, not the numbers.
     """
 
-    task: str = "spirals"
-    episodes: int = 10
-    envs: int = 8
-    episode_length: int = 25
-    slots: int = 3
+    #: The morphogenetic host task; its name is checked by the command line, which knows
+    #: the tasks (esper.morpho.tasks), since this package imports no environment.
+    task: str = field(
+        default="spirals", metadata=flag("morphogenetic host task; not used with --env-id")
+    )
+    episodes: int = field(
+        default=10, metadata=flag("episodes in total, over all parallel envs", metavar="N")
+    )
+    envs: int = field(default=8, metadata=flag("parallel environments per PPO batch"))
+    episode_length: int = field(
+        default=25, metadata=flag("host epochs per episode; not used with --env-id")
+    )
+    slots: int = field(default=3, metadata=flag("seed slots in the host; not used with --env-id"))
+    #: Train on this env instead of the morphogenetic one: a gymnasium id, or
+    #: `module:callable` naming a factory of the user's own env.
+    env_id: str | None = field(
+        default=None,
+        metadata=flag(
+            "train on this env: a gymnasium id (CartPole-v1) or module:callable returning a "
+            "gymnasium env; --task, --slots and --episode-length then do not apply",
+            unset="the morphogenetic env",
+            metavar="ID",
+        ),
+    )
+    #: Levels per dimension a Box action space of an `env_id` env is discretised into.
+    bins: int | None = field(
+        default=None,
+        metadata=flag(
+            f"discretise a Box action space into K levels per dimension ({MIN_BINS} to "
+            f"{MAX_BINS}; only with --env-id)",
+            unset="none, for discrete action spaces",
+            metavar="K",
+        ),
+    )
+    #: Steps each `env_id` env takes per PPO batch (None: DEFAULT_ROLLOUT_STEPS).
+    rollout_steps: int | None = field(
+        default=None,
+        metadata=flag(
+            "steps each env takes per PPO batch (only with --env-id)",
+            unset=f"{DEFAULT_ROLLOUT_STEPS}",
+            metavar="N",
+        ),
+    )
     ppo: PPOConfig = field(default_factory=PPOConfig)
     max_bad_updates: int = 5
-    seed: int = 0
-    device: str = "cpu"
-    backend: str = "inprocess"
-    #: Worker processes or Ray actors the envs are spread over (default: one per env).
-    workers: int | None = None
-    #: Address of a running Ray cluster (backend "ray"); default: start a local one.
-    ray_address: str | None = None
+    seed: int = field(default=0, metadata=flag("random seed"))
+    device: str = field(default="cpu", metadata=flag("torch device: cpu, cuda, cuda:N or mps"))
+    backend: str = field(default="inprocess", metadata=flag("where the envs step"))
+    workers: int | None = field(
+        default=None,
+        metadata=flag("worker processes or Ray actors the envs use", unset="one per env"),
+    )
+    ray_address: str | None = field(
+        default=None,
+        metadata=flag(
+            "join this running Ray cluster (backend ray)", unset="start a local one", metavar="ADDR"
+        ),
+    )
     #: Fault injection for tests and drills: "HEAD=nan@FIRST[-LAST]" (or inf) makes that
     #: head's logits non-finite in every minibatch of updates FIRST..LAST (batch indices).
-    fault: str | None = None
+    fault: str | None = field(default=None, metadata=flag("HEAD=nan@FIRST[-LAST]", hidden=True))
     #: Torch intra-op threads of the learner (default: chosen by size, esper.rl.threads).
-    threads: int | None = None
-    env_id: str | None = None
-    bins: int | None = None
-    rollout_steps: int | None = None
+    threads: int | None = field(
+        default=None,
+        metadata=flag("torch threads of the learner", unset="chosen by the batch size"),
+    )
 
     def __post_init__(self) -> None:
         validate(self)
@@ -264,11 +439,16 @@ class FaultSpec:
 
 
 def parse_fault(text: str) -> FaultSpec:
-    """Parse "HEAD=nan@3" or "HEAD=inf@3-5"; raises ConfigError saying what is expected."""
+    """Parse "HEAD=nan@3" or "HEAD=inf@3-5"; raises ConfigError saying what is expected.
+
+    Only the form is checked: whether the run has a head of that name is for the
+    trainer to say, which knows the heads its env declares.
+    """
     expected = f"fault must look like HEAD=nan@FIRST[-LAST] (or inf), got {text!r}"
     head, sep, rest = text.partition("=")
     kind, sep2, span = rest.partition("@")
-    if not (sep and sep2) or head not in HEAD_NAMES or kind.lower() not in ("nan", "inf"):
+    ok_head = _HEAD.fullmatch(head) is not None
+    if not (sep and sep2) or not ok_head or kind.lower() not in ("nan", "inf"):
         raise ConfigError(expected)
     first_text, _, last_text = span.partition("-")
     try:
@@ -290,14 +470,23 @@ def _text(value: object) -> str | None:
     return None if isinstance(value, str) and value.strip() else "a non-empty string"
 
 
+def _env_id(value: object) -> str | None:
+    ok = isinstance(value, str) and _ENV_ID.fullmatch(value) is not None
+    return None if ok else "a gymnasium id like CartPole-v1 or module:callable"
+
+
 #: More torch threads than any machine this runs on has cores is a typo.
 MAX_THREADS = 1024
 
 RUN_RULES: dict[str, Callable[[object], str | None]] = {
+    "task": _text,
     "episodes": _whole(1, MAX_EPISODES),
     "envs": _whole(1, MAX_ENVS),
     "episode_length": _whole(1, MAX_EPISODE_LENGTH),
     "slots": _whole(1, MAX_SLOTS),
+    "env_id": _optional(_env_id),
+    "bins": _optional(_whole(MIN_BINS, MAX_BINS)),
+    "rollout_steps": _optional(_whole(1, MAX_ROLLOUT_STEPS)),
     "max_bad_updates": _whole(1, MAX_BAD_UPDATES),
     "seed": _whole(0, MAX_SEED),
     "device": _device,
@@ -310,9 +499,10 @@ RUN_RULES: dict[str, Callable[[object], str | None]] = {
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Raise ConfigError naming the first value a run cannot start with."""
-    if not isinstance(cfg.task, str) or cfg.task not in TASKS:
-        raise ConfigError(f"unknown task {cfg.task!r}; known tasks: {', '.join(TASKS)}")
+    """Raise ConfigError naming the first value a run cannot start with.
+
+    The task's name is not looked up here (the CLI does, against esper.morpho.tasks).
+    """
     problem = _first_problem(cfg, RUN_RULES, str)
     if problem is not None:
         raise ConfigError(problem)
@@ -321,6 +511,24 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.fault is not None:
         parse_fault(cfg.fault)
     _validate_backend(cfg)
+    _validate_env(cfg)
+
+
+def _validate_env(cfg: TrainConfig) -> None:
+    """`bins` and `rollout_steps` shape an `env_id` env's run; the morphogenetic env has
+    discrete heads and episodes of `episode_length` steps, so there they are mistakes."""
+    if cfg.env_id is not None:
+        return
+    if cfg.bins is not None:
+        raise ConfigError(
+            f"bins needs env_id (it discretises an env's Box actions), got bins={cfg.bins} "
+            "without env_id"
+        )
+    if cfg.rollout_steps is not None:
+        raise ConfigError(
+            f"rollout_steps needs env_id (the morphogenetic env steps episode_length per "
+            f"episode), got rollout_steps={cfg.rollout_steps} without env_id"
+        )
 
 
 def _validate_backend(cfg: TrainConfig) -> None:
@@ -343,6 +551,25 @@ def _validate_backend(cfg: TrainConfig) -> None:
 
 _RUN_KEYS = frozenset(f.name for f in fields(TrainConfig))
 _PPO_KEYS = frozenset(f.name for f in fields(PPOConfig))
+
+
+def setting_flags() -> list[SettingFlag]:
+    """Every `esper ppo` settings flag, in TrainConfig's field order (PPO's in its place).
+
+    PPO flags are named by their flat keys (`--clip`), which `build_config` maps back.
+    """
+    ppo_flags = field_flags(PPOConfig, PPO_RULES, ppo_label)
+    unmapped = [f.key for f in ppo_flags if f.key not in FLAT_PPO_KEYS]
+    if unmapped:  # a flag build_config would refuse as an unknown setting
+        raise TypeError(f"PPO flags without a flat key: {unmapped}")
+    run_flags = {s.key: s for s in field_flags(TrainConfig, RUN_RULES)}
+    out: list[SettingFlag] = []
+    for f in fields(TrainConfig):
+        if f.name == "ppo":
+            out += ppo_flags
+        elif f.name in run_flags:
+            out.append(run_flags[f.name])
+    return out
 
 
 def known_keys() -> list[str]:
