@@ -32,8 +32,9 @@ class EvalError(ValueError):
     """A run directory or flag `esper eval` cannot work with; the message is one line."""
 
 
-def load_run_agent(run_dir: Path) -> tuple[Any, Any]:
-    """The run's PPO agent restored from its checkpoint, and the run's environment.
+def load_run_agent(run_dir: Path) -> tuple[Any, Any, bool]:
+    """The run's PPO agent restored from its checkpoint, the run's environment, and
+    whether that is the morphogenetic task.
 
     The checkpoint is read with `weights_only=True` (see `esper.rl.checkpoint`). The agent
     is rebuilt from the checkpoint's own shapes (observation size, heads, trunk width) and
@@ -52,7 +53,8 @@ def load_run_agent(run_dir: Path) -> tuple[Any, Any]:
         raise EvalError(f"{run_dir} has no {CHECKPOINT_NAME}; is it an esper run directory?")
     try:
         state = load_checkpoint(path)
-        spec = env_spec(build_config(state["config"], {}))
+        config = build_config(state["config"], {})
+        spec = env_spec(config)
         saved = state["agent"]
         hidden = int(saved["policy"]["value_head.weight"].shape[1])
         agent = PPOAgent(
@@ -66,7 +68,7 @@ def load_run_agent(run_dir: Path) -> tuple[Any, Any]:
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
         raise EvalError(f"cannot load the checkpoint in {run_dir}: {first}") from None
-    return agent, spec
+    return agent, spec, config.env_id is None
 
 
 def evaluate_run(
@@ -84,8 +86,7 @@ def evaluate_run(
         raise EvalError(f"--seed must be a whole number >= 0, got {seed}")
     from esper.rl.evaluate import RandomLegal, agent_policies, eval_seeds, evaluate_policies
 
-    agent, spec = load_run_agent(run_dir)
-    morpho = spec.actions.selector == "op" and spec.episode_length is not None
+    agent, spec, morpho = load_run_agent(run_dir)
     policies: dict[str, Any] = dict(agent_policies(agent, "tamiyo" if morpho else "agent"))
     if morpho:
         from esper.morpho.baselines import baselines

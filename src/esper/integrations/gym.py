@@ -102,11 +102,8 @@ class FactoredGymEnv:
     Episodes: `reset(seed)` seeds the first; when one ends, `step` reports it
     (`info["episode"]` with its return and length) and returns the first observation of
     the next one, seeded from a generator the first seed started, so a run is
-    reproducible and every episode differs. `episode_length` is None: episodes end when
-    the env says so.
+    reproducible and every episode differs.
     """
-
-    episode_length = None
 
     def __init__(self, env: gymnasium.Env[Any, Any]) -> None:
         self.env = env
