@@ -253,7 +253,6 @@ def fixed_rollout(task: str, n_envs: int, episode_length: int, seed: int = SEED)
     Every timed update is fed this same buffer, so the two sides of a comparison train
     on identical samples; it is collected once per process (updates only read it).
     """
-    from esper.morpho.actions import head_sizes
     from esper.morpho.environment import MorphogeneticEnv
     from esper.rl.ppo import PPOAgent
     from esper.rl.rollout import collect_batch
@@ -262,7 +261,7 @@ def fixed_rollout(task: str, n_envs: int, episode_length: int, seed: int = SEED)
         MorphogeneticEnv(task=task, n_slots=DEFAULT_SLOTS, episode_length=episode_length)
         for _ in range(n_envs)
     ]
-    agent = PPOAgent(envs[0].obs_dim, head_sizes(DEFAULT_SLOTS), seed=seed)
+    agent = PPOAgent(envs[0].obs_dim, envs[0].factored_actions, seed=seed)
     seeds = [seed * 1000 + i for i in range(n_envs)]
     buffer, _ = collect_batch(agent, envs, episode_length, seeds)
     return buffer, envs[0].obs_dim
@@ -278,14 +277,15 @@ def tiled_rollout(task: str, n_envs: int, steps: int, repeats: int) -> tuple[Any
     """
     import torch
 
+    from esper.morpho.actions import factored_actions
     from esper.rl.ppo import RolloutBuffer
 
     real, obs_dim = fixed_rollout(task, n_envs, steps)
     tiled = RolloutBuffer(
-        steps * repeats, n_envs, obs_dim, real.slot_by_op.shape[-1],
+        steps * repeats, n_envs, obs_dim, factored_actions(DEFAULT_SLOTS),
         gamma=real.gamma, gae_lambda=real.gae_lambda,
     )  # fmt: skip
-    for name in ("obs", "actions", "log_probs", "values", "rewards", "op_mask", "slot_by_op"):
+    for name in ("obs", "actions", "log_probs", "values", "rewards", "legal"):
         field = getattr(real, name)
         getattr(tiled, name).copy_(field.tile((repeats,) + (1,) * (field.dim() - 1)))
     tiled.episode_starts.zero_()

@@ -3,7 +3,7 @@
 For each task and training seed, PPO trains at the default hyper-parameters
 (`TrainConfig()`, the same batches, episode seeds and updates as `esper ppo`, without the
 telemetry), recording the mean training return per PPO update. Then the greedy and sampled
-policy and every baseline of `esper.cli.evaluate` play the fixed evaluation seeds. Written:
+policy and every baseline of `esper eval` play the fixed evaluation seeds. Written:
 the learning curve (return per block of episodes, baselines as horizontal lines) as a PNG,
 the final evaluation table, and a JSON of every number, under `benchmarks/results/`.
 
@@ -41,12 +41,12 @@ def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -
     """
     import torch
 
-    from esper.morpho.actions import head_sizes
+    from esper.cli.envs import env_spec
     from esper.morpho.environment import MorphogeneticEnv
     from esper.rl.config import TrainConfig
     from esper.rl.ppo import PPOAgent
     from esper.rl.rollout import collect_batch
-    from esper.rl.trainer import episode_seeds, observation_size
+    from esper.rl.trainer import episode_seeds
 
     cfg = replace(TrainConfig(), task=task, seed=seed, **overrides)
     if episodes is not None:
@@ -56,9 +56,8 @@ def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -
         MorphogeneticEnv(task=cfg.task, n_slots=cfg.slots, episode_length=cfg.episode_length)
         for _ in range(cfg.envs)
     ]
-    agent = PPOAgent(
-        observation_size(cfg.slots), head_sizes(cfg.slots), cfg.ppo, seed=cfg.seed
-    )
+    spec = env_spec(cfg)
+    agent = PPOAgent(spec.obs_dim, spec.actions, cfg.ppo, seed=cfg.seed)
     returns: list[float] = []
     done = 0
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -80,16 +79,23 @@ def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -
 
 def evaluate_agent(agent: Any, cfg: dict[str, Any], episodes: int, seed: int) -> list[Any]:
     """Tamiyo greedy and sampled plus every baseline, on the fixed evaluation seeds."""
-    from esper import evaluate as ev
+    from esper.morpho.baselines import heuristics, wait_policy
     from esper.morpho.environment import MorphogeneticEnv
+    from esper.rl import evaluate as ev
 
     length, n_slots = int(cfg["episode_length"]), int(cfg["slots"])
 
     def make_env() -> MorphogeneticEnv:
         return MorphogeneticEnv(task=cfg["task"], n_slots=n_slots, episode_length=length)
 
-    policies = {**ev.tamiyo_policies(agent), **ev.baselines(length, n_slots, seed)}
-    return ev.evaluate_policies(policies, make_env, ev.eval_seeds(seed, episodes), length)
+    # the rows and order of `esper eval` on the morphogenetic task
+    policies: dict[str, ev.BatchPolicy] = {
+        **ev.agent_policies(agent, "tamiyo"),
+        "wait": wait_policy,
+        "random": ev.RandomLegal(agent.actions, seed),
+        **heuristics(length, n_slots),
+    }
+    return ev.evaluate_policies(policies, make_env, ev.eval_seeds(seed, episodes))
 
 
 def block_means(returns: Sequence[float], block: int) -> list[float]:
@@ -150,7 +156,7 @@ def run(
     eval_seed: int,
     out: Path,
 ) -> dict[str, Any]:
-    from esper import evaluate as ev
+    from esper.rl import evaluate as ev
 
     load = {"before": load_average()}
     doc: dict[str, Any] = {"tasks": {}, "machine": machine_info()}

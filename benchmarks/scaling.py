@@ -90,14 +90,11 @@ def started_runners(with_ray: bool) -> Iterator[dict[str, Any]]:
 
 def measure(rounds: int, with_ray: bool) -> dict[str, Any]:
     """Interleaved seconds per training batch of every side, and episodes/s spreads."""
-    from esper.morpho.actions import head_sizes
     from esper.rl.ppo import PPOAgent
 
     with started_runners(with_ray) as runners:
         sides = {
-            name: training_round(
-                PPOAgent(runner.obs_dim, head_sizes(DEFAULT_SLOTS), seed=SEED), runner
-            )
+            name: training_round(PPOAgent(runner.obs_dim, runner.actions, seed=SEED), runner)
             for name, runner in runners.items()
         }
         loads: list[list[float] | None] = []

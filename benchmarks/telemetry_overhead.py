@@ -137,7 +137,7 @@ def _joint_only_agent_class() -> type:
             1 where it counts), its joint ratios, and whether the update goes on."""
             cfg = self.config
             log_probs, entropies, values, relevant = self.policy.evaluate_actions(
-                mb.obs, mb.actions, mb.op_mask, mb.slot_by_op
+                mb.obs, mb.actions, mb.legal
             )
             zero = torch.zeros_like(log_probs)
             log_ratio = torch.where(relevant, log_probs - mb.old_log_probs, zero).sum(dim=1)
@@ -190,12 +190,12 @@ def op_counts(update: ReloadingUpdate) -> dict[str, Any]:
 
 def measure(size: str, rounds: int, repeats: int) -> dict[str, Any]:
     """Interleaved update timings of ours (both clip modes) and the baseline at `size`."""
-    from esper.morpho.actions import head_sizes
+    from esper.morpho.actions import factored_actions
     from esper.rl.ppo import PPOAgent, PPOConfig
 
     n_envs, steps, repeats_in_time, minibatches = SIZES[size]
     buffer, obs_dim = tiled_rollout(TASK, n_envs, steps, repeats_in_time)
-    heads = head_sizes(DEFAULT_SLOTS)
+    heads = factored_actions(DEFAULT_SLOTS)
     agents = {
         "ours": PPOAgent(obs_dim, heads, PPOConfig(minibatches=minibatches), seed=SEED),
         "ours_joint_clip": PPOAgent(

@@ -95,11 +95,11 @@ class TimedEnv(gymnasium.Wrapper[Any, Any, Any, Any]):
         return self.env.unwrapped.action_masks()  # type: ignore[attr-defined]
 
     @property
-    def n_slots(self) -> int:
-        return int(self.env.unwrapped.n_slots)  # type: ignore[attr-defined]
+    def factored_actions(self) -> Any:
+        return self.env.unwrapped.factored_actions  # type: ignore[attr-defined]
 
-    def structured_masks(self) -> Any:
-        return self.env.unwrapped.structured_masks()  # type: ignore[attr-defined]
+    def legal_actions(self) -> Any:
+        return self.env.unwrapped.legal_actions()  # type: ignore[attr-defined]
 
     def step(self, action: npt.ArrayLike) -> Any:
         start = time.perf_counter()
@@ -135,7 +135,7 @@ class Setup:
 
 
 def sb3_model(setup: Setup, clock: StepClock) -> Any:
-    """MaskablePPO matched to `setup` and to esper's default PPOConfig and TamiyoPolicy.
+    """MaskablePPO matched to `setup` and to esper's default PPOConfig and FactoredPolicy.
 
     The KL early stop is off (as on our side, see `our_config`), and the logger writes
     nothing: SB3's default logger would leave a folder in the temp directory per model.
@@ -216,6 +216,7 @@ def optimiser_name(optimizer: Any) -> str:
 
 def ours_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Loop:
     """The product's Trainer with the run recorder, its envs wrapped in step timers."""
+    from esper.cli.envs import env_spec
     from esper.rl.config import PPOConfig, TrainConfig
     from esper.rl.trainer import Trainer
     from esper.telemetry.emitter import TelemetryEmitter
@@ -233,7 +234,7 @@ def ours_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Lo
     )
     hub = TelemetryHub()
     hub.add_backend(RunRecorder(run_dir, config=config.to_dict(), run_id=run_dir.name))
-    trainer = Trainer(config, TelemetryEmitter(hub, run_id=run_dir.name), run_dir)
+    trainer = Trainer(config, TelemetryEmitter(hub, run_id=run_dir.name), run_dir, env_spec(config))
     trainer.envs = [TimedEnv(env, clock) for env in trainer.envs]
     return Loop(trainer.run, hub.close)
 
@@ -281,10 +282,12 @@ class LoopSide:
 
 def sb3_masks(buffer: Any) -> npt.NDArray[np.float32]:
     """The flat per-head masks [T, E, sum(head sizes)] of our rollout, as MaskablePPO stores."""
-    from esper.morpho.actions import ActionMasks
+    from esper.morpho.actions import HEAD_INDEX, ActionMasks, Op
 
-    op = buffer.op_mask.numpy()
-    slot_by_op = buffer.slot_by_op.numpy()
+    # the env's op mask (any op's row) and each op's slot mask, read back from the legal values
+    legal = buffer.legal.numpy()  # [T, E, ops, heads, width]
+    op = legal[:, :, 0, HEAD_INDEX["op"], : len(Op)]
+    slot_by_op = legal[:, :, :, HEAD_INDEX["slot"], :DEFAULT_SLOTS]
     flat = [
         [ActionMasks(op[t, e], slot_by_op[t, e]).flat() for e in range(op.shape[1])]
         for t in range(op.shape[0])
@@ -350,10 +353,10 @@ def our_config(setup: Setup) -> Any:
 
 def ours_update_side(setup: Setup, buffer: Any, obs_dim: int) -> ReloadingUpdate:
     """A timed `PPOAgent.update()` on `buffer`, from the state after one update."""
-    from esper.morpho.actions import head_sizes
+    from esper.morpho.actions import factored_actions
     from esper.rl.ppo import PPOAgent
 
-    agent = PPOAgent(obs_dim, head_sizes(DEFAULT_SLOTS), our_config(setup), seed=SEED)
+    agent = PPOAgent(obs_dim, factored_actions(DEFAULT_SLOTS), our_config(setup), seed=SEED)
     agent.update(buffer)
     return ReloadingUpdate(agent, copy.deepcopy(agent.state_dict()), buffer)
 

@@ -12,6 +12,7 @@ from esper.morpho.actions import (
     RELEVANCE_TABLE,
     Op,
     compute_masks,
+    factored_actions,
     head_sizes,
     is_valid,
     relevance_mask,
@@ -125,3 +126,8 @@ def test_is_valid_matches_slot_flags(
     assert is_valid(_action(Op.WAIT, slot), masks)
     for op, can in zip((Op.GROW, Op.MUTATE, Op.KILL), flags, strict=True):
         assert is_valid(_action(op, slot), masks) == can[slot]
+    # the legal values the algorithm samples under say the same as the env's validity
+    spec = factored_actions(n_slots)
+    legal = spec.legal({"op": masks.op, "slot": masks.slot_by_op})
+    for op in Op:
+        assert spec.is_legal(_action(op, slot), legal) == is_valid(_action(op, slot), masks)

@@ -11,8 +11,10 @@ import math
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `benchmarks` package
@@ -27,7 +29,7 @@ from benchmarks import (
     telemetry_overhead,
     versus_sb3,
 )
-from benchmarks.learning import train
+from benchmarks.learning import evaluate_agent, train, verdict
 from esper.sanctum.aggregator import SanctumAggregator
 from esper.telemetry.recorder import read_events
 
@@ -77,6 +79,17 @@ def test_learning_trains_at_the_defaults() -> None:
     assert len(result["returns"]) == 8
 
 
+def test_learning_evaluates_the_rows_of_esper_eval() -> None:
+    """The trained agent and every baseline, in `esper eval`'s order, on one short episode."""
+    trained = train("spirals", seed=0, episodes=2, episode_length=4)
+    results = evaluate_agent(trained["agent"], trained["config"], episodes=2, seed=10_000)
+    names = [r.policy for r in results]
+    assert names[:4] == ["tamiyo-greedy", "tamiyo-sampled", "wait", "random"]
+    assert "grow-norm-early" in names and "grow-norm-late" in names
+    assert all(r.episodes == 2 and math.isfinite(r.mean_return) for r in results)
+    assert verdict(results)["best_heuristic"].startswith("grow-")
+
+
 def test_versus_sb3_updates_run_every_epoch_on_both_sides() -> None:
     """MaskablePPO's `train()` takes our rollout, masks and log-probs, and both sides run
     every epoch (no KL stop): otherwise the update ratio compares different work."""
@@ -87,6 +100,31 @@ def test_versus_sb3_updates_run_every_epoch_on_both_sides() -> None:
     assert result["epochs_run"] == {"ours": 2, "sb3": 2}
     assert (result["samples_per_update"], result["minibatch_size"]) == (64, 32)
     assert positive_finite(result["ratio"].median)
+
+
+def test_versus_sb3_masks_are_the_envs_flat_masks() -> None:
+    """MaskablePPO gets, per stored step, the flat mask the env's `action_masks()` gives,
+    read back from the legal values our buffer stores."""
+    import torch
+
+    from esper.morpho.environment import MorphogeneticEnv
+
+    envs = [MorphogeneticEnv(task="spirals", episode_length=4) for _ in range(2)]
+    grow = np.array([1, 1, 0, 0, 0, 0, 0, 0])  # GROW into slot 1: the masks change
+    legal, expected = [], []
+    for t in range(4):
+        if t == 0:
+            for seed, env in enumerate(envs):
+                env.reset(seed=seed)
+        legal.append([env.legal_actions() for env in envs])
+        expected.append([env.action_masks() for env in envs])
+        for i, env in enumerate(envs):
+            env.step(grow if (t, i) == (0, 1) else np.zeros(8, dtype=np.int64))
+    buffer = SimpleNamespace(legal=torch.tensor(np.array(legal)))
+    flat = versus_sb3.sb3_masks(buffer)
+    assert flat.shape == (4, 2, 29) and flat.dtype == np.float32
+    np.testing.assert_array_equal(flat, np.array(expected, dtype=np.float32))
+    assert not np.array_equal(flat[1, 0], flat[1, 1])  # env 1 grew: its masks differ
 
 
 def test_versus_sb3_loops_take_the_same_env_steps() -> None:

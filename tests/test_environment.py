@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from esper.morpho import ENV_ID
 from esper.morpho.actions import (
+    HEAD_INDEX,
     HEAD_NAMES,
     AlphaCurve,
     AlphaSpeed,
@@ -20,6 +21,7 @@ from esper.morpho.actions import (
     Blueprint,
     Op,
     Tempo,
+    factored_actions,
     head_sizes,
     is_valid,
 )
@@ -39,6 +41,7 @@ NVEC = [4, 3, 5, 4, 3, 3, 4, 3]
 SPIRALS_HOST_PARAMS = (2 * 16 + 16) + 2 * (16 * 16 + 16) + (16 * 3 + 3)
 SLOT_BLOCK = len(Stage) + 1 + 1 + len(Blueprint) + 1
 SLOTS_START = 1 + 2 * HISTORY
+_OP, _SLOT = HEAD_INDEX["op"], HEAD_INDEX["slot"]
 
 
 def _env(length: int = 6, seed: int | None = 0) -> MorphogeneticEnv:
@@ -110,6 +113,8 @@ def test_check_env_passes(task: str) -> None:
 def test_spaces_and_observation_layout() -> None:
     env = MorphogeneticEnv(task="spirals")
     assert env.action_space.nvec.tolist() == NVEC == list(head_sizes(3).values())
+    assert env.factored_actions == factored_actions(3)
+    assert list(env.factored_actions.sizes) == NVEC
     assert env.obs_dim == 1 + 2 * HISTORY + 3 * SLOT_BLOCK == 56
     assert env.observation_space.shape == (env.obs_dim,)
     assert sum(size for _, size, _, _ in observation_layout(3)) == env.obs_dim
@@ -151,10 +156,16 @@ def test_grow_plants_a_seed_that_trains_then_blends() -> None:
     assert masks.slot_by_op[Op.GROW].tolist() == [True, False, True]
     assert masks.slot_by_op[Op.KILL].tolist() == [False, True, False]
     assert not masks.op[Op.MUTATE]
+    # the same through the legal values the policy samples under
+    legal = env.legal_actions()
+    assert legal[Op.GROW, _SLOT, :3].tolist() == [True, False, True]
+    assert legal[Op.KILL, _SLOT, :3].tolist() == [False, True, False]
+    assert not legal[0, _OP, Op.MUTATE]
     env.step(_act())
     obs, *_, info = env.step(_act())  # FAST tempo: two isolated epochs
     assert [e["to_stage"] for e in info["lifecycle_events"]] == ["BLENDING"]
     assert env.structured_masks().op[Op.MUTATE]
+    assert env.legal_actions()[0, _OP, Op.MUTATE]
 
 
 def test_impossible_action_runs_as_wait_and_is_flagged() -> None:
@@ -211,6 +222,15 @@ def _check_masks(env: MorphogeneticEnv) -> None:
     assert masks.slot_by_op.any(axis=1).all()
     for segment in np.split(flat, np.cumsum(NVEC)[:-1]):
         assert segment.any()
+    # the legal values: the op mask in every op's row, each op's own slot mask, every other
+    # head unrestricted, padding never legal, and no op row without a legal value
+    legal = env.legal_actions()
+    assert legal.shape == env.factored_actions.legal_shape == (4, 8, max(NVEC))
+    assert (legal[:, _OP, :4] == masks.op).all()
+    assert (legal[:, _SLOT, :3] == masks.slot_by_op).all()
+    assert np.array_equal(legal[:, 2:], env.factored_actions.all_legal()[:, 2:])
+    assert not legal[:, ~env.factored_actions.exists()].any()
+    assert legal.any(axis=2).all()
 
 
 any_action = st.tuples(*(st.integers(0, n - 1) for n in NVEC)).map(np.array)
@@ -224,11 +244,13 @@ def test_random_actions_never_break_the_lifecycle(seed: int, actions: list[np.nd
     _check_masks(env)
     for i, act in enumerate(actions):
         masks = env.structured_masks()
+        legal = env.legal_actions()
         before = [_slot_stage(obs, s) for s in range(3)]
         obs, reward, terminated, _, info = env.step(act)
         assert env.observation_space.contains(obs)
         assert np.isfinite(reward)
         assert info["invalid_action"] == (not is_valid(act, masks))
+        assert info["invalid_action"] == (not env.factored_actions.is_legal(act, legal))
         assert info["executed_op"] == (Op.WAIT if info["invalid_action"] else act[0])
         after = [_slot_stage(obs, s) for s in range(3)]
         for event in info["lifecycle_events"]:
@@ -300,13 +322,14 @@ def test_on_the_default_task_early_norm_seeds_beat_waiting_and_late_ones() -> No
     growing and beats the same seeds from mid-episode, on the same hosts (paired seeds).
     Measured over 30 seeds (`esper eval`): +0.52 and +0.23; asserted here with a wide margin
     on 6 seeds."""
-    from esper.cli.evaluate import BatchPolicy, heuristics, play, wait_policy
+    from esper.morpho.baselines import heuristics, wait_policy
+    from esper.rl.evaluate import BatchPolicy, play
 
     length, seeds = 25, list(range(20, 26))
     named = heuristics(length, 3)
 
     def mean_return(policy: BatchPolicy) -> float:
-        episodes = play(policy, lambda: MorphogeneticEnv(episode_length=length), seeds, length)
+        episodes = play(policy, lambda: MorphogeneticEnv(episode_length=length), seeds)
         return float(np.mean([ep["return"] for ep in episodes]))
 
     early = mean_return(named["grow-norm-early"])

@@ -1,5 +1,6 @@
-"""`esper.cli.evaluate` and `esper eval`: baselines on the env's own code path, statistics by
-hand, determinism for a fixed seed, and the one-line exit-2 contract for bad input."""
+"""`esper.rl.evaluate`, `esper.morpho.baselines` and `esper eval`: baselines on the env's own
+code path, statistics by hand, determinism for a fixed seed, and the one-line exit-2
+contract for bad input."""
 
 from __future__ import annotations
 
@@ -13,16 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from esper.cli import evaluate as ev
+from esper.cli.envs import env_spec
 from esper.cli.main import main
-from esper.morpho.actions import Blueprint, Op, head_sizes
+from esper.morpho import baselines as bl
+from esper.morpho.actions import Blueprint, Op, factored_actions, head_sizes
 from esper.morpho.environment import MorphogeneticEnv
 from esper.morpho.lifecycle import Stage
+from esper.rl import evaluate as ev
 from esper.rl.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from esper.rl.config import TrainConfig
 from esper.rl.ppo import PPOAgent
 from esper.rl.runners import InProcessRunner
-from esper.rl.trainer import observation_size
 
 LENGTH, SLOTS = 4, 3
 BIN = Path(sys.executable).parent
@@ -48,9 +50,9 @@ def test_wait_and_a_heuristic_are_played_exactly_as_the_env_plays_them() -> None
     """`play` goes through the runner the trainer uses; stepping the env by hand with the
     same actions on the same seeds gives the same returns, to the last bit."""
     seeds = [5, 6]
-    grow_two = ev.GrowSchedule(Blueprint.NORM, (0, 2))
-    for policy, first in ((ev.wait_policy, Op.WAIT), (grow_two, Op.GROW)):
-        played = ev.play(policy, make_env, seeds, LENGTH)
+    grow_two = bl.GrowSchedule(Blueprint.NORM, (0, 2))
+    for policy, first in ((bl.wait_policy, Op.WAIT), (grow_two, Op.GROW)):
+        played = ev.play(policy, make_env, seeds)
         for seed, episode in zip(seeds, played, strict=True):
             actions = [np.zeros(8, dtype=np.int64) for _ in range(LENGTH)]
             if first == Op.GROW:
@@ -62,7 +64,7 @@ def test_wait_and_a_heuristic_are_played_exactly_as_the_env_plays_them() -> None
 
 
 def test_heuristics_grow_at_their_steps_and_nothing_else() -> None:
-    named = ev.heuristics(episode_length=10, n_slots=SLOTS)
+    named = bl.heuristics(episode_length=10, n_slots=SLOTS)
     assert named["grow-norm-early"].steps == (0, 1, 2)
     assert named["grow-norm-late"].steps == (5, 6, 7)
     assert {h.blueprint for h in named.values()} >= {Blueprint.NORM, Blueprint.WIDE_MLP}
@@ -70,7 +72,7 @@ def test_heuristics_grow_at_their_steps_and_nothing_else() -> None:
     env = make_env()
     runner = InProcessRunner([env])
     states = runner.reset([3])
-    schedule = ev.GrowSchedule(Blueprint.NORM, (1, 3))
+    schedule = bl.GrowSchedule(Blueprint.NORM, (1, 3))
     for t in range(LENGTH):
         states = runner.step(schedule(states, t))
     stages = [lc.stage for lc in env._slots]
@@ -78,8 +80,9 @@ def test_heuristics_grow_at_their_steps_and_nothing_else() -> None:
     assert [lc.blueprint for lc in env._slots[:2]] == [Blueprint.NORM, Blueprint.NORM]
 
 
-def test_random_masked_only_plays_valid_actions() -> None:
-    policy = ev.RandomMasked(seed=1, n_slots=SLOTS)
+def test_random_legal_only_plays_valid_actions() -> None:
+    actions_spec = factored_actions(SLOTS)
+    policy = ev.RandomLegal(actions_spec, seed=1)
     env = make_env()
     runner = InProcessRunner([env])
     for episode in range(3):
@@ -89,8 +92,16 @@ def test_random_masked_only_plays_valid_actions() -> None:
             assert actions.shape == (1, 8)
             sizes = list(head_sizes(SLOTS).values())
             assert all(0 <= a < s for a, s in zip(actions[0], sizes, strict=True))
+            assert actions_spec.is_legal(actions[0], states.legal[0])
             states = runner.step(actions)
             assert not states.infos[0]["invalid_action"]
+
+
+def test_the_baselines_are_wait_and_the_heuristics_and_no_random() -> None:
+    named = bl.baselines(episode_length=10, n_slots=SLOTS)
+    assert list(named) == ["wait", *bl.heuristics(10, SLOTS)]  # table order; no random
+    assert named["wait"] is bl.wait_policy
+    assert {k: v for k, v in named.items() if k != "wait"} == bl.heuristics(10, SLOTS)
 
 
 def test_summary_statistics_by_hand() -> None:
@@ -114,7 +125,8 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory holding a checkpoint as the trainer writes it (untrained agent)."""
     path = tmp_path_factory.mktemp("eval") / "run"
     cfg = TrainConfig(task="spirals", episode_length=LENGTH, slots=SLOTS, seed=3)
-    agent = PPOAgent(observation_size(SLOTS), head_sizes(SLOTS), cfg.ppo, seed=3)
+    spec = env_spec(cfg)
+    agent = PPOAgent(spec.obs_dim, spec.actions, cfg.ppo, seed=3)
     save_checkpoint(path / CHECKPOINT_NAME, {"agent": agent.state_dict(), "config": cfg.to_dict()})
     return path
 

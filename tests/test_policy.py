@@ -8,28 +8,38 @@ import math
 import pytest
 import torch
 
-from esper.morpho.actions import HEAD_INDEX, HEAD_NAMES, RELEVANCE_TABLE, Op, head_sizes
-from esper.rl.policy import TamiyoPolicy
+from esper.common.spaces import FactoredActions
+from esper.morpho.actions import (
+    HEAD_INDEX,
+    HEAD_NAMES,
+    RELEVANCE_TABLE,
+    Op,
+    factored_actions,
+    head_sizes,
+)
+from esper.rl.policy import FactoredPolicy
 
 OBS_DIM = 6
 N_SLOTS = 3
+ACTIONS = factored_actions(N_SLOTS)
 
 
-def make_policy(seed: int = 0) -> TamiyoPolicy:
+def make_policy(seed: int = 0) -> FactoredPolicy:
     torch.manual_seed(seed)
-    return TamiyoPolicy(OBS_DIM, head_sizes(N_SLOTS), hidden=16)
+    return FactoredPolicy(OBS_DIM, ACTIONS, hidden=16)
 
 
-def masks(n: int, ops: list[bool], slots_by_op: list[list[bool]]) -> tuple[torch.Tensor, ...]:
-    op_mask = torch.tensor(ops).expand(n, -1)
-    slot_by_op = torch.tensor(slots_by_op).expand(n, -1, -1)
-    return op_mask, slot_by_op
+def masks(n: int, ops: list[bool], slots_by_op: list[list[bool]]) -> torch.Tensor:
+    """The [n, ops, heads, width] legal values of n copies of one state: the op mask and
+    the slot mask of each op, as the morphogenetic env declares them."""
+    legal = ACTIONS.legal({"op": ops, "slot": slots_by_op})
+    return torch.from_numpy(legal).expand(n, -1, -1, -1)
 
 
 def test_act_returns_factored_actions_log_probs_and_values() -> None:
     policy = make_policy()
-    op_mask, slot_by_op = masks(5, [True] * 4, [[True] * N_SLOTS] * 4)
-    actions, log_probs, values = policy.act(torch.randn(5, OBS_DIM), op_mask, slot_by_op)
+    legal = masks(5, [True] * 4, [[True] * N_SLOTS] * 4)
+    actions, log_probs, values = policy.act(torch.randn(5, OBS_DIM), legal)
     assert actions.shape == (5, 8) and actions.dtype == torch.int64
     assert log_probs.shape == (5, 8) and values.shape == (5,)
     sizes = torch.tensor([head_sizes(N_SLOTS)[h] for h in HEAD_NAMES])
@@ -42,10 +52,10 @@ def test_sampling_respects_the_op_mask_and_the_op_conditioned_slot_mask() -> Non
     # WAIT and KILL allowed; KILL only on slot 2, GROW (masked anyway) only on slot 0.
     ops = [True, False, False, True]
     slots = [[True, True, True], [True, False, False], [True, True, True], [False, False, True]]
-    op_mask, slot_by_op = masks(400, ops, slots)
+    legal = masks(400, ops, slots)
     gen = torch.Generator().manual_seed(1)
     actions, log_probs, _ = policy.act(
-        torch.randn(400, OBS_DIM, generator=gen), op_mask, slot_by_op, generator=gen
+        torch.randn(400, OBS_DIM, generator=gen), legal, generator=gen
     )
     op, slot = actions[:, HEAD_INDEX["op"]], actions[:, HEAD_INDEX["slot"]]
     assert set(op.tolist()) == {Op.WAIT, Op.KILL}
@@ -58,15 +68,15 @@ def test_act_log_probs_match_evaluate_actions() -> None:
     policy = make_policy()
     ops = [True, True, False, True]
     slots = [[True, True, True], [False, True, True], [True, True, True], [True, False, False]]
-    op_mask, slot_by_op = masks(64, ops, slots)
+    legal = masks(64, ops, slots)
     obs = torch.randn(64, OBS_DIM)
-    actions, log_probs, values = policy.act(obs, op_mask, slot_by_op)
-    new_log_probs, _, new_values, _ = policy.evaluate_actions(obs, actions, op_mask, slot_by_op)
+    actions, log_probs, values = policy.act(obs, legal)
+    new_log_probs, _, new_values, _ = policy.evaluate_actions(obs, actions, legal)
     torch.testing.assert_close(new_log_probs, log_probs)
     torch.testing.assert_close(new_values, values)
 
 
-def zero_logits(policy: TamiyoPolicy) -> TamiyoPolicy:
+def zero_logits(policy: FactoredPolicy) -> FactoredPolicy:
     """Every logit 0: each head is uniform over its allowed values."""
     with torch.no_grad():
         policy.logits_head.weight.zero_()
@@ -78,12 +88,10 @@ def test_uniform_policy_log_probs_and_entropies_count_only_allowed_values() -> N
     policy = zero_logits(make_policy())
     ops = [True, True, False, False]  # 2 ops allowed
     slots = [[True, True, True], [True, True, False], [True, True, True], [True, True, True]]
-    op_mask, slot_by_op = masks(3, ops, slots)
+    legal = masks(3, ops, slots)
     actions = torch.zeros(3, 8, dtype=torch.int64)
     actions[:, HEAD_INDEX["op"]] = Op.GROW  # GROW: 2 slots allowed
-    log_probs, entropies, _, _ = policy.evaluate_actions(
-        torch.randn(3, OBS_DIM), actions, op_mask, slot_by_op
-    )
+    log_probs, entropies, _, _ = policy.evaluate_actions(torch.randn(3, OBS_DIM), actions, legal)
     allowed = {h: float(n) for h, n in head_sizes(N_SLOTS).items()} | {"op": 2.0, "slot": 2.0}
     expected = torch.tensor([math.log(allowed[h]) for h in HEAD_NAMES])
     torch.testing.assert_close(entropies, expected.expand(3, -1))
@@ -92,35 +100,32 @@ def test_uniform_policy_log_probs_and_entropies_count_only_allowed_values() -> N
 
 def test_a_forced_op_has_zero_entropy_and_log_prob_zero() -> None:
     policy = make_policy()
-    op_mask, slot_by_op = masks(4, [True, False, False, False], [[True] * N_SLOTS] * 4)
-    actions, log_probs, _ = policy.act(torch.randn(4, OBS_DIM), op_mask, slot_by_op)
-    _, entropies, _, _ = policy.evaluate_actions(
-        torch.randn(4, OBS_DIM), actions, op_mask, slot_by_op
-    )
+    legal = masks(4, [True, False, False, False], [[True] * N_SLOTS] * 4)
+    actions, log_probs, _ = policy.act(torch.randn(4, OBS_DIM), legal)
+    _, entropies, _, _ = policy.evaluate_actions(torch.randn(4, OBS_DIM), actions, legal)
     assert (actions[:, 0] == Op.WAIT).all()
     assert (log_probs[:, 0] == 0).all() and (entropies[:, 0] == 0).all()
 
 
 def test_relevance_follows_the_chosen_op() -> None:
     policy = make_policy()
-    op_mask, slot_by_op = masks(4, [True] * 4, [[True] * N_SLOTS] * 4)
+    legal = masks(4, [True] * 4, [[True] * N_SLOTS] * 4)
     actions = torch.zeros(4, 8, dtype=torch.int64)
     actions[:, 0] = torch.tensor([Op.WAIT, Op.GROW, Op.MUTATE, Op.KILL])
-    *_, relevant = policy.evaluate_actions(torch.randn(4, OBS_DIM), actions, op_mask, slot_by_op)
+    *_, relevant = policy.evaluate_actions(torch.randn(4, OBS_DIM), actions, legal)
     assert relevant.tolist() == RELEVANCE_TABLE.tolist()
 
 
 def test_deterministic_act_takes_the_mode_and_a_seeded_generator_repeats() -> None:
     policy = make_policy()
-    op_mask, slot_by_op = masks(8, [True] * 4, [[True] * N_SLOTS] * 4)
+    legal = masks(8, [True] * 4, [[True] * N_SLOTS] * 4)
     obs = torch.randn(8, OBS_DIM)
-    first = policy.act(obs, op_mask, slot_by_op, deterministic=True)[0]
-    assert torch.equal(first, policy.act(obs, op_mask, slot_by_op, deterministic=True)[0])
+    first = policy.act(obs, legal, deterministic=True)[0]
+    assert torch.equal(first, policy.act(obs, legal, deterministic=True)[0])
     logits, _ = policy(obs)
     assert torch.equal(first[:, 0], logits[:, 0, :4].argmax(-1))
     draws = [
-        policy.act(obs, op_mask, slot_by_op, generator=torch.Generator().manual_seed(7))[0]
-        for _ in range(2)
+        policy.act(obs, legal, generator=torch.Generator().manual_seed(7))[0] for _ in range(2)
     ]
     assert torch.equal(draws[0], draws[1])
 
@@ -128,19 +133,52 @@ def test_deterministic_act_takes_the_mode_and_a_seeded_generator_repeats() -> No
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 def test_injected_nonfinite_logits_poison_only_that_head(value: float) -> None:
     policy = make_policy()
-    op_mask, slot_by_op = masks(5, [True] * 4, [[True] * N_SLOTS] * 4)
+    legal = masks(5, [True] * 4, [[True] * N_SLOTS] * 4)
     obs = torch.randn(5, OBS_DIM)
-    actions, _, _ = policy.act(obs, op_mask, slot_by_op)
+    actions, _, _ = policy.act(obs, legal)
     policy.inject_nonfinite = {"style": value}
-    log_probs, _, _, _ = policy.evaluate_actions(obs, actions, op_mask, slot_by_op)
+    log_probs, _, _, _ = policy.evaluate_actions(obs, actions, legal)
     style = HEAD_INDEX["style"]
     assert not torch.isfinite(log_probs[:, style]).any()
     others = torch.cat([log_probs[:, :style], log_probs[:, style + 1 :]], dim=1)
     assert torch.isfinite(others).all()
 
 
-def test_bad_head_sizes_are_refused() -> None:
-    with pytest.raises(ValueError, match="head_sizes"):
-        TamiyoPolicy(OBS_DIM, {"op": 4})
-    with pytest.raises(ValueError, match="op head"):
-        TamiyoPolicy(OBS_DIM, head_sizes(N_SLOTS) | {"op": 3})
+def test_padding_values_are_never_legal_nor_sampled() -> None:
+    """Heads are padded to the widest (5 blueprints): positions past a head's size get
+    probability 0 even where the policy's raw logits favour them most."""
+    policy = make_policy()
+    legal = masks(300, [True] * 4, [[True] * N_SLOTS] * 4)
+    sizes = torch.tensor([head_sizes(N_SLOTS)[h] for h in HEAD_NAMES])
+    padding = torch.arange(ACTIONS.width) >= sizes.unsqueeze(1)
+    assert padding.any() and not legal[:, :, padding].any()
+    with torch.no_grad():  # the largest raw logit on every padding position
+        policy.logits_head.weight.zero_()
+        policy.logits_head.bias.copy_(padding.flatten().float() * 50.0)
+    gen = torch.Generator().manual_seed(2)
+    obs = torch.randn(300, OBS_DIM, generator=gen)
+    for deterministic in (False, True):
+        actions, log_probs, _ = policy.act(obs, legal, deterministic, generator=gen)
+        assert ((actions >= 0) & (actions < sizes)).all()
+        assert torch.isfinite(log_probs).all()
+    _, entropies, _, _ = policy.evaluate_actions(obs, actions, legal)
+    # uniform over the existing values of each head: padding adds nothing to the entropy
+    expected = torch.log(sizes.double()).float().expand(300, -1)
+    torch.testing.assert_close(entropies, expected)
+
+
+def test_bad_sizes_and_declarations_are_refused() -> None:
+    with pytest.raises(ValueError, match="obs_dim and hidden"):
+        FactoredPolicy(0, ACTIONS)
+    with pytest.raises(ValueError, match="obs_dim and hidden"):
+        FactoredPolicy(OBS_DIM, ACTIONS, hidden=0)
+    # the op head (the selector) has one relevance row per op: a 3-valued op does not fit
+    with pytest.raises(ValueError, match="relevance"):
+        FactoredActions(
+            names=HEAD_NAMES,
+            sizes=(3, *list(head_sizes(N_SLOTS).values())[1:]),
+            selector="op",
+            relevance=RELEVANCE_TABLE,
+        )
+    with pytest.raises(ValueError, match="one size per head"):
+        FactoredActions(names=("op",), sizes=(4, 3))

@@ -17,7 +17,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esper.morpho.actions import HEAD_INDEX, HEAD_NAMES, ActionMasks, compute_masks, head_sizes
+from esper.common.spaces import FactoredActions
+from esper.morpho.actions import HEAD_INDEX, HEAD_NAMES, compute_masks, factored_actions, head_sizes
 from esper.rl.ppo import (
     PPOAgent,
     PPOConfig,
@@ -33,13 +34,14 @@ from esper.telemetry.heads import UPDATE_SCALARS
 
 N_SLOTS = 3
 SIZES = head_sizes(N_SLOTS)
+ACTIONS = factored_actions(N_SLOTS)
 
 
 class BanditEnv:
     """Each step shows a one-hot target op; the reward is 1 when the chosen op matches it."""
 
     obs_dim = 4
-    n_slots = N_SLOTS
+    factored_actions = ACTIONS
 
     def __init__(self, episode_length: int = 6, end_at: int | None = None, truncate: bool = False):
         self.episode_length = episode_length
@@ -68,13 +70,14 @@ class BanditEnv:
         terminated, truncated = (False, done) if self.truncate else (done, False)
         return self._observe(), reward, terminated, truncated, info
 
-    def structured_masks(self) -> ActionMasks:
-        return compute_masks([True] * N_SLOTS, [True] * N_SLOTS, [True] * N_SLOTS)
+    def legal_actions(self) -> np.ndarray:
+        masks = compute_masks([True] * N_SLOTS, [True] * N_SLOTS, [True] * N_SLOTS)
+        return ACTIONS.legal({"op": masks.op, "slot": masks.slot_by_op})
 
 
 def make_agent(seed: int = 0, **overrides: Any) -> PPOAgent:
     config = PPOConfig(**{"hidden": 32, **overrides})
-    return PPOAgent(BanditEnv.obs_dim, SIZES, config, seed=seed)
+    return PPOAgent(BanditEnv.obs_dim, ACTIONS, config, seed=seed)
 
 
 def rollout(agent: PPOAgent, n_envs: int = 4, length: int = 6, seed: int = 0) -> RolloutBuffer:
@@ -251,9 +254,7 @@ def test_collect_batch_fills_the_buffer_with_rollout_time_log_probs() -> None:
     )
     data = buffer.batch()
     with torch.no_grad():
-        log_probs, *_ = agent.policy.evaluate_actions(
-            data.obs, data.actions, data.op_mask, data.slot_by_op
-        )
+        log_probs, *_ = agent.policy.evaluate_actions(data.obs, data.actions, data.legal)
     torch.testing.assert_close(log_probs, data.old_log_probs)
 
 
@@ -275,7 +276,7 @@ def test_collect_batch_refuses_an_episode_that_ends_early() -> None:
 
 def test_training_needs_advantages_first() -> None:
     with pytest.raises(RuntimeError, match="compute_returns_and_advantages"):
-        RolloutBuffer(2, 1, 4, N_SLOTS).batch()
+        RolloutBuffer(2, 1, 4, ACTIONS).batch()
 
 
 # -- update ------------------------------------------------------------------------------------
@@ -392,9 +393,7 @@ def test_head_entropy_is_the_mean_over_every_sample_of_unequal_minibatches(
     monkeypatch.setattr(agent.optimizer, "step", lambda: None)
     data = buffer.batch()
     with torch.no_grad():
-        _, entropies, _, _ = agent.policy.evaluate_actions(
-            data.obs, data.actions, data.op_mask, data.slot_by_op
-        )
+        _, entropies, _, _ = agent.policy.evaluate_actions(data.obs, data.actions, data.legal)
     expected = entropies.double().mean(dim=0) / torch.tensor(list(SIZES.values())).double().log()
     stats = agent.update(buffer)
     got = [stats.heads[h].entropy for h in HEAD_NAMES]
@@ -478,11 +477,14 @@ def test_checkpoint_round_trip_with_weights_only(tmp_path: Path) -> None:
     assert same(params(clone), params(agent))
 
 
-def test_a_checkpoint_with_the_old_log_head_sizes_buffer_still_loads() -> None:
+def test_a_checkpoint_with_the_old_derived_buffers_still_loads() -> None:
     agent = make_agent(seed=1)
     state = agent.state_dict()
     sizes = torch.tensor(list(agent.head_sizes.values()), dtype=torch.float32)
-    state["policy"] = {**state["policy"], "log_head_sizes": sizes.log()}  # before 2026-12
+    exists = torch.from_numpy(ACTIONS.exists())
+    old = {"log_head_sizes": sizes.log(), "value_exists": exists}  # before 2026-12
+    state["policy"] = {**state["policy"], **old}
+    del state["actions"]  # nor did those checkpoints store the declaration
     clone = make_agent(seed=99)
     clone.load_state_dict(state)
     assert same(params(clone), params(agent))
@@ -490,8 +492,17 @@ def test_a_checkpoint_with_the_old_log_head_sizes_buffer_still_loads() -> None:
 
 def test_checkpoint_of_another_shape_is_refused() -> None:
     state = make_agent().state_dict()
-    other = PPOAgent(BanditEnv.obs_dim + 1, SIZES, PPOConfig(hidden=32))
+    other = PPOAgent(BanditEnv.obs_dim + 1, ACTIONS, PPOConfig(hidden=32))
     with pytest.raises(ValueError, match="obs_dim"):
+        other.load_state_dict(state)
+
+
+def test_checkpoint_of_other_heads_of_the_same_sizes_is_refused() -> None:
+    state = make_agent().state_dict()
+    # the same sizes, but no selector: relevance and the legal values would mean otherwise
+    plain = FactoredActions.independent(ACTIONS.sizes, ACTIONS.names)
+    other = PPOAgent(BanditEnv.obs_dim, plain, PPOConfig(hidden=32))
+    with pytest.raises(ValueError, match="heads"):
         other.load_state_dict(state)
 
 

@@ -271,9 +271,7 @@ def test_a_checkpoint_from_before_nesting_still_resumes(tmp_path: Path) -> None:
     nested = dict(state["config"])
     ppo = nested.pop("ppo")
     flat = {**nested, "clip": ppo["clip_eps"]}
-    flat |= {
-        k: v for k, v in ppo.items() if k not in ("clip_eps", "normalize_advantage")
-    }
+    flat |= {k: v for k, v in ppo.items() if k not in ("clip_eps", "normalize_advantage")}
     torch.save({**state, "config": flat}, run_dir / "checkpoint.pt")
     assert main(["ppo", "--resume", str(run_dir), "--episodes", "4", "--no-tui"]) == 0
     assert update_indices(events_of(run_dir)) == [0, 1]
@@ -414,6 +412,7 @@ def test_a_killed_fork_server_costs_a_worker_restart_not_a_traceback(
 ) -> None:
     from multiprocessing import forkserver
 
+    from esper.cli.envs import env_spec
     from esper.rl.config import PPOConfig, TrainConfig
     from esper.rl.trainer import Trainer
     from esper.telemetry.contracts import EventType, TelemetryEvent
@@ -428,7 +427,7 @@ def test_a_killed_fork_server_costs_a_worker_restart_not_a_traceback(
         ppo=PPOConfig(epochs=1, minibatches=1, hidden=16),
     )  # fmt: skip
     events = Sink()
-    trainer = Trainer(config, TelemetryEmitter(events, run_id="t"), tmp_path)
+    trainer = Trainer(config, TelemetryEmitter(events, run_id="t"), tmp_path, env_spec(config))
     original = trainer._on_step
 
     def on_step(env_index: int, t: int, info: dict[str, Any]) -> None:

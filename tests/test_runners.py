@@ -25,7 +25,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from esper.cli import main as cli
-from esper.morpho.actions import head_sizes
+from esper.cli.envs import env_spec
+from esper.morpho.actions import factored_actions
 from esper.morpho.environment import MorphogeneticEnv
 from esper.rl.config import ConfigError, TrainConfig
 from esper.rl.ppo import PPOAgent, PPOConfig
@@ -69,7 +70,7 @@ make_env: EnvFactory = functools.partial(MorphogeneticEnv, task="spirals", episo
 def trace(runner: EnvRunner, on_step: Callable[..., None] | None = None) -> list[Any]:
     """Two batches and two PPO updates from a fresh seed-0 agent: everything they produced."""
     config = PPOConfig(epochs=2, minibatches=2, hidden=32)
-    agent = PPOAgent(runner.obs_dim, head_sizes(3), config, seed=0)
+    agent = PPOAgent(runner.obs_dim, runner.actions, config, seed=0)
     out: list[Any] = []
     for seeds in BATCH_SEEDS:
         infos: list[tuple[int, int, Any]] = []
@@ -123,7 +124,7 @@ def train(tmp_path: Path, kill: Callable[[Any], None] | None = None, **overrides
         ppo=PPOConfig(epochs=2, minibatches=2, hidden=32), **overrides,
     )  # fmt: skip
     events = EventList()
-    trainer = Trainer(config, TelemetryEmitter(events, run_id="t"), tmp_path)
+    trainer = Trainer(config, TelemetryEmitter(events, run_id="t"), tmp_path, env_spec(config))
     if kill is not None:
         original = trainer._on_step
 
@@ -261,7 +262,7 @@ def test_a_worker_lost_on_every_attempt_fails_the_call_by_name() -> None:
 def test_worker_processes_give_the_in_process_numbers(
     processes: ProcessRunner, baseline: list[Any]
 ) -> None:
-    assert (processes.obs_dim, processes.n_slots) == (make_env().obs_dim, 3)
+    assert (processes.obs_dim, processes.actions) == (make_env().obs_dim, factored_actions(3))
     assert_same_trace(trace(processes), baseline)
     status = processes.status()
     assert [(w.worker, w.alive, w.envs, w.steps) for w in status] == [
@@ -303,8 +304,10 @@ def test_a_silent_worker_is_replaced_after_its_timeout(tmp_path: Path) -> None:
     env = make_env()
     obs, _ = env.reset(seed=7)
     np.testing.assert_array_equal(first.obs[0], obs)
+    np.testing.assert_array_equal(first.legal[0], env.legal_actions())
     for result in results:
         np.testing.assert_array_equal(result.obs[0], env.step(actions[0])[0])
+        np.testing.assert_array_equal(result.legal[0], env.legal_actions())
     assert [(n.worker, n.reason, n.replayed_steps) for n in notices] == [(0, "no answer in 3 s", 1)]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -43,6 +44,11 @@ def test_learner_threads_by_size_and_override() -> None:
     big = TrainConfig(envs=64, episode_length=256, ppo=PPOConfig(minibatches=1, hidden=1024))
     assert learner_threads(big, cpus=64) == 64
     assert learner_threads(big, cpus=2) == 2
+    assert learner_threads(big, None, 2) == 2  # cpus is the third positional
+    # a continuing env adds `steps_per_env` samples per env, whatever the episode length
+    short = dataclasses.replace(big, episode_length=2)
+    assert learner_threads(short, cpus=64) == 1
+    assert learner_threads(short, steps_per_env=256, cpus=64) == 64
     assert learner_threads(TrainConfig(threads=3), cpus=64) == 3
     assert 1 <= learner_threads(TrainConfig()) <= usable_cpus()
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from esper.morpho.actions import HEAD_NAMES, head_sizes
+from esper.morpho.actions import HEAD_NAMES, factored_actions
 from esper.morpho.environment import MorphogeneticEnv
 from esper.rl.ppo import PPOAgent, PPOConfig, RolloutBuffer
 from esper.rl.rollout import collect_batch
@@ -23,7 +23,7 @@ Collected = tuple[RolloutBuffer, list[dict[str, Any]]]
 
 def agent(obs_dim: int, **overrides: Any) -> PPOAgent:
     """Agents of one seed share their initial weights, whatever the PPO settings."""
-    return PPOAgent(obs_dim, head_sizes(3), PPOConfig(**overrides), seed=SEED)
+    return PPOAgent(obs_dim, factored_actions(3), PPOConfig(**overrides), seed=SEED)
 
 
 def make_envs() -> list[MorphogeneticEnv]:
