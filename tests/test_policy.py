@@ -167,6 +167,29 @@ def test_padding_values_are_never_legal_nor_sampled() -> None:
     torch.testing.assert_close(entropies, expected)
 
 
+def test_a_legal_array_that_marks_padding_still_never_samples_it() -> None:
+    """An env's own `legal_actions()` may say True everywhere (all-ones): padding is still
+    no value, for the selector's cases too, so nothing out of a head's range is sampled."""
+    policy = make_policy()
+    legal = torch.ones(300, *ACTIONS.legal_shape, dtype=torch.bool)
+    sizes = torch.tensor([head_sizes(N_SLOTS)[h] for h in HEAD_NAMES])
+    padding = torch.arange(ACTIONS.width) >= sizes.unsqueeze(1)
+    with torch.no_grad():  # the largest raw logit on every padding position
+        policy.logits_head.weight.zero_()
+        policy.logits_head.bias.copy_(padding.flatten().float() * 50.0)
+    gen = torch.Generator().manual_seed(3)
+    obs = torch.randn(300, OBS_DIM, generator=gen)
+    for deterministic in (False, True):
+        actions, log_probs, _ = policy.act(obs, legal, deterministic, generator=gen)
+        assert ((actions >= 0) & (actions < sizes)).all()
+        assert torch.isfinite(log_probs).all()
+    _, entropies, _, _ = policy.evaluate_actions(obs, actions, legal)
+    expected = torch.log(sizes.double()).float().expand(300, -1)
+    torch.testing.assert_close(entropies, expected)
+    # derived from the declaration, so checkpoints do not carry it
+    assert "exists" not in policy.state_dict()
+
+
 def test_bad_sizes_and_declarations_are_refused() -> None:
     with pytest.raises(ValueError, match="obs_dim and hidden"):
         FactoredPolicy(0, ACTIONS)

@@ -36,6 +36,7 @@ class FactoredPolicy(nn.Module):
 
     # Buffers (registered in __init__), declared so type checkers know they are tensors.
     relevance: Tensor
+    exists: Tensor
 
     def __init__(self, obs_dim: int, actions: FactoredActions, hidden: int = 128) -> None:
         super().__init__()
@@ -57,6 +58,11 @@ class FactoredPolicy(nn.Module):
         self.value_head = _linear(hidden, 1, 1.0)
         relevance = torch.tensor(actions.relevance.copy(), dtype=torch.bool)
         self.register_buffer("relevance", relevance)
+        # Padding is never a value, whatever an env's legal array says: a legal array that
+        # marks it (an env's own `legal_actions()`) must not make the policy sample it.
+        # Derived from the declaration, so not saved in checkpoints.
+        exists = torch.tensor(actions.exists(), dtype=torch.bool)
+        self.register_buffer("exists", exists, persistent=False)
         self.inject_nonfinite = None
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
@@ -66,7 +72,7 @@ class FactoredPolicy(nn.Module):
         return logits, self.value_head(features).squeeze(-1)
 
     def _distribution(self, logits: Tensor, valid: Tensor) -> Categorical:
-        masked = logits.masked_fill(~valid, torch.finfo(logits.dtype).min)
+        masked = logits.masked_fill(~(valid & self.exists), torch.finfo(logits.dtype).min)
         return Categorical(logits=masked, validate_args=False)
 
     @staticmethod
