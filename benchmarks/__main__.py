@@ -27,6 +27,7 @@ from rich.table import Table
 from benchmarks import (
     cli_run,
     emit_path,
+    foreign_env,
     memory,
     sanctum_load,
     sb3_overhead,
@@ -41,6 +42,7 @@ SECTIONS: dict[str, Callable[[bool], Section]] = {
     "cli_run": cli_run.run,
     "telemetry_overhead": telemetry_overhead.run,
     "versus_sb3": versus_sb3.run,
+    "foreign_env": foreign_env.run,
     "sanctum_load": sanctum_load.run,
     "emit_path": emit_path.run,
     "memory": memory.run,

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `benchmarks`
 from benchmarks import (
     cli_run,
     emit_path,
+    foreign_env,
     memory,
     sanctum_load,
     sb3_overhead,
@@ -125,6 +126,36 @@ def test_versus_sb3_masks_are_the_envs_flat_masks() -> None:
     assert flat.shape == (4, 2, 29) and flat.dtype == np.float32
     np.testing.assert_array_equal(flat, np.array(expected, dtype=np.float32))
     assert not np.array_equal(flat[1, 0], flat[1, 1])  # env 1 grew: its masks differ
+
+
+def test_foreign_env_masks_change_with_the_state_and_bar_illegal_actions() -> None:
+    """The foreign env's flat masks follow its state (energy, coordinates, step), and it
+    raises on an illegal action, so a side that skipped its masks could not finish."""
+    env = foreign_env.ForeignEnv()
+    env.reset(seed=0)
+    masks = []
+    for _ in range(6):
+        mask = env.action_masks()
+        masks.append(mask)
+        parts = np.split(mask, np.cumsum(foreign_env.HEAD_SIZES)[:-1])
+        env.step(np.array([np.flatnonzero(part)[0] for part in parts]))
+    assert len({m.tobytes() for m in masks}) > 1
+    barred = int(np.flatnonzero(~env.action_masks()[10:13])[0])
+    with pytest.raises(ValueError, match="illegal action"):
+        env.step(np.array([0, int(np.argmax(env.action_masks()[5:10])), barred, 0]))
+
+
+def test_foreign_env_updates_and_loops_match_on_both_sides() -> None:
+    """Both sides run every epoch on the same 2048-sample-shaped rollout (smaller here),
+    and their loops take the same env steps (`measure_loop` raises otherwise)."""
+    pytest.importorskip("sb3_contrib", reason="foreign_env needs the sb3 extra")
+    setup = foreign_env.Setup(2, foreign_env.EPISODE_LENGTH, minibatch_size=32, epochs=2)
+    update = foreign_env.measure_update(setup, rounds=1, repeats=1)
+    assert positive_finite(update["ratio"].median)
+    loop = foreign_env.measure_loop(setup, batches=1, rounds=1)
+    assert loop["steps_per_loop"] == 2 * foreign_env.EPISODE_LENGTH
+    assert positive_finite(loop["ratio"].median)
+    assert positive_finite(loop["framework_ratio"].median)
 
 
 def test_versus_sb3_loops_take_the_same_env_steps() -> None:
