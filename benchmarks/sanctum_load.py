@@ -192,13 +192,13 @@ def encoding_app_class() -> type:
 async def frame_times(
     events: list[Any], frames: int, size: tuple[int, int], encode: bool = True
 ) -> list[float]:
-    """CPU seconds per dashboard frame: `update_snapshot` of a new snapshot plus the repaint.
+    """CPU seconds per dashboard frame: assigning a new `app.snapshot` plus the repaint.
 
     The aggregator has folded `events` (the history) first; each frame folds one more
     update so every snapshot differs (panels skip a snapshot they already show).
-    `pilot.pause()` lets the app lay out, repaint and (with `encode`) encode the frame for
-    the terminal, then idles until the process is quiet; the app's thread CPU time counts
-    the work and not that idle wait.
+    `pilot.pause()` lets the bound panels redraw, each in its own turn, and the app lay
+    out, repaint and (with `encode`) encode the frame for the terminal, then idles until
+    the process is quiet; the app's thread CPU time counts the work and not that idle wait.
     """
     from esper.sanctum.aggregator import SanctumAggregator
     from esper.sanctum.app import SanctumApp
@@ -216,7 +216,7 @@ async def frame_times(
             aggregator.handle_event(event)
             snapshot = aggregator.snapshot()
             start = cpu_clock()
-            app.update_snapshot(snapshot)
+            app.snapshot = snapshot  # what a poll does
             await pilot.pause()
             seconds.append(cpu_clock() - start)
     return seconds[1:]

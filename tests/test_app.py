@@ -6,10 +6,12 @@ import asyncio
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from rich.console import RenderableType
 from textual.containers import VerticalScroll
 from textual.geometry import Region
 from textual.widget import Widget
@@ -31,6 +33,7 @@ from esper.sanctum.widgets import (
     ActionHeadsPanel,
     EventLogPanel,
     SanctumHeader,
+    SnapshotPanel,
     StatusFooter,
 )
 from esper.sanctum.widgets.style import NO_VALUE
@@ -189,6 +192,127 @@ async def test_replay_elapsed_time_comes_from_the_recorded_events() -> None:
         await pilot.press("b")
         await pilot.pause()
         assert "elapsed 0:00:10" in shown(header)
+
+
+# ---------------------------------------------------------------- reactive wiring
+
+
+def count_renders(*panels: SnapshotPanel) -> dict[str, int]:
+    """How often each panel builds its content from now on, by panel id."""
+    counts = {str(panel.id): 0 for panel in panels}
+    for panel in panels:
+        original = panel.render_snapshot
+
+        def counted(
+            snapshot: SanctumSnapshot,
+            _original: Callable[[SanctumSnapshot], RenderableType] = original,
+            _id: str = str(panel.id),
+        ) -> RenderableType:
+            counts[_id] += 1
+            return _original(snapshot)
+
+        panel.render_snapshot = counted  # type: ignore[method-assign]
+    return counts
+
+
+async def test_assigning_the_app_snapshot_reaches_the_bound_panels() -> None:
+    app = SanctumApp(Feed(BEFORE), refresh_interval=60.0, clock=fixed_clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        heads, header = app.query_one(ActionHeadsPanel), app.query_one(SanctumHeader)
+        assert heads.snapshot is BEFORE and header.snapshot is BEFORE  # the mount's poll
+        update = after_update(1, 1.234)
+        app.snapshot = update
+        await pilot.pause()
+        assert heads.snapshot is update and header.snapshot is update
+        assert all(panel.snapshot is update for panel in app.query(SnapshotPanel))
+        assert "1.234" in shown(heads) and "PPO updates 1" in shown(header)
+
+
+async def test_an_equal_new_snapshot_is_delivered_but_not_redrawn() -> None:
+    """Every assignment reaches the panels (the app's reactive always updates); a panel
+    whose drawn part is unchanged does not render it again."""
+    update = after_update(1, 1.234)
+    app = SanctumApp(Feed(update), refresh_interval=60.0, clock=fixed_clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        heads = app.query_one(ActionHeadsPanel)
+        counts = count_renders(heads)
+        again = replace(update)
+        assert again == update and again is not update
+        app.snapshot = again
+        await pilot.pause()
+        assert heads.snapshot is again and counts == {"heads": 0}
+        assert "1.234" in shown(heads)
+
+
+async def test_each_panel_renders_once_per_poll_when_snapshot_and_clock_both_move() -> None:
+    """A poll renews the header's view (the clock) and its snapshot: one render, not two."""
+    now = [START + 15.0]
+    feed = Feed(BEFORE, after_update(1, 1.1), after_update(2, 1.6))
+    app = SanctumApp(feed, refresh_interval=60.0, clock=lambda: now[0])
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        header, heads = app.query_one(SanctumHeader), app.query_one(ActionHeadsPanel)
+        counts = count_renders(header, heads)
+        for index in (1, 2):
+            feed.index, now[0] = index, now[0] + 1.0
+            app.poll()
+            await pilot.pause()
+            assert counts == {"header": index, "heads": index}
+        assert header.view.now == START + 17.0 and "elapsed 0:00:17" in shown(header)
+
+        now[0] += 1.0  # the same snapshot, a second later: only the header changes
+        app.poll()
+        await pilot.pause()
+        assert counts == {"header": 3, "heads": 2} and "elapsed 0:00:18" in shown(header)
+
+
+async def test_paused_poll_assigns_nothing_and_resume_assigns_the_latest() -> None:
+    feed = Feed(BEFORE, after_update(1, 1.3))
+    app = SanctumApp(feed, refresh_interval=60.0, clock=fixed_clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        heads, header = app.query_one(ActionHeadsPanel), app.query_one(SanctumHeader)
+        await pilot.press("p")
+        assert app.paused and header.view.paused
+        calls = feed.calls
+        feed.index = 1
+        app.poll()
+        await pilot.pause()
+        assert feed.calls == calls  # the source is not even asked
+        assert app.snapshot is BEFORE and heads.snapshot is BEFORE
+        assert "PAUSED" in shown(header)
+
+        app.paused = False  # what the second p does; resuming polls at once
+        await pilot.pause()
+        assert app.snapshot is feed.snapshots[1] and heads.snapshot is feed.snapshots[1]
+        assert not header.view.paused and "1.300" in shown(heads)
+
+
+async def test_replay_actions_move_the_position_which_selects_the_snapshot() -> None:
+    frames = [after_update(n, ratio) for n, ratio in ((1, 1.11), (2, 1.22), (3, 1.33))]
+    app = SanctumApp(Feed(frames[-1]), replay=frames, clock=fixed_clock)
+    async with app.run_test(size=(120, 40)) as pilot:
+        heads, header = app.query_one(ActionHeadsPanel), app.query_one(SanctumHeader)
+
+        async def expect(position: int) -> None:
+            await pilot.pause()
+            assert app.position == position
+            assert app.snapshot is frames[position] and heads.snapshot is frames[position]
+            assert header.view.replay == (position + 1, 3)
+            assert f"1.{position + 1}{position + 1}0" in shown(heads)
+
+        await expect(2)
+        await pilot.press("b")
+        await expect(1)
+        await pilot.press("home")
+        await expect(0)
+        await pilot.press("left")  # clamped: stays on the first frame
+        await expect(0)
+        await pilot.press("end")
+        await expect(2)
+        app.position = 99  # assigned directly, the position is clamped as by the keys
+        await expect(2)
+        app.position = -4
+        await expect(0)
 
 
 class IntoAggregator:

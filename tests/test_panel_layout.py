@@ -69,16 +69,16 @@ async def test_layout_only_when_a_panel_changes_height() -> None:
         assert lines.size.height == 2
 
         same = SanctumSnapshot(events_read=2, lines_skipped=1)  # a new snapshot, same size
-        lines.update_snapshot(same)
-        one.update_snapshot(same)
+        lines.snapshot = same
+        one.snapshot = same
         await pilot.pause()
         assert ("LinesPanel", False) in layouts and ("OneLinePanel", False) in layouts
         assert "n=2 line 1" in app.export_screenshot().replace("&#160;", " ")
 
         layouts.clear()
         bigger = SanctumSnapshot(events_read=4)
-        lines.update_snapshot(bigger)
-        one.update_snapshot(bigger)
+        lines.snapshot = bigger
+        one.snapshot = bigger
         await pilot.pause()
         assert layouts == [("LinesPanel", True), ("OneLinePanel", False)]
         assert lines.size.height == 4 and one.region.y == 4

@@ -471,7 +471,7 @@ async def test_mounted_panel_draws_dashes_then_the_update() -> None:
         assert ratio_line.split()[2:] == [NO_VALUE] * 8
 
         t = tamiyo_after_update({"op": 1.234, "tempo": 1.0}, relevant={"tempo": 0})
-        panel.update_snapshot(SanctumSnapshot(tamiyo=t))
+        panel.snapshot = SanctumSnapshot(tamiyo=t)
         await pilot.pause()
         after = _widget_text(panel)
         header = next(line for line in after if "alpha_target" in line)

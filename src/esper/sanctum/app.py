@@ -1,4 +1,4 @@
-"""SanctumApp: the Textual dashboard that polls a snapshot source and redraws every panel.
+"""SanctumApp: the Textual dashboard that polls a snapshot source into its reactive state.
 
 The app does no file I/O and knows nothing about telemetry events: it is handed a
 callable that returns the latest `SanctumSnapshot` (live) or a sequence of snapshots
@@ -16,6 +16,7 @@ from typing import ClassVar
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, VerticalScroll
+from textual.reactive import reactive
 
 from esper.sanctum.schema import SanctumSnapshot
 from esper.sanctum.widgets import (
@@ -26,7 +27,6 @@ from esper.sanctum.widgets import (
     RatioHistoryPanel,
     SanctumHeader,
     SlotsPanel,
-    SnapshotPanel,
     StatusFooter,
 )
 
@@ -43,6 +43,11 @@ class SanctumApp(App[None]):
     starting at the last step so the whole history is on screen; `source` is not polled.
     `clock` supplies "now" for elapsed time and silence detection; inject a fixed one for
     deterministic screenshots.
+
+    The dashboard's state is four reactives, and the panels are bound to them in
+    `compose`: polling and the actions only assign state, the watchers derive the rest
+    (a replay position selects the snapshot, a snapshot or a pause renews the header's
+    view) and the bindings carry it to the panels, which redraw what changed.
     """
 
     CSS_PATH = "sanctum.tcss"
@@ -63,6 +68,23 @@ class SanctumApp(App[None]):
         Binding("end", "jump(-1)", "last", show=False, priority=True),
     ]
 
+    # No reactive repaints the app: that would repaint the whole screen on every poll.
+    # The panels repaint themselves, and only when what they draw changed.
+
+    #: The snapshot on screen. Every assignment counts, even of an equal snapshot or the
+    #: same one (an idle run's aggregator hands back the one it built): the clock in the
+    #: header moves on, and comparing whole snapshots here would cost what the panels'
+    #: own comparison of their parts saves.
+    snapshot: reactive[SanctumSnapshot] = reactive(
+        SanctumSnapshot, always_update=True, repaint=False, init=False
+    )
+    #: Live only: polling is suspended, the screen holds still to be read.
+    paused: reactive[bool] = reactive(False, repaint=False, init=False)
+    #: Replay only: the index of the snapshot shown (clamped to the replay).
+    position: reactive[int] = reactive(0, repaint=False, init=False)
+    #: The dashboard's own state as the header draws it (clock, pause, replay position).
+    view: reactive[HeaderView] = reactive(HeaderView, repaint=False, init=False)
+
     def __init__(
         self,
         source: Callable[[], SanctumSnapshot],
@@ -82,9 +104,11 @@ class SanctumApp(App[None]):
         self.refresh_interval = refresh_interval
         self.replay = replay
         self.clock = clock
-        self.paused = False
-        self.position = len(replay) - 1 if replay is not None else 0
-        self.snapshot = replay[self.position] if replay is not None else SanctumSnapshot()
+        # Initial values without watchers: there are no panels to update yet.
+        if replay is not None:
+            self.set_reactive(SanctumApp.position, len(replay) - 1)
+            self.set_reactive(SanctumApp.snapshot, replay[-1])
+        self.set_reactive(SanctumApp.view, self._view())
 
     @property
     def is_replay(self) -> bool:
@@ -99,16 +123,22 @@ class SanctumApp(App[None]):
         return True
 
     def compose(self) -> ComposeResult:
-        yield SanctumHeader(self.snapshot, self._view(), id="header")
+        # Each panel starts from the current state (so the first frame is right) and is
+        # bound to the app's reactives for every change after.
+        snapshot = SanctumApp.snapshot
+        yield SanctumHeader(self.snapshot, self.view, id="header").data_bind(
+            snapshot=snapshot, view=SanctumApp.view
+        )
         with VerticalScroll(id="body"):
-            yield ActionHeadsPanel(self.snapshot, id="heads")
+            yield ActionHeadsPanel(self.snapshot, id="heads").data_bind(snapshot=snapshot)
             with Horizontal(id="middle"):
-                yield PPOHealthPanel(self.snapshot, id="ppo")
-                yield RatioHistoryPanel(self.snapshot, id="history")
+                yield PPOHealthPanel(self.snapshot, id="ppo").data_bind(snapshot=snapshot)
+                yield RatioHistoryPanel(self.snapshot, id="history").data_bind(snapshot=snapshot)
             with Horizontal(id="bottom"):
-                yield SlotsPanel(self.snapshot, id="slots")
-                yield EventLogPanel(self.snapshot, id="events")
-        yield StatusFooter(self.snapshot, REPLAY_KEYS if self.is_replay else LIVE_KEYS, id="footer")
+                yield SlotsPanel(self.snapshot, id="slots").data_bind(snapshot=snapshot)
+                yield EventLogPanel(self.snapshot, id="events").data_bind(snapshot=snapshot)
+        keys = REPLAY_KEYS if self.is_replay else LIVE_KEYS
+        yield StatusFooter(self.snapshot, keys, id="footer").data_bind(snapshot=snapshot)
 
     def on_mount(self) -> None:
         if not self.is_replay:
@@ -127,37 +157,45 @@ class SanctumApp(App[None]):
         `is_running` turns False before that starts, so such a tick does nothing.
         """
         if self.is_running and not self.paused:
-            self.update_snapshot(self.source())
+            self.snapshot = self.source()
 
-    def update_snapshot(self, snapshot: SanctumSnapshot) -> None:
-        """Show `snapshot` in every panel (panels skip work for a snapshot already shown)."""
-        self.snapshot = snapshot
-        self.query_one(SanctumHeader).update_snapshot(snapshot, self._view())
-        for panel in self.query(SnapshotPanel):
-            if not isinstance(panel, SanctumHeader):
-                panel.update_snapshot(snapshot)
+    def watch_snapshot(self) -> None:
+        """A new snapshot is a new moment: the header's clock and position follow it.
+
+        Runs before the bindings pass the snapshot on, and the panels coalesce, so the
+        header still draws once for both.
+        """
+        self.view = self._view()
+
+    def watch_paused(self, paused: bool) -> None:
+        """Show the pause at once; on resume, fetch the latest snapshot rather than wait."""
+        self.view = self._view()
+        if not paused:
+            self.poll()
+
+    def validate_position(self, position: int) -> int:
+        """Clamp to the replay, so stepping past either end stays on it."""
+        if self.replay is None:
+            return 0
+        return max(0, min(len(self.replay) - 1, position))
+
+    def watch_position(self, position: int) -> None:
+        """The replay position selects the snapshot shown."""
+        if self.replay is not None:
+            self.snapshot = self.replay[position]
 
     def action_toggle_pause(self) -> None:
         """Freeze a live display (polling stops) to read it; press again to resume."""
         self.paused = not self.paused
-        self.query_one(SanctumHeader).update_snapshot(self.snapshot, self._view())
-        if not self.paused:
-            self.poll()
 
     def action_step(self, delta: int) -> None:
         """Move `delta` snapshots through the replay (clamped at both ends)."""
-        self.show_position(self.position + delta)
+        self.position += delta
 
     def action_jump(self, position: int) -> None:
         """Go to a replay position; negative counts from the end."""
         assert self.replay is not None  # check_action enables jumping only in replay
-        self.show_position(position % len(self.replay))
-
-    def show_position(self, position: int) -> None:
-        """Show replay snapshot `position` (0-based, clamped to the replay)."""
-        assert self.replay is not None
-        self.position = max(0, min(len(self.replay) - 1, position))
-        self.update_snapshot(self.replay[self.position])
+        self.position = position % len(self.replay)
 
 
 async def screenshot_svg(

@@ -1,4 +1,4 @@
-"""Sanctum's panels: each one redraws from a SanctumSnapshot via `update_snapshot`."""
+"""Sanctum's panels: each one draws its reactive `snapshot`, which the app binds to its own."""
 
 from esper.sanctum.widgets.base import SnapshotPanel
 from esper.sanctum.widgets.events import EventLogPanel

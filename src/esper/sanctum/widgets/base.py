@@ -1,4 +1,4 @@
-"""The one pattern every panel follows: keep the latest snapshot, redraw from it."""
+"""The one pattern every panel follows: a reactive snapshot, and content drawn from it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.measure import Measurement
 from rich.segment import Segment
 from rich.text import Text
+from textual.reactive import reactive
 from textual.widgets import Static
 
 from esper.sanctum.schema import SanctumSnapshot
@@ -66,19 +67,32 @@ class RenderedOnce:
 
 
 class SnapshotPanel(Static):
-    """A Static whose content is a pure function of the latest snapshot.
+    """A Static whose content is a pure function of its reactive `snapshot`.
 
-    Subclasses implement `render_snapshot`; the widget only stores the snapshot and
-    redraws, so every panel can be tested by rendering a snapshot without a running app.
-    A subclass names the part of the snapshot it draws in `drawn`: a new snapshot whose
-    drawn part is unchanged (a live dashboard polls four times a second, and most polls bring
-    only lifecycle events) is stored without a redraw. A subclass whose content depends on
-    the width alone sets `WIDTH_ONLY` so that each redraw renders it once, not twice (see
-    `RenderedOnce`), and a redraw that keeps its number of lines skips the screen's layout
-    pass (a tenth of a frame): only a panel whose height changes moves the others.
+    The app binds `snapshot` to its own (`data_bind`), so assigning the app's snapshot
+    reaches every panel with no hand-written fan-out; a panel built alone (a test) is
+    driven by assigning its `snapshot` directly. Subclasses implement `render_snapshot`,
+    so every panel can also be tested by rendering a snapshot without a running app.
+
+    Changes are coalesced: a watcher only schedules a redraw (`call_next`), which runs once
+    for however many reactives changed in the meantime (the header's snapshot and view
+    arrive together on each poll), so no panel renders twice for one frame. The redraw
+    compares what the content depends on (`drawn`, plus any view of a subclass, see
+    `_drawn_state`) with what it last drew: a live dashboard polls four times a second and
+    most polls bring only lifecycle events, so most new snapshots cost a comparison and no
+    render. A subclass whose content depends on the width alone sets `WIDTH_ONLY` so that
+    each redraw renders it once, not twice (see `RenderedOnce`), and a redraw that keeps
+    its number of lines skips the screen's layout pass (a tenth of a frame): only a panel
+    whose height changes moves the others.
     """
 
     WIDTH_ONLY: ClassVar[bool] = False
+
+    #: The snapshot shown. Every assignment reaches the watcher: the redraw compares the
+    #: drawn parts, cheaper than comparing whole snapshots; repaint is the redraw's job.
+    snapshot: reactive[SanctumSnapshot] = reactive(
+        SanctumSnapshot, always_update=True, repaint=False, init=False
+    )
 
     def __init__(
         self,
@@ -87,9 +101,15 @@ class SnapshotPanel(Static):
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
-        self.snapshot = snapshot if snapshot is not None else SanctumSnapshot()
-        self._shown = self._content()
-        super().__init__(self._shown, id=id, classes=classes)
+        # The initial snapshot is drawn now, so the first frame is right before any binding
+        # has delivered a value (a binding delivering the same one then costs nothing).
+        super().__init__(id=id, classes=classes)
+        if snapshot is not None:
+            self.set_reactive(SnapshotPanel.snapshot, snapshot)
+        self._redraw_pending = False
+        self._drawn: object = None
+        self._shown: RenderableType = ""
+        self._draw()
 
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         """The panel's content for `snapshot`."""
@@ -99,14 +119,23 @@ class SnapshotPanel(Static):
         """Everything of `snapshot` that `render_snapshot` reads (compared by ==)."""
         return snapshot
 
-    def update_snapshot(self, snapshot: SanctumSnapshot) -> None:
-        """Show `snapshot`; one whose drawn part equals the one shown costs a comparison."""
-        if snapshot is self.snapshot:
-            return
-        unchanged = self.drawn(snapshot) == self.drawn(self.snapshot)
-        self.snapshot = snapshot
-        if not unchanged:
-            self.redraw()
+    def _drawn_state(self) -> object:
+        """Everything the content depends on now; a subclass with more reactives adds them."""
+        return self.drawn(self.snapshot)
+
+    def watch_snapshot(self) -> None:
+        self._redraw_soon()
+
+    def _redraw_soon(self) -> None:
+        """Redraw once this panel's turn comes, however many changes arrive before it."""
+        if not self._redraw_pending:
+            self._redraw_pending = True
+            self.call_next(self._redraw_if_changed)
+
+    def _redraw_if_changed(self) -> None:
+        self._redraw_pending = False
+        if self._drawn_state() != self._drawn:
+            self._draw()
 
     def _content(self) -> RenderableType:
         content = self.render_snapshot(self.snapshot)
@@ -114,10 +143,10 @@ class SnapshotPanel(Static):
             return RenderedOnce(content)
         return content
 
-    def redraw(self) -> None:
-        """Rebuild the content from the stored snapshot (e.g. after view options change)."""
+    def _draw(self) -> None:
+        """Rebuild the content from the current reactives and show it."""
         shown, content = self._shown, self._content()
-        self._shown = content
+        self._shown, self._drawn = content, self._drawn_state()
         self.update(content, layout=not self._same_size(shown, content))
 
     def _same_size(self, shown: RenderableType, content: RenderableType) -> bool:

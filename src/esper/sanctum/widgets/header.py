@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.text import Text
+from textual.reactive import reactive
 
 from esper.sanctum.schema import SanctumSnapshot, WorkerState
 from esper.sanctum.widgets.base import SnapshotPanel
@@ -187,9 +188,16 @@ def render_header(snapshot: SanctumSnapshot, view: HeaderView) -> RenderableType
 
 
 class SanctumHeader(SnapshotPanel):
-    """Run id, task, episode x/N, PPO updates, elapsed, episodes/s, run state, workers."""
+    """Run id, task, episode x/N, PPO updates, elapsed, episodes/s, run state, workers.
+
+    Besides the snapshot it draws the dashboard's own state, its reactive `view` (the app
+    binds it to its own): the clock moves and pausing changes the header while the
+    snapshot stays the same.
+    """
 
     WIDTH_ONLY = True
+
+    view: reactive[HeaderView] = reactive(HeaderView, repaint=False, init=False)
 
     def __init__(
         self,
@@ -199,8 +207,10 @@ class SanctumHeader(SnapshotPanel):
         id: str | None = None,
         classes: str | None = None,
     ) -> None:
-        self.view = view if view is not None else HeaderView()
         super().__init__(snapshot, id=id, classes=classes)
+        if view is not None:
+            self.set_reactive(SanctumHeader.view, view)
+            self._draw()  # the base drew it under the default view
 
     def render_snapshot(self, snapshot: SanctumSnapshot) -> RenderableType:
         return render_header(snapshot, self.view)
@@ -215,11 +225,8 @@ class SanctumHeader(SnapshotPanel):
             snapshot.workers,
         )
 
-    def update_snapshot(self, snapshot: SanctumSnapshot, view: HeaderView | None = None) -> None:
-        """Show `snapshot` under `view` (the clock moves even when the snapshot does not)."""
-        if view is not None and view != self.view:
-            self.view = view
-            self.snapshot = snapshot
-            self.redraw()
-            return
-        super().update_snapshot(snapshot)
+    def _drawn_state(self) -> object:
+        return self.drawn(self.snapshot), self.view
+
+    def watch_view(self) -> None:
+        self._redraw_soon()
