@@ -160,7 +160,10 @@ def test_sanctum_refuses_a_screenshot_it_should_not_write(
     [
         (["esper", "ppo", "--episodes", "0"], "episodes must be a whole number in [1, "),
         (["esper", "ppo", "--episodes", "-2"], "episodes must be a whole number in [1, "),
-        (["esper", "ppo", "--task", "mnist"], "unknown task 'mnist'; known tasks: digits, spirals"),
+        (
+            ["esper", "ppo", "--task", "mnist"],
+            "unknown task 'mnist'; known tasks: digits, spirals, family",
+        ),
         (["esper", "ppo", "--clip", "0"], "clip must be a finite number in (0, 1)"),
         (["esper", "ppo", "--clip", "2"], "clip must be a finite number in (0, 1), got 2.0"),
         (["esper", "ppo", "--envs", "x"], "argument --envs: invalid int value: 'x'"),
@@ -218,8 +221,8 @@ def test_ppo_help_comes_from_the_config_declarations(
         "--clip-mode {per_head,joint}",
         "--backend {inprocess,processes,ray} where the envs step (default inprocess)",
         "--workers WORKERS worker processes or Ray actors the envs use (default: one per env)",
-        "--task TASK morphogenetic host task; not used with --env-id; one of digits, spirals "
-        "(default spirals)",
+        "--task TASK morphogenetic host task; not used with --env-id; one of digits, spirals, "
+        "family (default spirals)",
         "--env-id ID train on this env: a gymnasium id (CartPole-v1) or module:callable",
         "--task, --slots and --episode-length then do not apply",
         "--bins K discretise a Box action space into K levels per dimension",
@@ -263,7 +266,7 @@ def test_an_unknown_task_in_a_config_file_is_refused_by_the_cli(tmp_path: Path) 
     proc = run_cli("esper", "ppo", "--config", "cfg.toml", "--no-tui", cwd=tmp_path, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "esper ppo: error: unknown task 'mnist'; known tasks: digits, spirals"
+        "esper ppo: error: unknown task 'mnist'; known tasks: digits, spirals, family"
     ]
     assert not (tmp_path / "runs").exists()
 

@@ -1,10 +1,12 @@
-"""The default task gives the numbers it gave before the code was reorganised.
+"""The default task gives the numbers it gave when they were last changed on purpose.
 
-`tests/data/default_task_seed3.json` was recorded by `esper ppo --no-tui --episodes 16
---seed 3` before the environment and the algorithm moved into their own packages and the
-algorithm learned to train any factored action space. A refactoring that changes what
-the default task computes (a different draw order, a different mask, a different head
-order) shows up here as a different per-head statistic or episode return.
+`tests/data/default_task_seed3.json` holds what `esper ppo --no-tui --episodes 16 --seed 3`
+records. It was first recorded before the environment and the algorithm moved into their
+own packages (the move reproduced it to the last bit), and recorded again when the
+observation gained its task block and the reward its seed cost. A refactoring that changes
+what the default task computes (a different draw order, a different mask, a different head
+order) shows up here as a different per-head statistic or episode return; a deliberate
+change re-records the file and says why in its commit.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _assert_same(recorded: dict[str, object], now: dict[str, object], where: str
             assert got == value, f"{where}: {key} was {value!r}, now {got!r}"
 
 
-def test_the_default_task_records_the_statistics_recorded_before_the_move(
+def test_the_default_task_records_the_statistics_it_recorded_before(
     tmp_path: Path,
 ) -> None:
     fixture = json.loads(FIXTURE.read_text(encoding="utf-8"))

@@ -28,6 +28,8 @@ from esper.morpho.actions import (
 from esper.morpho.environment import (
     HISTORY,
     RENT,
+    SEED_COST,
+    TASK_FEATURES,
     TERMINAL_WEIGHT,
     MorphogeneticEnv,
     observation_layout,
@@ -40,7 +42,7 @@ NVEC = [4, 3, 5, 4, 3, 3, 4, 3]
 #: Host parameters on spirals (2 features, 3 classes, width 16, 3 slots), by hand.
 SPIRALS_HOST_PARAMS = (2 * 16 + 16) + 2 * (16 * 16 + 16) + (16 * 3 + 3)
 SLOT_BLOCK = len(Stage) + 1 + 1 + len(Blueprint) + 1
-SLOTS_START = 1 + 2 * HISTORY
+SLOTS_START = 1 + TASK_FEATURES + 2 * HISTORY
 _OP, _SLOT = HEAD_INDEX["op"], HEAD_INDEX["slot"]
 
 
@@ -96,7 +98,7 @@ def test_spirals_come_from_the_seed() -> None:
 
 
 def test_unknown_task_names_the_known_ones() -> None:
-    assert TASKS == ("digits", "spirals")
+    assert TASKS == ("digits", "spirals", "family")
     with pytest.raises(ValueError, match="digits, spirals"):
         load_task("mnist", 0)
 
@@ -104,7 +106,7 @@ def test_unknown_task_names_the_known_ones() -> None:
 # -- gymnasium conformance ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("task", ["spirals", "digits"])
+@pytest.mark.parametrize("task", ["spirals", "digits", "family"])
 def test_check_env_passes(task: str) -> None:
     env = gymnasium.make(ENV_ID, task=task, episode_length=4)
     check_env(env.unwrapped)
@@ -115,10 +117,10 @@ def test_spaces_and_observation_layout() -> None:
     assert env.action_space.nvec.tolist() == NVEC == list(head_sizes(3).values())
     assert env.factored_actions == factored_actions(3)
     assert list(env.factored_actions.sizes) == NVEC
-    assert env.obs_dim == 1 + 2 * HISTORY + 3 * SLOT_BLOCK == 56
+    assert env.obs_dim == 1 + TASK_FEATURES + 2 * HISTORY + 3 * SLOT_BLOCK == 59
     assert env.observation_space.shape == (env.obs_dim,)
     assert sum(size for _, size, _, _ in observation_layout(3)) == env.obs_dim
-    assert MorphogeneticEnv(task="spirals", n_slots=5).obs_dim == 11 + 5 * SLOT_BLOCK
+    assert MorphogeneticEnv(task="spirals", n_slots=5).obs_dim == 14 + 5 * SLOT_BLOCK
 
 
 def test_step_before_reset_and_after_the_end_is_refused() -> None:
@@ -196,10 +198,12 @@ def test_reward_formula_and_episode_summary() -> None:
     for t, info in enumerate(infos):
         final = t == len(infos) - 1
         expected = accs[t + 1] - accs[t] - RENT * info["seed_params"] / SPIRALS_HOST_PARAMS
+        expected -= SEED_COST if t == 0 else 0.0  # the seed grown at step 0
         expected += TERMINAL_WEIGHT * accs[t + 1] if final else 0.0
         assert rewards[t] == pytest.approx(expected, abs=1e-12)
         assert ("episode" in info) == final
     assert infos[-1]["episode"] == {
+        "kind": "spirals",
         "return": pytest.approx(sum(rewards)),
         "final_accuracy": accs[-1],
         "seeds_grown": 1,
@@ -213,6 +217,7 @@ def test_step_reward_by_hand() -> None:
     assert step_reward(0.8, 0.7, 0, 100, final=False) == pytest.approx(0.1)
     assert step_reward(0.8, 0.7, 50, 100, final=False) == pytest.approx(0.1 - RENT * 0.5)
     assert step_reward(0.8, 0.8, 0, 100, final=True) == pytest.approx(TERMINAL_WEIGHT * 0.8)
+    assert step_reward(0.8, 0.7, 0, 100, False, planted=1) == pytest.approx(0.1 - SEED_COST)
 
 
 def _check_masks(env: MorphogeneticEnv) -> None:

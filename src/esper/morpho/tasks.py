@@ -1,7 +1,12 @@
 """Classification tasks the host trains on, as in-memory numpy arrays.
 
-Nothing is downloaded at run time: `digits` ships with scikit-learn and `spirals` is
-generated from the seed, so an episode can start anywhere, offline, in milliseconds.
+Nothing is downloaded at run time: `digits` and `wine` ship with scikit-learn, `spirals`
+and `moons` are generated from a seed, so an episode can start anywhere, offline, in
+milliseconds.
+
+`family` is not one task but a distribution of cases (`FAMILY`): each episode draws a
+kind, its data and the width of the host it gets, so that the right growth decision
+differs from case to case (see esper.morpho.environment for the measurement).
 """
 
 from __future__ import annotations
@@ -16,9 +21,13 @@ import numpy.typing as npt
 FloatArray = npt.NDArray[np.float32]
 IntArray = npt.NDArray[np.int64]
 
-#: Fraction of `digits` held out for validation; the split itself never changes.
+#: Fraction of `digits` and `wine` held out for validation; the split never changes.
 DIGITS_VAL_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0
+#: Two-moons sizes and noise: a 2-class plane problem the default host solves alone.
+MOONS_TRAIN = 450
+MOONS_VAL = 150
+MOONS_NOISE = 0.25
 #: Spiral sizes are per arm; three arms make a problem a linear model cannot solve.
 SPIRAL_ARMS = 3
 SPIRAL_TRAIN_PER_ARM = 160
@@ -60,25 +69,33 @@ def _make_task(
     )
 
 
-@lru_cache(maxsize=1)
-def _digits() -> Task:
-    """The 8x8 digits, split once (stratified) and standardised on the training part only."""
+def _bundled(name: str) -> Task:
+    """A dataset scikit-learn ships, split once (stratified), standardised on its training
+    part only."""
     # scikit-learn is imported here, not at module level: it takes seconds to import and
     # the CLI reads TASKS to validate flags before anything heavy is loaded.
-    from sklearn.datasets import load_digits
+    from sklearn import datasets
     from sklearn.model_selection import train_test_split
     from sklearn.preprocessing import StandardScaler
 
-    bunch = load_digits()
+    x, y = getattr(datasets, f"load_{name}")(return_X_y=True)
     x_tr, x_va, y_tr, y_va = train_test_split(
-        bunch.data,
-        bunch.target,
-        test_size=DIGITS_VAL_FRACTION,
-        stratify=bunch.target,
-        random_state=DIGITS_SPLIT_SEED,
+        x, y, test_size=DIGITS_VAL_FRACTION, stratify=y, random_state=DIGITS_SPLIT_SEED
     )
     scaler = StandardScaler().fit(x_tr)
-    return _make_task("digits", scaler.transform(x_tr), y_tr, scaler.transform(x_va), y_va)
+    return _make_task(name, scaler.transform(x_tr), y_tr, scaler.transform(x_va), y_va)
+
+
+@lru_cache(maxsize=1)
+def _digits() -> Task:
+    """The 8x8 digits (1 797 images, 10 classes)."""
+    return _bundled("digits")
+
+
+@lru_cache(maxsize=1)
+def _wine() -> Task:
+    """Wine cultivars from 13 chemical measurements (178 samples, 3 classes)."""
+    return _bundled("wine")
 
 
 def spiral_points(
@@ -95,30 +112,72 @@ def spiral_points(
     return xy.reshape(-1, 2)[order].astype(np.float32), labels[order].astype(np.int64)
 
 
-def _spirals(seed: int) -> Task:
-    """Three interleaved arms: too hard for the default host alone, cheap to train on.
+def spirals(rng: np.random.Generator, arms: int = SPIRAL_ARMS) -> Task:
+    """Interleaved arms: three are too hard for the default host alone, cheap to train on.
 
-    Train and validation come from one stream drawn from `seed`.
+    Train and validation come from one stream drawn from `rng`.
     """
-    rng = np.random.default_rng(seed)
-    x_tr, y_tr = spiral_points(SPIRAL_TRAIN_PER_ARM, rng)
-    x_va, y_va = spiral_points(SPIRAL_VAL_PER_ARM, rng)
-    return _make_task("spirals", x_tr, y_tr, x_va, y_va)
+    x_tr, y_tr = spiral_points(SPIRAL_TRAIN_PER_ARM, rng, arms)
+    x_va, y_va = spiral_points(SPIRAL_VAL_PER_ARM, rng, arms)
+    name = "spirals" if arms == SPIRAL_ARMS else f"spirals{arms}"
+    return _make_task(name, x_tr, y_tr, x_va, y_va)
+
+
+def moons(rng: np.random.Generator) -> Task:
+    """Two noisy interleaved half circles, train and validation drawn from `rng`."""
+    from sklearn.datasets import make_moons
+
+    x, y = make_moons(MOONS_TRAIN + MOONS_VAL, noise=MOONS_NOISE, random_state=_draw_seed(rng))
+    return _make_task("moons", x[:MOONS_TRAIN], y[:MOONS_TRAIN], x[MOONS_TRAIN:], y[MOONS_TRAIN:])
+
+
+def _draw_seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(2**31 - 1))
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One case of the task family: how its data are drawn and the host width it gets."""
+
+    name: str
+    width: int
+    draw: Callable[[np.random.Generator], Task]
+
+
+#: The default task family, one kind drawn uniformly per episode. What the host needs
+#: differs from kind to kind (measured by `python -m benchmarks family`): the moons and the
+#: wine the host solves alone, two spiral arms want one small seed, three arms several, and
+#: the digits on a host 4 units wide want capacity.
+FAMILY: tuple[TaskKind, ...] = (
+    TaskKind("moons", 16, moons),
+    TaskKind("wine", 16, lambda rng: _wine()),
+    TaskKind("spirals2", 16, lambda rng: spirals(rng, arms=2)),
+    TaskKind("spirals3", 16, spirals),
+    TaskKind("digits-narrow", 4, lambda rng: _digits()),
+)
+FAMILY_TASK = "family"
+
+
+def _spirals(seed: int) -> Task:
+    return spirals(np.random.default_rng(seed))
 
 
 _LOADERS: dict[str, Callable[[int], Task]] = {
     "digits": lambda seed: _digits(),
     "spirals": _spirals,
 }
-#: Known task names.
-TASKS: tuple[str, ...] = tuple(_LOADERS)
+#: Known task names: one fixed task each, and the family.
+TASKS: tuple[str, ...] = (*_LOADERS, FAMILY_TASK)
 #: The task a run trains on unless told otherwise: the one on which growing pays (the
 #: reasoning and the numbers are in esper.morpho.environment's docstring).
 DEFAULT_TASK = "spirals"
 
 
 def load_task(name: str = DEFAULT_TASK, seed: int = 0) -> Task:
-    """Load a task by name. `digits` has one fixed split; `spirals` is drawn from `seed`."""
+    """Load a fixed task by name. `digits` has one fixed split; `spirals` is drawn from
+    `seed`. The family has no one task: its env draws a `TaskKind` per episode."""
+    if name == FAMILY_TASK:
+        raise ValueError(f"{FAMILY_TASK!r} is a family of tasks drawn per episode")
     try:
         loader = _LOADERS[name]
     except KeyError:
