@@ -1,6 +1,7 @@
 """`python -m benchmarks [--quick]`: every benchmark, one table of ratios, latest.json.
 
-`python -m benchmarks learning` is separate (see benchmarks/learning.py): it trains.
+`python -m benchmarks learning` is separate (see benchmarks/learning.py): it trains; so is
+`python -m benchmarks family` (benchmarks/family.py): it searches the schedule family.
 
 Sections run in a fixed order in one process (the `esper ppo` runs of `cli_run` and the
 memory run in child processes), with torch pinned to one thread in this one. The JSON
@@ -134,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks import learning
 
         return learning.main(args_list[1:])
+    if args_list[:1] == ["family"]:  # thousands of episodes: its own command
+        from benchmarks import family
+
+        return family.main(args_list[1:])
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (under 2 minutes)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
