@@ -144,7 +144,7 @@ def test_cartpole_through_the_cli_records_one_head_and_every_reader_shows_it(
     evaluated = _cli("esper", "eval", str(run), "--episodes", "3", cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr
     rows = json.loads((run / "eval.json").read_text(encoding="utf-8"))["policies"]
-    assert [r["policy"] for r in rows] == ["agent-greedy", "agent-sampled", "random"]
+    assert [r["policy"] for r in rows] == ["agent-greedy", "agent-sampled", "random", "agent-blind"]
     assert all(len(r["returns"]) == 3 and r["host_accuracy"] is None for r in rows)
 
 

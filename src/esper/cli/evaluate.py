@@ -1,9 +1,12 @@
 """`esper eval`: a run's policy beside the baselines it has to beat, on fixed seeds.
 
 The trained agent is played greedy and sampled, with `random` (uniform over the legal
-values), on the run's own environment (`esper.cli.envs`); on the morphogenetic task also
-`wait` and the fixed grow schedules of `esper.morpho.baselines`. The statistics and the
-playing are `esper.rl.evaluate`'s; this module reads the run and prints the table.
+values) and the blind replay of its own most frequent greedy action sequence (`-blind`:
+the paired difference greedy minus blind is what reading the observation is worth), on
+the run's own environment (`esper.cli.envs`); on the morphogenetic task also `wait`, the
+fixed grow schedules and the closed-loop `rule-stall` of `esper.morpho.baselines`. The
+statistics and the playing are `esper.rl.evaluate`'s; this module reads the run and
+prints the table.
 """
 
 from __future__ import annotations
@@ -84,21 +87,36 @@ def evaluate_run(
         raise EvalError(f"--episodes must be a whole number >= 1, got {episodes}")
     if seed < 0:
         raise EvalError(f"--seed must be a whole number >= 0, got {seed}")
-    from esper.rl.evaluate import RandomLegal, agent_policies, eval_seeds, evaluate_policies
+    from esper.rl.evaluate import (
+        RandomLegal,
+        agent_policies,
+        blind_replay,
+        eval_seeds,
+        evaluate_policies,
+        summarize,
+    )
 
     agent, spec, morpho = load_run_agent(run_dir)
-    policies: dict[str, Any] = dict(agent_policies(agent, "tamiyo" if morpho else "agent"))
+    prefix = "tamiyo" if morpho else "agent"
+    seeds = eval_seeds(seed, episodes)
+    policies: dict[str, Any] = dict(agent_policies(agent, prefix))
+    # The greedy policy is played first and recorded: its most frequent action sequence,
+    # replayed blindly (`NAME-blind`), is what it would be worth if it never looked.
+    greedy_episodes, replay = blind_replay(policies.pop(f"{prefix}-greedy"), spec.make, seeds)
     if morpho:
-        from esper.morpho.baselines import baselines
+        from esper.morpho.baselines import StallRule, baselines
 
         n_slots = spec.actions.head_sizes["slot"]
         both = baselines(spec.episode_length, n_slots)
         policies["wait"] = both.pop("wait")
         policies["random"] = RandomLegal(spec.actions, seed)
         policies.update(both)
+        policies["rule-stall"] = StallRule(n_slots)
     else:
         policies["random"] = RandomLegal(spec.actions, seed)
-    results = evaluate_policies(policies, spec.make, eval_seeds(seed, episodes))
+    policies[f"{prefix}-blind"] = replay
+    results = [summarize(f"{prefix}-greedy", greedy_episodes)]
+    results += evaluate_policies(policies, spec.make, seeds)
     return results, MORPHO_REFERENCE if morpho else OTHER_REFERENCE
 
 

@@ -107,3 +107,54 @@ def baselines(episode_length: int, n_slots: int) -> dict[str, Baseline]:
     policies: dict[str, Baseline] = {"wait": wait_policy}
     policies.update(heuristics(episode_length, n_slots))
     return policies
+
+
+@dataclass(frozen=True)
+class StallRule:
+    """A hand-written closed-loop controller: the yardstick a learned one must beat.
+
+    Reads only the observation and the legal values, as Tamiyo does. Each step, in order:
+    KILL a seed whose contribution has fallen below `kill_below`; otherwise, from step
+    `watch` on, GROW `blueprint` into the first free slot while the validation accuracy
+    stalls (it rose by less than `stall` over the observation's accuracy window and is
+    below `good_enough`) and no other seed is still training in isolation; otherwise WAIT.
+    """
+
+    n_slots: int
+    stall: float = 0.02
+    good_enough: float = 0.97
+    kill_below: float = -0.02
+    watch: int = 2
+    blueprint: Blueprint = Blueprint.NORM
+
+    def __call__(self, states: States, t: int) -> IntArray:
+        from esper.morpho.environment import observation_layout
+        from esper.morpho.lifecycle import Stage
+
+        offsets, at = {}, 0
+        for name, size, _, _ in observation_layout(self.n_slots):
+            offsets[name] = (at, at + size)
+            at += size
+        lo, hi = offsets["val_accuracy"]
+        actions = _wait_actions(states.obs.shape[0])
+        for i, (obs, legal) in enumerate(zip(states.obs, states.legal, strict=True)):
+            stage = [
+                int(np.argmax(obs[slice(*offsets[f"slot{s}.stage"])])) for s in range(self.n_slots)
+            ]
+            contribution = [obs[offsets[f"slot{s}.contribution"][0]] for s in range(self.n_slots)]
+            harmful = [
+                s
+                for s in range(self.n_slots)
+                if legal[Op.KILL, _SLOT, s] and contribution[s] < self.kill_below
+            ]
+            accs = obs[lo:hi]
+            isolated = any(st in (Stage.GERMINATED, Stage.TRAINING) for st in stage)
+            stalled = accs[-1] - accs[0] < self.stall and accs[-1] < self.good_enough
+            if harmful and legal[0, _OP, Op.KILL]:
+                actions[i, _OP], actions[i, _SLOT] = Op.KILL, harmful[0]
+            elif t >= self.watch and stalled and not isolated and legal[0, _OP, Op.GROW]:
+                actions[i, _OP] = Op.GROW
+                actions[i, _SLOT] = int(np.flatnonzero(legal[Op.GROW, _SLOT])[0])
+                actions[i, HEAD_INDEX["blueprint"]] = self.blueprint
+                actions[i, HEAD_INDEX["alpha_target"]] = AlphaTarget.FULL
+        return actions

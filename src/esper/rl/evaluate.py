@@ -84,6 +84,57 @@ def agent_policies(agent: Any, name: str) -> dict[str, BatchPolicy]:
     return {f"{name}-greedy": greedy, f"{name}-sampled": sampled}
 
 
+class Recording:
+    """A policy played as it is, its actions kept per env and step (for `Replay`)."""
+
+    def __init__(self, policy: BatchPolicy) -> None:
+        self.policy = policy
+        self.steps: list[IntArray] = []
+
+    def __call__(self, states: EnvStates, t: int) -> IntArray:
+        actions = np.asarray(self.policy(states, t))
+        self.steps.append(actions.copy())
+        return actions
+
+    def most_frequent_sequence(self, lengths: Sequence[int] | None = None) -> IntArray:
+        """The action sequence [steps, H] most episodes played (ties: the first env's).
+
+        `lengths[i]` cuts env i's sequence where its first episode ended.
+        """
+        played = np.stack(self.steps, axis=1)  # [envs, steps, H]
+        if lengths is None:
+            lengths = [played.shape[1]] * played.shape[0]
+        sequences = [played[i, :n] for i, n in enumerate(lengths)]
+        keys = [seq.tobytes() for seq in sequences]
+        counts = {k: keys.count(k) for k in keys}
+        return sequences[keys.index(max(counts, key=lambda k: counts[k]))]
+
+
+@dataclass
+class Replay:
+    """One fixed action sequence played blindly, whatever the env shows: what is left of a
+    policy that never reads its observation. Past its end it repeats its last action; an
+    action that is illegal in some episode is the env's to handle (the morphogenetic env
+    executes it as WAIT), exactly as a blind schedule would fare."""
+
+    sequence: IntArray
+
+    def __call__(self, states: EnvStates, t: int) -> IntArray:
+        row = self.sequence[min(t, len(self.sequence) - 1)]
+        return np.repeat(row[None], states.obs.shape[0], axis=0).astype(np.int64)
+
+
+def blind_replay(
+    policy: BatchPolicy, make_env: Callable[[], FactoredEnv], seeds: Sequence[int]
+) -> tuple[list[dict[str, Any]], Replay]:
+    """Play `policy` on `seeds`, then the replay of its most frequent action sequence;
+    returns the policy's own episodes and the replay."""
+    recording = Recording(policy)
+    episodes = play(recording, make_env, seeds)
+    lengths = [int(ep.get("length", len(recording.steps))) for ep in episodes]
+    return episodes, Replay(recording.most_frequent_sequence(lengths))
+
+
 def eval_seeds(seed: int, episodes: int) -> list[int]:
     return [seed + k for k in range(episodes)]
 

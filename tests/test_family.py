@@ -1,0 +1,174 @@
+"""The task family, the open-loop schedule search, the stall rule and the blind replay."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from esper.morpho.actions import HEAD_INDEX, AlphaTarget, BlendStyle, Blueprint, Op, Tempo
+from esper.morpho.baselines import StallRule
+from esper.morpho.environment import (
+    SEED_COST,
+    TASK_FEATURES,
+    MorphogeneticEnv,
+    observation_layout,
+    step_reward,
+)
+from esper.morpho.schedules import Choice, Scorer, search, seeds_by_kind, sequential
+from esper.morpho.tasks import FAMILY, FAMILY_TASK, load_task
+from esper.rl.evaluate import Recording, Replay
+
+_OP, _SLOT = HEAD_INDEX["op"], HEAD_INDEX["slot"]
+
+
+def test_each_reset_draws_a_kind_its_data_and_its_host_width() -> None:
+    env = MorphogeneticEnv(task=FAMILY_TASK, episode_length=2)
+    kinds = seeds_by_kind(env, range(60))
+    assert set(kinds) == {kind.name for kind in FAMILY}
+    assert all(len(seeds) >= 5 for seeds in kinds.values())  # uniform over five kinds
+    assert seeds_by_kind(env, range(60)) == kinds  # the seed decides the kind
+    task_block = slice(1, 1 + TASK_FEATURES)
+    for kind in FAMILY:
+        obs, info = env.reset(seed=kinds[kind.name][0])
+        assert info["kind"] == kind.name and env.kind is kind
+        assert env._host.width == kind.width
+        n_features, n_classes = env.task.n_features, env.task.n_classes
+        expected = [n_classes / 10, min(np.log(n_features) / np.log(64), 1.0), kind.width / 16]
+        np.testing.assert_allclose(obs[task_block], expected, rtol=1e-6)
+    # the spiral arms are drawn per episode: two spirals2 seeds see different points
+    a, b = kinds["spirals2"][:2]
+    env.reset(seed=a)
+    first = env.task.x_train.copy()
+    env.reset(seed=b)
+    assert not np.array_equal(first, env.task.x_train)
+
+
+def test_the_family_is_no_single_task() -> None:
+    with pytest.raises(ValueError, match="drawn per episode"):
+        load_task(FAMILY_TASK)
+
+
+def test_each_seed_grown_costs_seed_cost_once() -> None:
+    base = step_reward(0.6, 0.5, 100, 1000, final=False)
+    assert step_reward(0.6, 0.5, 100, 1000, False, planted=2) == pytest.approx(
+        base - 2 * SEED_COST
+    )
+    env = MorphogeneticEnv(task="spirals", episode_length=3, seed=0)
+    env.reset(seed=0)
+    grow = np.zeros(8, dtype=np.int64)
+    grow[_OP], grow[HEAD_INDEX["blueprint"]] = Op.GROW, Blueprint.NORM
+    _, reward, _, _, info = env.step(grow)
+    acc = info["val_accuracy"]
+    expected = step_reward(acc, env._accs[-2], info["seed_params"], env._host.host_params, False)
+    assert reward == pytest.approx(expected - SEED_COST)
+
+
+def test_a_choice_is_a_grow_schedule_and_every_wait_is_one() -> None:
+    choice = Choice(Blueprint.MLP, BlendStyle.GATED, Tempo.SLOW, AlphaTarget.HALF, 2, 4)
+    schedule = choice.schedule()
+    assert schedule.steps == (4, 5) and schedule.blueprint == Blueprint.MLP
+    assert (schedule.style, schedule.tempo, schedule.target) == (
+        BlendStyle.GATED,
+        Tempo.SLOW,
+        AlphaTarget.HALF,
+    )
+    assert choice.name == "2xmlp@4-gated-slow-half"
+    assert Choice(count=0).name == Choice(Blueprint.WIDE_MLP, count=0).name == "wait"
+
+
+def test_coordinate_ascent_finds_the_best_of_a_separable_score() -> None:
+    """A score that adds one term per field, best at known values: every pass improves
+    one field, so the search lands on the known optimum."""
+    best = Choice(Blueprint.LOW_RANK, BlendStyle.MULTIPLY, Tempo.STANDARD, AlphaTarget.MOST, 2, 4)
+
+    def score(choice: Choice, seeds: list[int]) -> float:
+        if choice.count == 0:
+            return -100.0
+        return -sum(
+            float(getattr(choice, f) != getattr(best, f))
+            for f in ("blueprint", "style", "tempo", "target", "count", "start")
+        )
+
+    found, value = search(score, [0], n_slots=3)
+    assert (found, value) == (best, 0.0)
+    # WAIT wins when nothing grown is worth it
+    found, value = search(lambda c, s: 1.0 if c.count == 0 else 0.0, [0], n_slots=3)
+    assert found == Choice(count=0) and value == 1.0
+
+
+def test_the_scorer_plays_each_episode_once() -> None:
+    played: list[tuple[Choice, int]] = []
+
+    def play_many(keys: list[tuple[Choice, int]]) -> list[float]:
+        played.extend(keys)
+        return [float(seed) + choice.count for choice, seed in keys]
+
+    scorer = Scorer(play_many)
+    assert scorer(Choice(count=2), [1, 3]) == 4.0
+    assert scorer(Choice(count=2), [3, 5]) == 6.0
+    assert scorer(Choice(Blueprint.MLP, count=0), [1]) == scorer(Choice(count=0), [1]) == 1.0
+    assert played == [(Choice(count=2), 1), (Choice(count=2), 3), (Choice(count=2), 5),
+                      (Choice(count=0), 1)]  # fmt: skip
+
+
+def test_sequential_play_gives_the_episodes_return() -> None:
+    env = MorphogeneticEnv(task="spirals", episode_length=3)
+    returns = sequential(env)([(Choice(count=0), 4), (Choice(count=1), 4)])
+    assert returns[0] != returns[1]
+    assert sequential(env)([(Choice(count=0), 4)]) == returns[:1]  # deterministic
+
+
+@dataclass
+class _States:
+    obs: np.ndarray
+    legal: np.ndarray
+
+
+def _rule_state(accs: list[float], contribution: float, stage: int) -> _States:
+    """One env on the spirals layout: a seed in slot 0 at `stage`, the accuracy window."""
+    env = MorphogeneticEnv(task="spirals", episode_length=4, seed=0)
+    obs, _ = env.reset(seed=0)
+    obs = obs.copy()
+    at = 0
+    for name, size, _, _ in observation_layout(3):
+        if name == "val_accuracy":
+            obs[at : at + size] = accs
+        if name == "slot0.stage":
+            obs[at : at + size] = np.eye(size)[stage]
+        if name == "slot0.contribution":
+            obs[at] = contribution
+        at += size
+    legal = env.legal_actions().copy()
+    legal[0, _OP, Op.KILL] = True
+    legal[Op.KILL, _SLOT, 0] = True
+    legal[Op.GROW, _SLOT, 0] = False  # slot 0 holds the seed
+    return _States(obs[None], legal[None])
+
+
+def test_the_stall_rule_kills_harm_grows_on_a_stall_and_waits_otherwise() -> None:
+    rule = StallRule(n_slots=3)
+    stalled, rising = [0.5] * 5, [0.3, 0.4, 0.5, 0.6, 0.7]
+    blending = 3  # Stage.BLENDING: not in isolation
+    kill = rule(_rule_state(rising, -0.05, blending), 5)[0]
+    assert (kill[_OP], kill[_SLOT]) == (Op.KILL, 0)
+    grow = rule(_rule_state(stalled, 0.0, blending), 5)[0]
+    assert (grow[_OP], grow[_SLOT], grow[HEAD_INDEX["blueprint"]]) == (Op.GROW, 1, Blueprint.NORM)
+    assert rule(_rule_state(stalled, 0.0, blending), 1)[0, _OP] == Op.WAIT  # still watching
+    assert rule(_rule_state(rising, 0.0, blending), 5)[0, _OP] == Op.WAIT  # still learning
+    assert rule(_rule_state(stalled, 0.0, 2), 5)[0, _OP] == Op.WAIT  # a seed still training
+
+
+def test_the_blind_replay_is_the_most_frequent_sequence() -> None:
+    plays = iter([np.array([[1, 0], [2, 0], [1, 0]]), np.array([[3, 3], [4, 4], [3, 3]])])
+    recording = Recording(lambda states, t: next(plays))
+    states = _States(np.zeros((3, 1), dtype=np.float32), np.ones((3, 1, 2, 5), dtype=bool))
+    for t in range(2):
+        recording(states, t)
+    # envs 0 and 2 played (1,0),(3,3); env 1 played (2,0),(4,4)
+    np.testing.assert_array_equal(recording.most_frequent_sequence(), [[1, 0], [3, 3]])
+    np.testing.assert_array_equal(recording.most_frequent_sequence([1, 2, 1]), [[1, 0]])
+    replay = Replay(np.array([[1, 0], [3, 3]]))
+    np.testing.assert_array_equal(replay(states, 0), [[1, 0]] * 3)
+    np.testing.assert_array_equal(replay(states, 7), [[3, 3]] * 3)  # past its end: the last
