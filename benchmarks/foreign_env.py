@@ -49,10 +49,9 @@ from __future__ import annotations
 
 import copy
 import functools
-import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, SupportsFloat
@@ -66,18 +65,22 @@ from benchmarks.common import (
     SEED,
     Row,
     Section,
-    Spread,
-    cpu_clock,
     interleaved,
     load_average,
     machine_info,
     paired_ratios,
     pin_threads,
     spread,
-    timed,
 )
 from benchmarks.telemetry_overhead import ReloadingUpdate
-from benchmarks.versus_sb3 import Loop, optimiser_name
+from benchmarks.versus_sb3 import (
+    Loop,
+    LoopSide,
+    SB3Train,
+    StepClock,
+    optimiser_name,
+    plain_result,
+)
 
 TARGET = 1.0
 
@@ -152,14 +155,6 @@ class ForeignEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         self._energy = int(np.clip(self._energy + (1 if spent == 0 else -spent), 0, 4))
         self._t += 1
         return self._obs(), reward, False, self._t >= self.episode_length, {}
-
-
-@dataclass
-class StepClock:
-    """Seconds spent inside `env.step` and steps taken, summed over the envs it wraps."""
-
-    seconds: float = 0.0
-    steps: int = 0
 
 
 class TimedEnv(gymnasium.Wrapper[Any, Any, Any, Any]):
@@ -306,57 +301,6 @@ def flat_masks(legal: npt.NDArray[np.bool_], sizes: Sequence[int]) -> npt.NDArra
     ).astype(np.float32)
 
 
-def fill_sb3_buffer(model: Any, buffer: Any) -> None:
-    """MaskablePPO's rollout buffer holding our rollout, ready for `train()`.
-
-    SB3 scores an action by the sum of its heads' log-probs: the stored joint log-prob is
-    the sum of our per-head ones.
-    """
-    rb = model.rollout_buffer
-    rb.reset()
-    fields = {
-        "observations": buffer.obs,
-        "actions": buffer.actions,
-        "rewards": buffer.rewards,
-        "episode_starts": buffer.episode_starts,
-        "values": buffer.values,
-        "log_probs": buffer.log_probs.sum(dim=-1),
-        "advantages": buffer.advantages,
-        "returns": buffer.returns,
-    }
-    for name, tensor in fields.items():
-        target = getattr(rb, name)
-        target[...] = tensor.numpy().reshape(target.shape).astype(target.dtype)
-    rb.action_masks[...] = flat_masks(buffer.legal.numpy(), HEAD_SIZES).reshape(
-        rb.action_masks.shape
-    )
-    rb.pos, rb.full, rb.generator_ready = rb.buffer_size, True, False
-
-
-class SB3Train:
-    """A timed MaskablePPO `model.train()` on our rollout, from one restored state.
-
-    One untimed `train()` first gives Adam its state, as on our side.
-    """
-
-    def __init__(self, setup: Setup, buffer: Any) -> None:
-        self.model = sb3_model(setup, StepClock())
-        fill_sb3_buffer(self.model, buffer)
-        self.model.train()
-        policy = self.model.policy
-        self.state = copy.deepcopy((policy.state_dict(), policy.optimizer.state_dict()))
-        self.epochs = 0
-
-    def __call__(self) -> float:
-        weights, optimizer = copy.deepcopy(self.state)
-        self.model.policy.load_state_dict(weights)
-        self.model.policy.optimizer.load_state_dict(optimizer)
-        before = self.model._n_updates  # counts epochs
-        seconds = timed(self.model.train, cpu_clock)()
-        self.epochs = self.model._n_updates - before
-        return seconds
-
-
 def ours_update_side(setup: Setup, buffer: Any) -> ReloadingUpdate:
     """A timed `PPOAgent.update()` on `buffer`, from the state after one update."""
     from esper.rl.ppo import PPOAgent
@@ -369,7 +313,12 @@ def ours_update_side(setup: Setup, buffer: Any) -> ReloadingUpdate:
 def measure_update(setup: Setup, rounds: int, repeats: int) -> dict[str, Any]:
     """Interleaved update timings of both sides on one rollout; ratio SB3 / ours per round."""
     buffer = fixed_rollout(setup.n_envs, setup.n_steps)
-    ours, sb3 = ours_update_side(setup, buffer), SB3Train(setup, buffer)
+    ours, sb3 = (
+        ours_update_side(setup, buffer),
+        SB3Train(
+            sb3_model(setup, StepClock()), buffer, flat_masks(buffer.legal.numpy(), HEAD_SIZES)
+        ),
+    )
     samples = interleaved({"ours": ours, "sb3": sb3}, rounds, warmup=1, repeats=repeats)
     masks = flat_masks(buffer.legal.numpy(), HEAD_SIZES).reshape(-1, sum(HEAD_SIZES))
     return {
@@ -434,33 +383,6 @@ def sb3_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Loo
     return Loop(lambda: model.learn(total_timesteps=batches * setup.rollout), model.env.close)
 
 
-@dataclass(frozen=True)
-class LoopRun:
-    """One timed loop: total seconds and its env steps (see `StepClock`)."""
-
-    seconds: float
-    env: StepClock
-
-
-class LoopSide:
-    """One side of the steps/s comparison: builds a fresh loop per call, times only `run`."""
-
-    def __init__(
-        self, build: Callable[[Setup, int, Path, StepClock], Loop], setup: Setup, batches: int
-    ) -> None:
-        self.build, self.setup, self.batches = build, setup, batches
-        self.runs: list[LoopRun] = []
-
-    def __call__(self) -> float:
-        clock = StepClock()
-        with tempfile.TemporaryDirectory(prefix="bench_esper_") as tmp:
-            loop = self.build(self.setup, self.batches, Path(tmp) / "run", clock)
-            seconds = timed(loop.run)()
-            loop.close()
-        self.runs.append(LoopRun(seconds, clock))
-        return seconds
-
-
 def measure_loop(setup: Setup, batches: int, rounds: int) -> dict[str, Any]:
     """Interleaved whole-loop timings; steps/s and the framework's own time per step."""
     sides = {"ours": LoopSide(ours_loop, setup, batches), "sb3": LoopSide(sb3_loop, setup, batches)}
@@ -505,10 +427,6 @@ UPDATE_ENVS, UPDATE_STEPS = 16, 128
 UPDATE_MINIBATCH_SIZES = (64, 256)
 #: The loop: 8 envs x 128 steps per batch (two whole episodes per env), minibatches of 64.
 LOOP_SETUP = Setup(8, 128)
-
-
-def _plain(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v.as_dict() if isinstance(v, Spread) else v for k, v in result.items()}
 
 
 def run(quick: bool) -> Section:
@@ -559,8 +477,8 @@ def run(quick: bool) -> Section:
             "obs_dim": OBS_DIM,
             "episode_length": EPISODE_LENGTH,
         },
-        **{f"update_mb{size}": _plain(u) for size, u in updates.items()},
-        "loop": _plain(loop),
+        **{f"update_mb{size}": plain_result(u) for size, u in updates.items()},
+        "loop": plain_result(loop),
         "load_average": load,
         "machine": machine_info(),
     }

@@ -265,7 +265,7 @@ class LoopSide:
     """One side of the steps/s comparison: builds a fresh loop per call, times only `run`."""
 
     def __init__(
-        self, build: Callable[[Setup, int, Path, StepClock], Loop], setup: Setup, batches: int
+        self, build: Callable[[Any, int, Path, StepClock], Loop], setup: Any, batches: int
     ) -> None:
         self.build, self.setup, self.batches = build, setup, batches
         self.runs: list[LoopRun] = []
@@ -295,8 +295,9 @@ def sb3_masks(buffer: Any) -> npt.NDArray[np.float32]:
     return np.asarray(flat, dtype=np.float32)
 
 
-def fill_sb3_buffer(model: Any, buffer: Any) -> None:
-    """MaskablePPO's rollout buffer holding our rollout, ready for `train()`.
+def fill_sb3_buffer(model: Any, buffer: Any, masks: npt.NDArray[np.float32]) -> None:
+    """MaskablePPO's rollout buffer holding our rollout and the env's flat `masks` for
+    each stored step, ready for `train()`.
 
     SB3 scores an action by the sum of every head's log-prob, so the stored joint
     log-prob is the sum of our per-head ones.
@@ -316,7 +317,7 @@ def fill_sb3_buffer(model: Any, buffer: Any) -> None:
     for name, tensor in fields.items():
         target = getattr(rb, name)
         target[...] = tensor.numpy().reshape(target.shape).astype(target.dtype)
-    rb.action_masks[...] = sb3_masks(buffer)
+    rb.action_masks[...] = masks.reshape(rb.action_masks.shape)
     rb.pos, rb.full, rb.generator_ready = rb.buffer_size, True, False
 
 
@@ -326,9 +327,9 @@ class SB3Train:
     One untimed `train()` first gives Adam its state, as on our side.
     """
 
-    def __init__(self, setup: Setup, buffer: Any) -> None:
-        self.model = sb3_model(setup, StepClock())
-        fill_sb3_buffer(self.model, buffer)
+    def __init__(self, model: Any, buffer: Any, masks: npt.NDArray[np.float32]) -> None:
+        self.model = model
+        fill_sb3_buffer(self.model, buffer, masks)
         self.model.train()
         policy = self.model.policy
         self.state = copy.deepcopy((policy.state_dict(), policy.optimizer.state_dict()))
@@ -366,7 +367,10 @@ def measure_update(setup: Setup, rounds: int, repeats: int) -> dict[str, Any]:
     buffer, obs_dim = tiled_rollout(
         setup.task, setup.n_envs, UPDATE_STEPS, setup.episode_length // UPDATE_STEPS
     )
-    ours, sb3 = ours_update_side(setup, buffer, obs_dim), SB3Train(setup, buffer)
+    ours, sb3 = (
+        ours_update_side(setup, buffer, obs_dim),
+        SB3Train(sb3_model(setup, StepClock()), buffer, sb3_masks(buffer)),
+    )
     samples = interleaved({"ours": ours, "sb3": sb3}, rounds, warmup=1, repeats=repeats)
     return {
         "samples_per_update": setup.rollout,
@@ -427,7 +431,7 @@ def measure_loop(setup: Setup, batches: int, rounds: int) -> dict[str, Any]:
     }
 
 
-def _plain(result: dict[str, Any]) -> dict[str, Any]:
+def plain_result(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v.as_dict() if isinstance(v, Spread) else v for k, v in result.items()}
 
 
@@ -491,7 +495,7 @@ def run(quick: bool) -> Section:
             ),
         ]
     raw = {
-        **{f"update_mb{size}": _plain(u) for size, u in updates.items()},
-        **{f"loop_{t}": _plain(v) for t, v in loops.items()},
+        **{f"update_mb{size}": plain_result(u) for size, u in updates.items()},
+        **{f"loop_{t}": plain_result(v) for t, v in loops.items()},
     }
     return Section("versus_sb3", rows, raw)
