@@ -144,50 +144,43 @@ def test_injected_nonfinite_logits_poison_only_that_head(value: float) -> None:
     assert torch.isfinite(others).all()
 
 
+SIZES = torch.tensor([head_sizes(N_SLOTS)[h] for h in HEAD_NAMES])
+PADDING = torch.arange(ACTIONS.width) >= SIZES.unsqueeze(1)
+
+
+def _assert_padding_never_sampled(legal: torch.Tensor, seed: int) -> None:
+    """Even where the raw logits favour padding most, every sampled and greedy value lies
+    in its head's range, and each head's entropy is uniform over its existing values."""
+    policy = make_policy()
+    with torch.no_grad():  # the largest raw logit on every padding position
+        policy.logits_head.weight.zero_()
+        policy.logits_head.bias.copy_(PADDING.flatten().float() * 50.0)
+    gen = torch.Generator().manual_seed(seed)
+    obs = torch.randn(legal.shape[0], OBS_DIM, generator=gen)
+    for deterministic in (False, True):
+        actions, log_probs, _ = policy.act(obs, legal, deterministic, generator=gen)
+        assert ((actions >= 0) & (actions < SIZES)).all()
+        assert torch.isfinite(log_probs).all()
+    _, entropies, _, _ = policy.evaluate_actions(obs, actions, legal)
+    # padding adds nothing to the entropy
+    expected = torch.log(SIZES.double()).float().expand(legal.shape[0], -1)
+    torch.testing.assert_close(entropies, expected)
+    # derived from the declaration, so checkpoints do not carry it
+    assert "exists" not in policy.state_dict()
+
+
 def test_padding_values_are_never_legal_nor_sampled() -> None:
     """Heads are padded to the widest (5 blueprints): positions past a head's size get
     probability 0 even where the policy's raw logits favour them most."""
-    policy = make_policy()
     legal = masks(300, [True] * 4, [[True] * N_SLOTS] * 4)
-    sizes = torch.tensor([head_sizes(N_SLOTS)[h] for h in HEAD_NAMES])
-    padding = torch.arange(ACTIONS.width) >= sizes.unsqueeze(1)
-    assert padding.any() and not legal[:, :, padding].any()
-    with torch.no_grad():  # the largest raw logit on every padding position
-        policy.logits_head.weight.zero_()
-        policy.logits_head.bias.copy_(padding.flatten().float() * 50.0)
-    gen = torch.Generator().manual_seed(2)
-    obs = torch.randn(300, OBS_DIM, generator=gen)
-    for deterministic in (False, True):
-        actions, log_probs, _ = policy.act(obs, legal, deterministic, generator=gen)
-        assert ((actions >= 0) & (actions < sizes)).all()
-        assert torch.isfinite(log_probs).all()
-    _, entropies, _, _ = policy.evaluate_actions(obs, actions, legal)
-    # uniform over the existing values of each head: padding adds nothing to the entropy
-    expected = torch.log(sizes.double()).float().expand(300, -1)
-    torch.testing.assert_close(entropies, expected)
+    assert PADDING.any() and not legal[:, :, PADDING].any()
+    _assert_padding_never_sampled(legal, seed=2)
 
 
 def test_a_legal_array_that_marks_padding_still_never_samples_it() -> None:
     """An env's own `legal_actions()` may say True everywhere (all-ones): padding is still
     no value, for the selector's cases too, so nothing out of a head's range is sampled."""
-    policy = make_policy()
-    legal = torch.ones(300, *ACTIONS.legal_shape, dtype=torch.bool)
-    sizes = torch.tensor([head_sizes(N_SLOTS)[h] for h in HEAD_NAMES])
-    padding = torch.arange(ACTIONS.width) >= sizes.unsqueeze(1)
-    with torch.no_grad():  # the largest raw logit on every padding position
-        policy.logits_head.weight.zero_()
-        policy.logits_head.bias.copy_(padding.flatten().float() * 50.0)
-    gen = torch.Generator().manual_seed(3)
-    obs = torch.randn(300, OBS_DIM, generator=gen)
-    for deterministic in (False, True):
-        actions, log_probs, _ = policy.act(obs, legal, deterministic, generator=gen)
-        assert ((actions >= 0) & (actions < sizes)).all()
-        assert torch.isfinite(log_probs).all()
-    _, entropies, _, _ = policy.evaluate_actions(obs, actions, legal)
-    expected = torch.log(sizes.double()).float().expand(300, -1)
-    torch.testing.assert_close(entropies, expected)
-    # derived from the declaration, so checkpoints do not carry it
-    assert "exists" not in policy.state_dict()
+    _assert_padding_never_sampled(torch.ones(300, *ACTIONS.legal_shape, dtype=torch.bool), 3)
 
 
 def test_bad_sizes_and_declarations_are_refused() -> None:
