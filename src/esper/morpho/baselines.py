@@ -8,6 +8,7 @@ like any policy, so the evaluation plays them through the algorithm's own code p
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -109,6 +110,18 @@ def baselines(episode_length: int, n_slots: int) -> dict[str, Baseline]:
     return policies
 
 
+@functools.lru_cache(maxsize=8)
+def _observation_offsets(n_slots: int) -> dict[str, tuple[int, int]]:
+    """Each observation block's [start, end) by name (`observation_layout`'s order)."""
+    from esper.morpho.environment import observation_layout
+
+    offsets, at = {}, 0
+    for name, size, _, _ in observation_layout(n_slots):
+        offsets[name] = (at, at + size)
+        at += size
+    return offsets
+
+
 @dataclass(frozen=True)
 class StallRule:
     """A hand-written closed-loop controller: the yardstick a learned one must beat.
@@ -128,13 +141,9 @@ class StallRule:
     blueprint: Blueprint = Blueprint.NORM
 
     def __call__(self, states: States, t: int) -> IntArray:
-        from esper.morpho.environment import observation_layout
         from esper.morpho.lifecycle import Stage
 
-        offsets, at = {}, 0
-        for name, size, _, _ in observation_layout(self.n_slots):
-            offsets[name] = (at, at + size)
-            at += size
+        offsets = _observation_offsets(self.n_slots)
         lo, hi = offsets["val_accuracy"]
         actions = _wait_actions(states.obs.shape[0])
         for i, (obs, legal) in enumerate(zip(states.obs, states.legal, strict=True)):

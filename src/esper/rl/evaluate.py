@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -106,8 +107,9 @@ class Recording:
             lengths = [played.shape[1]] * played.shape[0]
         sequences = [played[i, :n] for i, n in enumerate(lengths)]
         keys = [seq.tobytes() for seq in sequences]
-        counts = {k: keys.count(k) for k in keys}
-        return sequences[keys.index(max(counts, key=lambda k: counts[k]))]
+        # Counter keeps first-seen order, so a tie goes to the lowest env index
+        most, _ = Counter(keys).most_common(1)[0]
+        return sequences[keys.index(most)]
 
 
 @dataclass
@@ -218,7 +220,12 @@ def paired_difference(a: PolicyResult, b: PolicyResult) -> tuple[float, float | 
 
     The standard error is None (undefined) with fewer than two episodes.
     """
-    diff = np.asarray(a.returns) - np.asarray(b.returns)
+    return paired_returns(a.returns, b.returns)
+
+
+def paired_returns(a: Sequence[float], b: Sequence[float]) -> tuple[float, float | None]:
+    """`paired_difference` of two lists of returns, episode k of each from the same seed."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
     if diff.size < 2:
         return float(diff.mean()) if diff.size else 0.0, None
     return float(diff.mean()), float(diff.std(ddof=1) / math.sqrt(diff.size))
