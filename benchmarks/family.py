@@ -57,12 +57,13 @@ def _play(key: tuple[Any, int]) -> float:
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
-    """Mean of a - b, its standard error and how many standard errors from zero."""
-    diff = np.asarray(a) - np.asarray(b)
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-    mean = float(diff.mean())
-    t = mean / se if se > 1e-9 else None  # undefined where every difference is the same
-    return {"mean": mean, "se": se, "t": t, "n": len(diff)}
+    """Mean of a - b, its standard error and how many standard errors from zero (None
+    where every difference is the same)."""
+    from esper.rl.evaluate import paired_returns
+
+    mean, se = paired_returns(a, b)
+    t = mean / se if se is not None and se > 1e-9 else None
+    return {"mean": mean, "se": se, "t": t, "n": len(a)}
 
 
 def run(train_seeds: Sequence[int], eval_seeds: Sequence[int], console: Console) -> dict[str, Any]:
@@ -91,16 +92,20 @@ def run(train_seeds: Sequence[int], eval_seeds: Sequence[int], console: Console)
         with console.status("playing the evaluation seeds…"):
             wait = play_many([(Choice(count=0), s) for s in seeds])
             single = play_many([(found.single, s) for s in seeds])
-            per_kind = play_many([(found.per_kind[kind_of[s]], s) for s in seeds])
+            # a kind no training seed drew has no search of its own: the single best
+            own = {s: found.per_kind.get(kind_of[s], found.single) for s in seeds}
+            per_kind = play_many([(own[s], s) for s in seeds])
     by_seed = {"wait": wait, "single": single, "per_kind": per_kind}
     rows = {}
     for kind, members in kinds.items():
+        if not members:
+            continue
         idx = [seeds.index(s) for s in members]
         pick = {name: [values[i] for i in idx] for name, values in by_seed.items()}
         rows[kind] = {
             "episodes": len(idx),
-            "best": found.per_kind[kind].name,
-            "train_return": found.per_kind_score[kind],
+            "best": found.per_kind.get(kind, found.single).name,
+            "train_return": found.per_kind_score.get(kind),
             **{f"{name}_return": float(np.mean(v)) for name, v in pick.items()},
             "per_kind_minus_single": paired(pick["per_kind"], pick["single"]),
         }
@@ -128,7 +133,7 @@ def table(result: dict[str, Any]) -> Table:
         t.add_column(col, justify="left" if col in ("kind", "its best schedule") else "right")
 
     def gap(p: dict[str, Any]) -> str:
-        if not p["se"] > 1e-9:  # the same difference on every seed (or a single one)
+        if p["t"] is None:  # the same difference on every seed (or a single one)
             return f"{p['mean']:+.3f} on every seed"
         return f"{p['mean']:+.3f} ± {p['se']:.3f} ({p['t']:.1f} SE)"
 

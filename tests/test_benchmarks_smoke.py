@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the `benchmarks`
 from benchmarks import (
     cli_run,
     emit_path,
+    family,
     foreign_env,
     memory,
     sanctum_load,
@@ -89,6 +90,25 @@ def test_learning_evaluates_the_rows_of_esper_eval() -> None:
     assert "grow-norm-early" in names and "grow-norm-late" in names
     assert all(r.episodes == 2 and math.isfinite(r.mean_return) for r in results)
     assert verdict(results)["best_heuristic"].startswith("grow-")
+
+
+def test_family_pairs_each_cases_best_with_the_single_best_on_unseen_seeds() -> None:
+    """A tiny search (3 training seeds) and 3 evaluation seeds: every evaluation episode is
+    played by WAIT, the single best and its kind's best, and the overall gap is their
+    paired difference."""
+    import io
+
+    from rich.console import Console
+
+    result = family.run(range(3), range(50_000, 50_003), Console(file=io.StringIO()))
+    returns = result["returns"]
+    assert returns["seeds"] == [50_000, 50_001, 50_002]
+    gap = result["overall"]["per_kind_minus_single"]
+    diff = np.subtract(returns["per_kind"], returns["single"])
+    assert gap["n"] == 3 and gap["mean"] == pytest.approx(diff.mean())
+    assert sum(row["episodes"] for row in result["kinds"].values()) == 3
+    assert set(result["kinds"]) == set(returns["kind"])
+    assert result["search"]["episodes"] > 10  # the search played candidates
 
 
 def test_versus_sb3_updates_run_every_epoch_on_both_sides() -> None:
