@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import load_average, machine_info, pin_threads
+from benchmarks.common import load_average, machine_info
 
 RESULTS = Path(__file__).parent / "results" / "family.json"
 #: Training seeds of the search and evaluation seeds, disjoint: the search never sees the
@@ -37,23 +36,6 @@ TRAIN_SEEDS = range(0, 60)
 EVAL_SEEDS = range(50_000, 50_100)
 QUICK_TRAIN_SEEDS = range(0, 20)
 QUICK_EVAL_SEEDS = range(50_000, 50_030)
-
-_ENV: Any = None
-
-
-def _init_worker() -> None:
-    global _ENV
-    pin_threads(1)
-    from esper.morpho.environment import MorphogeneticEnv
-
-    _ENV = MorphogeneticEnv(task="family")
-
-
-def _play(key: tuple[Any, int]) -> float:
-    from esper.morpho.schedules import play
-
-    choice, seed = key
-    return float(play(_ENV, choice.schedule(), seed)["return"])
 
 
 def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
@@ -68,17 +50,13 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
 
 def run(train_seeds: Sequence[int], eval_seeds: Sequence[int], console: Console) -> dict[str, Any]:
     from esper.morpho.environment import MorphogeneticEnv
-    from esper.morpho.schedules import Choice, Scorer, search_family, seeds_by_kind
+    from esper.morpho.schedules import Choice, Scorer, pooled, search_family, seeds_by_kind
 
     env = MorphogeneticEnv(task="family")
     n_slots = env.n_slots
     workers = max(1, len(os.sched_getaffinity(0)))
     start = time.perf_counter()
-    with multiprocessing.get_context("spawn").Pool(workers, _init_worker) as pool:
-
-        def play_many(keys: Sequence[tuple[Choice, int]]) -> list[float]:
-            return list(pool.map(_play, keys, chunksize=1))
-
+    with pooled({"task": "family"}, workers) as play_many:
         with console.status("searching the schedule family…") as status:
             scorer = Scorer(
                 play_many,

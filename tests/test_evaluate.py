@@ -134,20 +134,25 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_esper_eval_writes_one_entry_per_policy_and_is_deterministic(
     run_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["eval", str(run_dir), "--episodes", "3", "--seed", "7"]) == 0
+    assert main(["eval", str(run_dir), "--episodes", "3", "--seed", "7", "--search-seeds=2"]) == 0
     out = capsys.readouterr().out
     first = json.loads((run_dir / ev.EVAL_FILE).read_text())
     names = [p["policy"] for p in first["policies"]]
     assert names[:4] == ["tamiyo-greedy", "tamiyo-sampled", "wait", "random"]
     assert "grow-norm-early" in names and "grow-norm-late" in names
+    assert names[-3:] == ["schedule-best", "rule-stall", "tamiyo-blind"]
+    searched = first["searched"]["schedule-best"]
+    assert searched["seeds"][0] >= 900_000 and searched["episodes"] > 10
+    assert f"schedule-best = {searched['name']}" in out
+    assert (run_dir / "schedule_search.json").is_file()  # the next eval reads it
     for entry in first["policies"]:
         assert entry["episodes"] == 3
         assert {"policy", "mean_return", "std_return", "stderr_return"} <= set(entry)
         assert entry["stderr_return"] == pytest.approx(entry["std_return"] / math.sqrt(3))
         assert f"{entry['mean_return']:.3f}" in out
-    assert main(["eval", str(run_dir), "--episodes", "3", "--seed", "7"]) == 0
+    assert main(["eval", str(run_dir), "--episodes", "3", "--seed", "7", "--search-seeds=2"]) == 0
     assert json.loads((run_dir / ev.EVAL_FILE).read_text()) == first
-    assert main(["eval", str(run_dir), "--episodes", "3", "--seed", "8"]) == 0
+    assert main(["eval", str(run_dir), "--episodes", "3", "--seed", "8", "--search-seeds=2"]) == 0
     assert json.loads((run_dir / ev.EVAL_FILE).read_text()) != first
 
 
@@ -158,10 +163,11 @@ def test_one_episode_has_no_spread(run_dir: Path, capsys: pytest.CaptureFixture[
     wait = ev.summarize("wait", [{"return": 1.0, "final_accuracy": 0.5, "seeds_grown": 0}])
     assert ev.paired_difference(one, wait) == (1.5, None)
 
-    assert main(["eval", str(run_dir), "--episodes", "1", "--seed", "7"]) == 0
+    assert main(["eval", str(run_dir), "--episodes", "1", "--seed", "7", "--search-seeds=2"]) == 0
     out = capsys.readouterr().out
     doc = json.loads((run_dir / ev.EVAL_FILE).read_text())
-    rows = {line.split()[0]: re.split(r"\s{2,}", line.strip()) for line in out.splitlines()}
+    table = [line for line in out.splitlines() if " = " not in line]  # not the search line
+    rows = {line.split()[0]: re.split(r"\s{2,}", line.strip()) for line in table}
     for entry in doc["policies"]:
         assert entry["std_return"] is None and entry["stderr_return"] is None
         assert entry["episodes"] == 1 and math.isfinite(entry["mean_return"])

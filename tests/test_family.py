@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,17 @@ from esper.morpho.environment import (
     observation_layout,
     step_reward,
 )
-from esper.morpho.schedules import Choice, Scorer, search, seeds_by_kind, sequential
+from esper.morpho.schedules import (
+    SEARCH_SEED,
+    Choice,
+    Scorer,
+    best_schedule,
+    pooled,
+    search,
+    search_seeds,
+    seeds_by_kind,
+    sequential,
+)
 from esper.morpho.tasks import FAMILY, FAMILY_TASK, load_task
 from esper.rl.evaluate import Recording, Replay
 
@@ -27,7 +39,7 @@ def test_each_reset_draws_a_kind_its_data_and_its_host_width() -> None:
     env = MorphogeneticEnv(task=FAMILY_TASK, episode_length=2)
     kinds = seeds_by_kind(env, range(60))
     assert set(kinds) == {kind.name for kind in FAMILY}
-    assert all(len(seeds) >= 5 for seeds in kinds.values())  # uniform over five kinds
+    assert all(len(seeds) >= 5 for seeds in kinds.values())  # uniform over the kinds
     assert seeds_by_kind(env, range(60)) == kinds  # the seed decides the kind
     task_block = slice(1, 1 + TASK_FEATURES)
     for kind in FAMILY:
@@ -118,6 +130,50 @@ def test_sequential_play_gives_the_episodes_return() -> None:
     returns = sequential(env)([(Choice(count=0), 4), (Choice(count=1), 4)])
     assert returns[0] != returns[1]
     assert sequential(env)([(Choice(count=0), 4)]) == returns[:1]  # deterministic
+
+
+def test_a_choice_survives_json_by_name() -> None:
+    choice = Choice(Blueprint.LOW_RANK, BlendStyle.MULTIPLY, Tempo.SLOW, AlphaTarget.MOST, 1, 8)
+    doc = choice.to_dict()
+    assert doc["blueprint"] == "LOW_RANK" and doc["start"] == 8
+    assert Choice.from_dict(json.loads(json.dumps(doc))) == choice
+
+
+def test_search_seeds_never_overlap_the_evaluation_seeds() -> None:
+    assert search_seeds(3) == [SEARCH_SEED, SEARCH_SEED + 1, SEARCH_SEED + 2]
+    assert search_seeds(3, avoid=[10_000, 10_001]) == search_seeds(3)  # far apart: kept
+    clash = list(range(SEARCH_SEED + 2, SEARCH_SEED + 5))
+    moved = search_seeds(4, avoid=clash)
+    assert moved == [SEARCH_SEED + 5 + k for k in range(4)] and not set(moved) & set(clash)
+
+
+def test_the_best_schedule_is_searched_once_and_cached_by_its_settings(tmp_path: Path) -> None:
+    """A second call with the same settings reads the cache (nothing is played, so a
+    doctored cache shows through); other settings or a broken file are searched again."""
+    cache = tmp_path / "search.json"
+    env = {"task": "spirals", "n_slots": 2, "episode_length": 3}
+    first = best_schedule(env, [1, 2], cache=cache)
+    assert first.episodes > 10 and first.seeds == (1, 2)
+    # the result is the search's own: re-scoring its choice gives its training return
+    again = sequential(MorphogeneticEnv(**env))([(first.choice, 1), (first.choice, 2)])
+    assert first.train_return == pytest.approx(np.mean(again))
+    doc = json.loads(cache.read_text())
+    doc["result"]["choice"] = Choice(Blueprint.MLP, count=1, start=2).to_dict()
+    cache.write_text(json.dumps(doc))
+    assert best_schedule(env, [1, 2], cache=cache).choice == Choice(Blueprint.MLP, count=1, start=2)
+    assert best_schedule({**env, "episode_length": 4}, [1, 2], cache=cache).choice != Choice(
+        Blueprint.MLP, count=1, start=2
+    )  # another length: searched again, and the cache now holds that search
+    assert json.loads(cache.read_text())["key"]["env"]["episode_length"] == 4
+    cache.write_text("{not json")
+    assert best_schedule(env, [1, 2], cache=cache) == first
+
+
+def test_pooled_play_equals_sequential_play() -> None:
+    env = {"task": "spirals", "n_slots": 2, "episode_length": 3}
+    keys = [(Choice(count=0), 5), (Choice(count=1), 5), (Choice(Blueprint.MLP, count=2), 6)]
+    with pooled(env, workers=2) as play_many:
+        assert play_many(keys) == sequential(MorphogeneticEnv(**env))(keys)
 
 
 @dataclass

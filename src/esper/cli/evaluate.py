@@ -4,9 +4,11 @@ The trained agent is played greedy and sampled, with `random` (uniform over the 
 values) and the blind replay of its own most frequent greedy action sequence (`-blind`:
 the paired difference greedy minus blind is what reading the observation is worth), on
 the run's own environment (`esper.cli.envs`); on the morphogenetic task also `wait`, the
-fixed grow schedules and the closed-loop `rule-stall` of `esper.morpho.baselines`. The
-statistics and the playing are `esper.rl.evaluate`'s; this module reads the run and
-prints the table.
+fixed grow schedules, `schedule-best` (the best single schedule of the whole schedule
+family, searched on training seeds disjoint from the evaluation seeds, `esper.morpho.
+schedules`; cached in the run directory) and the closed-loop `rule-stall` of
+`esper.morpho.baselines`. The statistics and the playing are `esper.rl.evaluate`'s; this
+module reads the run and prints the table.
 """
 
 from __future__ import annotations
@@ -29,15 +31,19 @@ from esper.rl.evaluate import (
 #: host reaches alone), `random` on any other environment.
 MORPHO_REFERENCE = "wait"
 OTHER_REFERENCE = "random"
+#: Training seeds the schedule search plays each candidate on, unless told otherwise.
+SEARCH_SEEDS = 40
+#: The searched schedule, cached per run directory (keyed by the env settings and seeds).
+SEARCH_FILE = "schedule_search.json"
 
 
 class EvalError(ValueError):
     """A run directory or flag `esper eval` cannot work with; the message is one line."""
 
 
-def load_run_agent(run_dir: Path) -> tuple[Any, Any, bool]:
-    """The run's PPO agent restored from its checkpoint, the run's environment, and
-    whether that is the morphogenetic task.
+def load_run_agent(run_dir: Path) -> tuple[Any, Any, Any]:
+    """The run's PPO agent restored from its checkpoint, the run's environment and its
+    `TrainConfig`.
 
     The checkpoint is read with `weights_only=True` (see `esper.rl.checkpoint`). The agent
     is rebuilt from the checkpoint's own shapes (observation size, heads, trunk width) and
@@ -71,14 +77,42 @@ def load_run_agent(run_dir: Path) -> tuple[Any, Any, bool]:
         text = str(exc).strip()
         first = text.splitlines()[0] if text else type(exc).__name__
         raise EvalError(f"cannot load the checkpoint in {run_dir}: {first}") from None
-    return agent, spec, config.env_id is None
+    return agent, spec, config
+
+
+def searched_schedule(
+    run_dir: Path, env_kwargs: dict[str, Any], avoid: list[int], n_seeds: int
+) -> Any:
+    """The best single schedule for the run's env (`esper.morpho.schedules.best_schedule`),
+    searched on `n_seeds` training seeds outside `avoid`, on one process per CPU, with a
+    progress line on stderr; cached in the run directory."""
+    import os
+
+    from rich.console import Console
+
+    from esper.morpho.schedules import best_schedule, search_seeds
+
+    seeds = search_seeds(n_seeds, avoid)
+    workers = min(len(os.sched_getaffinity(0)), 8) if n_seeds >= 8 else 1
+    what = f"searching the schedule family on {n_seeds} training seeds"
+    with Console(stderr=True).status(f"{what}…") as status:
+        return best_schedule(
+            env_kwargs,
+            seeds,
+            workers,
+            progress=lambda n: status.update(f"{what}: {n} episodes played"),
+            cache=run_dir / SEARCH_FILE,
+        )
 
 
 def evaluate_run(
-    run_dir: Path, episodes: int = EVAL_EPISODES, seed: int = EVAL_SEED
-) -> tuple[list[PolicyResult], str]:
-    """The trained policy (greedy, sampled) and every baseline on seeds `seed`.., with the
-    name of the reference row.
+    run_dir: Path,
+    episodes: int = EVAL_EPISODES,
+    seed: int = EVAL_SEED,
+    search_seeds: int = SEARCH_SEEDS,
+) -> tuple[list[PolicyResult], str, dict[str, Any]]:
+    """The trained policy (greedy, sampled) and every baseline on seeds `seed`.., the
+    name of the reference row, and what the searched rows were found to be.
 
     Deterministic for a fixed seed: the envs come from the seeds, the sampled policy
     draws from the checkpoint's own generator state and `random` from `seed`.
@@ -87,6 +121,8 @@ def evaluate_run(
         raise EvalError(f"--episodes must be a whole number >= 1, got {episodes}")
     if seed < 0:
         raise EvalError(f"--seed must be a whole number >= 0, got {seed}")
+    if isinstance(search_seeds, bool) or search_seeds < 1:
+        raise EvalError(f"--search-seeds must be a whole number >= 1, got {search_seeds}")
     from esper.rl.evaluate import (
         RandomLegal,
         agent_policies,
@@ -96,7 +132,8 @@ def evaluate_run(
         summarize,
     )
 
-    agent, spec, morpho = load_run_agent(run_dir)
+    agent, spec, config = load_run_agent(run_dir)
+    morpho = config.env_id is None
     prefix = "tamiyo" if morpho else "agent"
     seeds = eval_seeds(seed, episodes)
     policies: dict[str, Any] = dict(agent_policies(agent, prefix))
@@ -111,13 +148,18 @@ def evaluate_run(
         policies["wait"] = both.pop("wait")
         policies["random"] = RandomLegal(spec.actions, seed)
         policies.update(both)
+        env_kwargs = {"task": config.task, "n_slots": n_slots,
+                      "episode_length": spec.episode_length}  # fmt: skip
+        found = searched_schedule(run_dir, env_kwargs, seeds, search_seeds)
+        policies["schedule-best"] = found.choice.schedule()
         policies["rule-stall"] = StallRule(n_slots)
     else:
         policies["random"] = RandomLegal(spec.actions, seed)
     policies[f"{prefix}-blind"] = replay
+    searched = {"schedule-best": found.to_dict()} if morpho else {}
     results = [summarize(f"{prefix}-greedy", greedy_episodes)]
     results += evaluate_policies(policies, spec.make, seeds)
-    return results, MORPHO_REFERENCE if morpho else OTHER_REFERENCE
+    return results, MORPHO_REFERENCE if morpho else OTHER_REFERENCE, searched
 
 
 # -- the `esper eval` command -----------------------------------------------------------
@@ -131,9 +173,10 @@ def add_eval_command(sub: Any) -> None:
         "eval",
         allow_abbrev=False,
         help="play a run's policy and the baselines on fixed seeds",
-        description="Play the run's policy (greedy and sampled) and the baselines (random; "
-        "on the morphogenetic task also wait and fixed grow schedules) on the same fixed "
-        "seeds; print one table and "
+        description="Play the run's policy (greedy and sampled, and its blind replay) and "
+        "the baselines (random; on the morphogenetic task also wait, fixed grow schedules, "
+        "the best single schedule searched on other seeds and a closed-loop rule) on the "
+        "same fixed seeds; print one table and "
         f"write {EVAL_FILE} into the run directory.",
     )
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory")
@@ -149,14 +192,24 @@ def add_eval_command(sub: Any) -> None:
         default=EVAL_SEED,
         help=f"first evaluation seed (default {EVAL_SEED})",
     )
+    p.add_argument(
+        "--search-seeds",
+        type=int,
+        default=SEARCH_SEEDS,
+        metavar="N",
+        help="training seeds the schedule-best search plays each candidate on (default "
+        f"{SEARCH_SEEDS}; the result is cached in the run directory as {SEARCH_FILE})",
+    )
     p.set_defaults(handler=run_eval)
 
 
 def run_eval(args: argparse.Namespace) -> int:
     """`esper eval`: the table on stdout, eval.json in the run; bad input exit 2, one line."""
     try:
-        results, reference = evaluate_run(args.run_dir, args.episodes, args.seed)
-        path = write_eval(args.run_dir, results, args.seed)
+        results, reference, searched = evaluate_run(
+            args.run_dir, args.episodes, args.seed, args.search_seeds
+        )
+        path = write_eval(args.run_dir, results, args.seed, searched)
     except EvalError as exc:
         print(f"esper eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -168,5 +221,11 @@ def run_eval(args: argparse.Namespace) -> int:
     first, last = args.seed, args.seed + args.episodes - 1
     print(f"{args.run_dir}: {args.episodes} episodes per policy, seeds {first}-{last}")
     print(format_table(results, reference))
+    for name, found in searched.items():
+        first_s, last_s = found["seeds"]
+        print(
+            f"{name} = {found['name']} (searched on seeds {first_s}-{last_s}: "
+            f"mean return {found['train_return']:.3f}, {found['episodes']} episodes)"
+        )
     print(f"wrote {path}")
     return 0

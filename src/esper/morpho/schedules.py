@@ -12,14 +12,18 @@ the case but does not watch the training.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+import contextlib
+import json
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from esper.morpho.actions import AlphaTarget, BlendStyle, Blueprint, Tempo
+from esper.morpho.actions import DEFAULT_SLOTS, AlphaTarget, BlendStyle, Blueprint, Tempo
 from esper.morpho.baselines import GrowSchedule
 from esper.morpho.environment import MorphogeneticEnv
 
@@ -41,6 +45,22 @@ class Choice:
     def schedule(self) -> GrowSchedule:
         steps = tuple(range(self.start, self.start + self.count))
         return GrowSchedule(self.blueprint, steps, self.style, self.tempo, self.target)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: enums by name, so a cached search stays readable."""
+        return {k: v.name if hasattr(v, "name") else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Choice:
+        """The inverse of `to_dict` (KeyError or ValueError on a foreign document)."""
+        return cls(
+            blueprint=Blueprint[doc["blueprint"]],
+            style=BlendStyle[doc["style"]],
+            tempo=Tempo[doc["tempo"]],
+            target=AlphaTarget[doc["target"]],
+            count=int(doc["count"]),
+            start=int(doc["start"]),
+        )
 
     @property
     def name(self) -> str:
@@ -95,6 +115,39 @@ def sequential(env: MorphogeneticEnv) -> PlayMany:
         return [float(play(env, choice.schedule(), seed)["return"]) for choice, seed in keys]
 
     return play_many
+
+
+_WORKER_ENV: MorphogeneticEnv | None = None
+
+
+def _init_worker(env_kwargs: dict[str, Any]) -> None:
+    global _WORKER_ENV
+    import torch
+
+    torch.set_num_threads(1)  # one process per CPU: more threads would only contend
+    _WORKER_ENV = MorphogeneticEnv(**env_kwargs)
+
+
+def _play_in_worker(key: tuple[Choice, int]) -> float:
+    assert _WORKER_ENV is not None, "the pool initialiser builds the env"
+    choice, seed = key
+    return float(play(_WORKER_ENV, choice.schedule(), seed)["return"])
+
+
+@contextlib.contextmanager
+def pooled(env_kwargs: Mapping[str, Any], workers: int) -> Iterator[PlayMany]:
+    """Play episodes on `workers` processes (spawned: safe beside torch's threads), each
+    with its own `MorphogeneticEnv(**env_kwargs)`; one worker plays in this process."""
+    if workers <= 1:
+        yield sequential(MorphogeneticEnv(**env_kwargs))
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, _init_worker, (dict(env_kwargs),)) as pool:
+
+        def play_many(keys: Sequence[tuple[Choice, int]]) -> list[float]:
+            return list(pool.map(_play_in_worker, keys, chunksize=1))
+
+        yield play_many
 
 
 class Scorer:
@@ -173,3 +226,80 @@ def search_family(
         if seeds:
             per_kind[kind], per_kind_score[kind] = search(score, seeds, n_slots, start=single)
     return SearchResult(single, single_score, per_kind, per_kind_score)
+
+
+#: Where the searched schedule's training seeds start: far from the trainer's episode
+#: seeds and from the default evaluation seeds.
+SEARCH_SEED = 900_000
+#: Bump when the schedule family or the environment changes what a cached result means.
+SEARCH_VERSION = 1
+
+
+def search_seeds(n: int, avoid: Sequence[int] = ()) -> list[int]:
+    """`n` consecutive training seeds from SEARCH_SEED, moved past `avoid` (the
+    evaluation seeds) if they would overlap: a searched schedule is judged on unseen
+    episodes."""
+    first = SEARCH_SEED
+    if avoid and first <= max(avoid) and min(avoid) < first + n:
+        first = max(avoid) + 1
+    return list(range(first, first + n))
+
+
+@dataclass(frozen=True)
+class SearchedSchedule:
+    """The best single schedule on some training seeds, and what it was searched on."""
+
+    choice: Choice
+    train_return: float
+    seeds: tuple[int, ...]
+    episodes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "choice": self.choice.to_dict(),
+            "name": self.choice.name,
+            "train_return": self.train_return,
+            "seeds": [self.seeds[0], self.seeds[-1]],
+            "episodes": self.episodes,
+        }
+
+
+def best_schedule(
+    env_kwargs: Mapping[str, Any],
+    seeds: Sequence[int],
+    workers: int = 1,
+    progress: Callable[[int], None] | None = None,
+    cache: Path | None = None,
+) -> SearchedSchedule:
+    """The searched best single schedule of the env `env_kwargs` builds, on `seeds`.
+
+    With `cache`, a previous search of the same env settings and seeds is read from that
+    JSON file instead of played again, and a new one is written there; a file that is
+    unreadable or from other settings is searched over (and rewritten), never trusted.
+    """
+    key = {"env": dict(env_kwargs), "seeds": [seeds[0], seeds[-1], len(seeds)],
+           "version": SEARCH_VERSION}  # fmt: skip
+    if cache is not None and cache.is_file():
+        try:
+            doc = json.loads(cache.read_text(encoding="utf-8"))
+            if doc["key"] == key:
+                found = doc["result"]
+                return SearchedSchedule(
+                    Choice.from_dict(found["choice"]),
+                    float(found["train_return"]),
+                    tuple(seeds),
+                    int(found["episodes"]),
+                )
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # searched again below
+    n_slots = int(env_kwargs.get("n_slots", DEFAULT_SLOTS))
+    with pooled(env_kwargs, workers) as play_many:
+        scorer = Scorer(play_many, progress)
+        choice, score = search(scorer, seeds, n_slots)
+    result = SearchedSchedule(choice, score, tuple(seeds), len(scorer.returns))
+    if cache is not None:
+        tmp = cache.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"key": key, "result": result.to_dict()}, indent=1) + "\n",
+                       encoding="utf-8")  # fmt: skip
+        tmp.replace(cache)
+    return result

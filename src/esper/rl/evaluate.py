@@ -288,13 +288,21 @@ def format_table(results: Sequence[PolicyResult], reference: str = "wait") -> st
     return "\n".join(lines)
 
 
-def write_eval(run_dir: Path, results: Sequence[PolicyResult], seed: int) -> Path:
-    """eval.json: the seeds used and one entry per policy (written atomically)."""
+def write_eval(
+    run_dir: Path,
+    results: Sequence[PolicyResult],
+    seed: int,
+    searched: Mapping[str, Any] | None = None,
+) -> Path:
+    """eval.json: the seeds used, one entry per policy and, under `searched`, what each
+    searched baseline row turned out to be (written atomically)."""
     path = run_dir / EVAL_FILE
-    doc = {
+    doc: dict[str, Any] = {
         "first_seed": seed,
         "policies": [r.to_dict() for r in results],
     }
+    if searched:
+        doc["searched"] = dict(searched)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     tmp.replace(path)
