@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from esper.rl.evaluate import (
     EVAL_EPISODES,
@@ -26,6 +26,9 @@ from esper.rl.evaluate import (
     format_table,
     write_eval,
 )
+
+if TYPE_CHECKING:
+    from esper.morpho.schedules import SearchedSchedule
 
 #: The row every other row is paired against: `wait` on the morphogenetic task (what the
 #: host reaches alone), `random` on any other environment.
@@ -82,7 +85,7 @@ def load_run_agent(run_dir: Path) -> tuple[Any, Any, Any]:
 
 def searched_schedule(
     run_dir: Path, env_kwargs: dict[str, Any], avoid: list[int], n_seeds: int
-) -> Any:
+) -> SearchedSchedule:
     """The best single schedule for the run's env (`esper.morpho.schedules.best_schedule`),
     searched on `n_seeds` training seeds outside `avoid`, on one process per CPU, with a
     progress line on stderr; cached in the run directory."""
@@ -137,6 +140,7 @@ def evaluate_run(
     prefix = "tamiyo" if morpho else "agent"
     seeds = eval_seeds(seed, episodes)
     policies: dict[str, Any] = dict(agent_policies(agent, prefix))
+    searched: dict[str, Any] = {}
     # The greedy policy is played first and recorded: its most frequent action sequence,
     # replayed blindly (`NAME-blind`), is what it would be worth if it never looked.
     greedy_episodes, replay = blind_replay(policies.pop(f"{prefix}-greedy"), spec.make, seeds)
@@ -152,11 +156,11 @@ def evaluate_run(
                       "episode_length": spec.episode_length}  # fmt: skip
         found = searched_schedule(run_dir, env_kwargs, seeds, search_seeds)
         policies["schedule-best"] = found.choice.schedule()
+        searched["schedule-best"] = found.to_dict()
         policies["rule-stall"] = StallRule(n_slots)
     else:
         policies["random"] = RandomLegal(spec.actions, seed)
     policies[f"{prefix}-blind"] = replay
-    searched = {"schedule-best": found.to_dict()} if morpho else {}
     results = [summarize(f"{prefix}-greedy", greedy_episodes)]
     results += evaluate_policies(policies, spec.make, seeds)
     return results, MORPHO_REFERENCE if morpho else OTHER_REFERENCE, searched
