@@ -66,8 +66,44 @@ class TwoHeadPendulum(gymnasium.ActionWrapper):
         return np.array([True] * 5 + gain)
 
 
+class BitsPendulum(gymnasium.ActionWrapper):
+    """Pendulum driven by three bits (torque = bits . (2, 1, 1) - 2); a MultiBinary space.
+
+    When the pendulum swings one way the mask fixes the last bit at 1, so MaskablePPO's
+    relevance of that head varies from sample to sample.
+    """
+
+    weights = np.array([2.0, 1.0, 1.0])
+
+    def __init__(self) -> None:
+        super().__init__(gymnasium.make("Pendulum-v1", max_episode_steps=50))
+        self.action_space = gymnasium.spaces.MultiBinary(3)
+        self._obs: np.ndarray | None = None
+
+    def reset(self, **kwargs: Any) -> Any:
+        obs, info = super().reset(**kwargs)
+        self._obs = obs
+        return obs, info
+
+    def step(self, action: Any) -> Any:
+        obs, *rest = super().step(action)
+        self._obs = obs
+        return (obs, *rest)
+
+    def action(self, action: Any) -> np.ndarray:
+        return np.array([self.weights @ np.asarray(action, dtype=float) - 2.0], dtype=np.float32)
+
+    def action_masks(self) -> np.ndarray:  # two entries (0, 1) per bit
+        swinging_up = self._obs is not None and self._obs[2] > 0
+        return np.array([True] * 4 + ([False, True] if swinging_up else [True, True]))
+
+
 def make_env(seed: int = 0) -> Any:
     return make_vec_env(TwoHeadPendulum, n_envs=2, seed=seed)
+
+
+def make_bits_env(seed: int = 0) -> Any:
+    return make_vec_env(BitsPendulum, n_envs=2, seed=seed)
 
 
 def update_events(run_dir: Path) -> list[PPOUpdatePayload]:
@@ -119,6 +155,8 @@ class MinibatchSpy:
                 else policy.get_distribution(obs)
             )
             per_head = getattr(dist, "distributions", None) or dist.distribution  # masked: plural
+            if isinstance(per_head, torch.distributions.Bernoulli):  # SB3's MultiBinary: bits
+                return per_head.log_prob(actions)
             heads = zip(per_head, actions.long().unbind(dim=1), strict=True)
             return torch.stack([d.log_prob(a) for d, a in heads], dim=1)
 
@@ -349,15 +387,104 @@ def test_kl_early_stop_is_recorded_with_the_minibatch_that_stopped_it(tmp_path: 
     assert update.heads["a0"].ratio_max == pytest.approx(expected, rel=1e-6)
 
 
-@pytest.mark.parametrize("cls", [PerHeadPPO, PerHeadMaskablePPO])
-def test_unsupported_spaces_and_names_fail_at_construction(tmp_path: Path, cls: type) -> None:
+@pytest.mark.parametrize(
+    ("plain", "per_head"), [(PPO, PerHeadPPO), (MaskablePPO, PerHeadMaskablePPO)]
+)
+def test_multibinary_is_one_two_valued_head_per_bit_and_trains_bit_for_bit(
+    tmp_path: Path, plain: type, per_head: type
+) -> None:
+    timesteps = 2 * SIZES["n_steps"] * 2
+    reference = plain("MlpPolicy", make_bits_env(), **SIZES)
+    reference.learn(timesteps)
+    model = per_head("MlpPolicy", make_bits_env(), run_dir=tmp_path / "run", **SIZES)
+    model.learn(timesteps)
+    for name, tensor in reference.policy.state_dict().items():
+        assert torch.equal(model.policy.state_dict()[name], tensor), name
+    assert model.head_sizes == (2, 2, 2)
+    updates = update_events(tmp_path / "run")
+    assert len(updates) == 2 and list(updates[0].heads) == ["a0", "a1", "a2"]
+
+
+def test_multibinary_ratios_match_an_independent_recomputation(tmp_path: Path) -> None:
+    model = PerHeadPPO("MlpPolicy", make_bits_env(), run_dir=tmp_path / "run", **SIZES)
+    spy = MinibatchSpy(model, PPO("MlpPolicy", make_bits_env(), **SIZES))
+    model.learn(SIZES["n_steps"] * 2)
+    (update,) = update_events(tmp_path / "run")
+    log_ratio = torch.cat([r[0] for r in spy.rows]) - torch.cat([r[1] for r in spy.rows])
+    log_ratio = log_ratio.double().clamp(-20, 20)
+    assert log_ratio.shape == (SIZES["n_epochs"] * 32, 3)
+    for i in range(3):
+        head = update.heads[f"a{i}"]
+        assert head.ratio_max == pytest.approx(math.exp(float(log_ratio[:, i].max())), rel=1e-6)
+        assert head.relevant == len(log_ratio)
+    joint = math.exp(float(log_ratio.sum(dim=1).max()))
+    assert update.stats.joint_ratio_max == pytest.approx(joint, rel=1e-6)
+
+
+def test_multibinary_mask_that_fixes_a_bit_makes_it_irrelevant(tmp_path: Path) -> None:
+    model = PerHeadMaskablePPO("MlpPolicy", make_bits_env(), run_dir=tmp_path / "run", **SIZES)
+    spy = MinibatchSpy(model, MaskablePPO("MlpPolicy", make_bits_env(), **SIZES))
+    model.learn(SIZES["n_steps"] * 2)
+    (update,) = update_events(tmp_path / "run")
+    masks = torch.cat([r[2] for r in spy.rows if r[2] is not None]).bool()
+    last_bit_free = masks[:, 4:].sum(dim=1) > 1
+    assert update.heads["a0"].relevant == update.heads["a1"].relevant == len(masks)
+    assert update.heads["a2"].relevant == int(last_bit_free.sum())
+    assert 0 < update.heads["a2"].relevant < len(masks)
+
+
+class _SpaceEnv(gymnasium.Env[np.ndarray, Any]):
+    """An env of a given action space, for what the constructors say about the space."""
+
+    observation_space = gymnasium.spaces.Box(-1.0, 1.0, (3,))
+
+    def __init__(self, action_space: gymnasium.Space[Any]) -> None:
+        self.action_space = action_space
+
+    def reset(self, *, seed: int | None = None, options: Any = None) -> Any:
+        return self.observation_space.sample(), {}
+
+    def step(self, action: Any) -> Any:
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+_LIBRARY_REFUSES = {
+    "tuple": gymnasium.spaces.Tuple([gymnasium.spaces.Discrete(2)] * 2),
+    "multibinary-2d": gymnasium.spaces.MultiBinary([2, 3]),
+    "multidiscrete-2d": gymnasium.spaces.MultiDiscrete(np.array([[2, 3], [4, 5]])),
+}
+
+
+@pytest.mark.parametrize("space", list(_LIBRARY_REFUSES))
+@pytest.mark.parametrize(
+    ("plain", "per_head"), [(PPO, PerHeadPPO), (MaskablePPO, PerHeadMaskablePPO)]
+)
+def test_a_space_the_library_refuses_raises_the_librarys_own_error(
+    tmp_path: Path, plain: type, per_head: type, space: str
+) -> None:
+    with pytest.raises(Exception) as theirs:
+        plain("MlpPolicy", _SpaceEnv(_LIBRARY_REFUSES[space]))
+    with pytest.raises(type(theirs.value)) as ours:
+        per_head("MlpPolicy", _SpaceEnv(_LIBRARY_REFUSES[space]), run_dir=tmp_path / "r")
+    assert str(ours.value) == str(theirs.value)
+
+
+def test_maskable_box_is_the_librarys_refusal_not_ours(tmp_path: Path) -> None:
+    with pytest.raises(AssertionError, match="only supports") as ours:
+        PerHeadMaskablePPO("MlpPolicy", "Pendulum-v1", run_dir=tmp_path / "r")
+    assert "DiscretizeActions" not in str(ours.value)
+
+
+def test_unsupported_spaces_and_names_fail_at_construction(tmp_path: Path) -> None:
+    cls = PerHeadPPO  # SB3 trains a Box; we refuse it (see the README)
     for env in (gymnasium.make("Pendulum-v1"), "Pendulum-v1"):
         with pytest.raises(ValueError, match="DiscretizeActions"):
             cls("MlpPolicy", env, run_dir=tmp_path / "r")
-    with pytest.raises(ValueError, match="2 action heads but 1 head_names"):
-        cls("MlpPolicy", make_env(), head_names=["only"])
-    with pytest.raises(ValueError, match="head name"):
-        cls("MlpPolicy", make_env(), head_names=["ok", "not ok"])
+    for cls in (PerHeadPPO, PerHeadMaskablePPO):
+        with pytest.raises(ValueError, match="2 action heads but 1 head_names"):
+            cls("MlpPolicy", make_env(), head_names=["only"])
+        with pytest.raises(ValueError, match="head name"):
+            cls("MlpPolicy", make_env(), head_names=["ok", "not ok"])
     assert not (tmp_path / "r").exists()
 
 

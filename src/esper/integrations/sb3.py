@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
@@ -40,12 +39,14 @@ try:
         MaskableRolloutBuffer,
     )
     from sb3_contrib.common.maskable.distributions import (
+        MaskableBernoulliDistribution,
         MaskableCategoricalDistribution,
         MaskableMultiCategoricalDistribution,
     )
     from stable_baselines3 import PPO
     from stable_baselines3.common.buffers import DictRolloutBuffer, RolloutBuffer
     from stable_baselines3.common.distributions import (
+        BernoulliDistribution,
         CategoricalDistribution,
         MultiCategoricalDistribution,
     )
@@ -203,12 +204,39 @@ class _RecordingMaskableMultiCategorical(MaskableMultiCategoricalDistribution):
         return per_head.sum(dim=1)
 
 
+class _RecordingBernoulli(BernoulliDistribution):
+    """MultiBinary actions: each bit is a head of two values, as the library's own sum has it."""
+
+    tap: _HeadTap
+
+    def log_prob(self, actions: Tensor) -> Tensor:
+        per_head = self.distribution.log_prob(actions)
+        self.tap.saw_log_prob(per_head)
+        return per_head.sum(dim=1)
+
+    def entropy(self) -> Tensor:
+        per_head = self.distribution.entropy()
+        self.tap.saw_entropy(per_head)
+        return per_head.sum(dim=1)
+
+
+class _RecordingMaskableBernoulli(MaskableBernoulliDistribution):
+    """sb3-contrib's MultiBinary distribution is its multi-categorical one with [2] * bits
+    (a subclass, so it needs a twin of its own: the twins are matched by exact type)."""
+
+    tap: _HeadTap
+    log_prob = _RecordingMaskableMultiCategorical.log_prob
+    entropy = _RecordingMaskableMultiCategorical.entropy
+
+
 #: Library distribution -> its recording twin (exact types: a subclass may compute otherwise).
 _RECORDING: dict[type, type] = {
     CategoricalDistribution: _RecordingCategorical,
     MultiCategoricalDistribution: _RecordingMultiCategorical,
+    BernoulliDistribution: _RecordingBernoulli,
     MaskableCategoricalDistribution: _RecordingMaskableCategorical,
     MaskableMultiCategoricalDistribution: _RecordingMaskableMultiCategorical,
+    MaskableBernoulliDistribution: _RecordingMaskableBernoulli,
 }
 
 
@@ -236,14 +264,19 @@ def _record_heads(policy: Any, tap: _HeadTap) -> None:
 
 
 def _head_sizes(action_space: spaces.Space) -> tuple[int, ...]:
-    """Values per head of a Discrete (one head) or 1-D MultiDiscrete action space."""
+    """Values per head: Discrete is one head, a 1-D MultiDiscrete one per entry, and a
+    MultiBinary one head of two values per bit (how both libraries sample it)."""
     if isinstance(action_space, spaces.Discrete):
         return (int(action_space.n),)
     if isinstance(action_space, spaces.MultiDiscrete) and action_space.nvec.ndim == 1:
         return tuple(int(n) for n in action_space.nvec)
+    bits = action_space.n if isinstance(action_space, spaces.MultiBinary) else None
+    if isinstance(bits, int | np.integer):
+        return (2,) * int(bits)
     raise ValueError(
-        f"per-head telemetry needs a MultiDiscrete (or Discrete) action space, got "
-        f"{action_space}; a Box can be discretised with esper.integrations.gym.DiscretizeActions"
+        f"per-head telemetry needs a Discrete, 1-D MultiDiscrete or MultiBinary action space, "
+        f"got {action_space}; a Box can be discretised with "
+        "esper.integrations.gym.DiscretizeActions"
     )
 
 
@@ -354,20 +387,6 @@ def _schedule_value(value: Any) -> float | str:
     return float(value)
 
 
-def _check_env(env: Any) -> None:
-    """Refuse an unsupported action space before the library's own, terser, checks."""
-    if env is None:
-        return
-    if isinstance(env, str):  # the library will make it; a throwaway copy tells the space
-        probe = gymnasium.make(env)
-        try:
-            _head_sizes(probe.action_space)
-        finally:
-            probe.close()
-        return
-    _head_sizes(env.action_space)
-
-
 class _PerHeadAlgorithm:
     """The per-head telemetry shared by `PerHeadPPO` and `PerHeadMaskablePPO`."""
 
@@ -389,7 +408,6 @@ class _PerHeadAlgorithm:
         explosion_threshold: float = DEFAULT_EXPLOSION_THRESHOLD,
         **kwargs: Any,
     ) -> None:
-        _check_env(kwargs.get("env", args[1] if len(args) > 1 else None))
         # Set before the library's __init__, which builds the model (`_setup_model`).
         self._requested_run_dir = None if run_dir is None else Path(run_dir)
         self.head_names = None if head_names is None else tuple(head_names)
@@ -411,7 +429,19 @@ class _PerHeadAlgorithm:
         self._requested_run_dir = None if value is None else Path(value)
 
     def _setup_model(self) -> None:
-        sizes = _head_sizes(self.action_space)  # type: ignore[attr-defined]
+        ours: ValueError | None = None
+        try:
+            sizes = _head_sizes(self.action_space)  # type: ignore[attr-defined]
+        except ValueError as refusal:
+            # The library's verdict comes first: a space it cannot train either (a 2-D
+            # MultiBinary, a 2-D MultiDiscrete) fails with its own error, as with the plain
+            # class; only a space it would train (a Box) gets ours, which names the way out.
+            # (Types it refuses outright, e.g. a Tuple, or a Box for MaskablePPO, never get
+            # here: its constructor checks them before building the model.)
+            ours = refusal
+        if ours is not None:
+            super()._setup_model()  # type: ignore[misc]
+            raise ours
         names = self.head_names or tuple(f"a{i}" for i in range(len(sizes)))
         if len(names) != len(sizes):
             raise ValueError(f"{len(sizes)} action heads but {len(names)} head_names")
