@@ -10,7 +10,7 @@ $(VENV_OK): pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[test]' $(TORCH)
+	$(PY) -m pip install --quiet -e '.[test,compat]' $(TORCH)
 	touch $(VENV_OK)
 
 run: $(VENV_OK)
