@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import load_average, machine_info, pin_threads
+from benchmarks.family import paired
 
 RESULTS_DIR = Path(__file__).parent / "results"
-TASKS = ("spirals", "digits")
+TASKS = ("family", "spirals", "digits")
 SEEDS = (0, 1, 2)
 #: Episodes per point of the plotted curve.
 BLOCK = 40
@@ -77,25 +78,31 @@ def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -
     }
 
 
-def evaluate_agent(agent: Any, cfg: dict[str, Any], episodes: int, seed: int) -> list[Any]:
-    """Tamiyo greedy and sampled plus every baseline, on the fixed evaluation seeds."""
-    from esper.morpho.baselines import heuristics, wait_policy
-    from esper.morpho.environment import MorphogeneticEnv
+def evaluate_agent(
+    agent: Any,
+    cfg: dict[str, Any],
+    episodes: int,
+    seed: int,
+    cache: Path,
+    search_seeds: int | None = None,
+) -> tuple[list[Any], list[dict[str, Any]]]:
+    """Every row of `esper eval` (the same function plays them) on the fixed evaluation
+    seeds, and the greedy policy's episodes; the schedule search (on `esper eval`'s number
+    of training seeds unless told) is cached in `cache`."""
+    from esper.cli.envs import env_spec
+    from esper.cli.evaluate import SEARCH_SEEDS, searched_schedule
+    from esper.cli.evaluate import evaluate_agent as eval_rows
     from esper.rl import evaluate as ev
+    from esper.rl.config import build_config
 
-    length, n_slots = int(cfg["episode_length"]), int(cfg["slots"])
+    config = build_config(cfg, {})
 
-    def make_env() -> MorphogeneticEnv:
-        return MorphogeneticEnv(task=cfg["task"], n_slots=n_slots, episode_length=length)
+    def search(env_kwargs: dict[str, Any], avoid: list[int]) -> Any:
+        return searched_schedule(cache, env_kwargs, avoid, search_seeds or SEARCH_SEEDS)
 
-    # the rows and order of `esper eval` on the morphogenetic task
-    policies: dict[str, ev.BatchPolicy] = {
-        **ev.agent_policies(agent, "tamiyo"),
-        "wait": wait_policy,
-        "random": ev.RandomLegal(agent.actions, seed),
-        **heuristics(length, n_slots),
-    }
-    return ev.evaluate_policies(policies, make_env, ev.eval_seeds(seed, episodes))
+    seeds = ev.eval_seeds(seed, episodes)
+    done = eval_rows(agent, env_spec(config), config, seeds, seed, search)
+    return done.results, done.greedy_episodes
 
 
 def block_means(returns: Sequence[float], block: int) -> list[float]:
@@ -104,20 +111,62 @@ def block_means(returns: Sequence[float], block: int) -> list[float]:
     return [float(np.mean(returns[k * block : (k + 1) * block])) for k in range(n)]
 
 
-def verdict(results: Sequence[Any]) -> dict[str, Any]:
-    """Greedy vs the best fixed heuristic: the pass mark is best - 1 standard error."""
+def verdict(results: Sequence[Any], closed_loop: bool) -> dict[str, Any]:
+    """The pass mark. On a fixed task one schedule is the best policy, so greedy must reach
+    the best fixed heuristic minus one standard error. On the task family the policy must
+    read what it observes: greedy beats the searched best single schedule and its own
+    blind replay, each by at least 3 paired standard errors."""
     by_name = {r.policy: r for r in results}
+    greedy = by_name["tamiyo-greedy"]
+    doc: dict[str, Any] = {
+        "greedy_mean": greedy.mean_return,
+        "vs_schedule_best": paired(greedy.returns, by_name["schedule-best"].returns),
+        "vs_blind": paired(greedy.returns, by_name["tamiyo-blind"].returns),
+    }
+    if closed_loop:
+        doc["passed"] = all(
+            (doc[k]["t"] is not None and doc[k]["t"] >= 3) for k in ("vs_schedule_best", "vs_blind")
+        )
+        return doc
     heuristics = [r for r in results if r.policy.startswith("grow-")]
     best = max(heuristics, key=lambda r: r.mean_return)
-    greedy = by_name["tamiyo-greedy"]
     mark = best.mean_return - (best.stderr_return or 0.0)  # None: one eval episode
+    doc.update(best_heuristic=best.policy, best_mean=best.mean_return, mark=mark)
+    doc["passed"] = greedy.mean_return >= mark
+    return doc
+
+
+def per_kind(episodes: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """What the greedy policy did in each case it met: episodes, seeds grown, return."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for ep in episodes:
+        kinds.setdefault(str(ep.get("kind", "?")), []).append(ep)
     return {
-        "best_heuristic": best.policy,
-        "best_mean": best.mean_return,
-        "mark": mark,
-        "greedy_mean": greedy.mean_return,
-        "passed": greedy.mean_return >= mark,
+        kind: {
+            "episodes": len(eps),
+            "seeds_grown": float(np.mean([e["seeds_grown"] for e in eps])),
+            "seeds_killed": float(np.mean([e["seeds_killed"] for e in eps])),
+            "mean_return": float(np.mean([e["return"] for e in eps])),
+        }
+        for kind, eps in sorted(kinds.items())
     }
+
+
+def _verdict_line(task: str, seed: int, trained: dict[str, Any], check: dict[str, Any]) -> str:
+    def diff(key: str) -> str:
+        d = check[key]
+        se = "" if d["se"] is None else f" ± {d['se']:.3f}"
+        t = "" if d["t"] is None else f" ({d['t']:.1f} SE)"
+        return f"{d['mean']:+.3f}{se}{t}"
+
+    head = (
+        f"\n{task} seed {seed}: {trained['cpu_seconds']:.0f} CPU-s, "
+        f"{len(trained['returns'])} episodes; greedy {check['greedy_mean']:.3f}; "
+        f"greedy - schedule-best {diff('vs_schedule_best')}; greedy - blind {diff('vs_blind')}"
+    )
+    if "mark" in check:
+        head += f"; mark {check['mark']:.3f} ({check['best_heuristic']})"
+    return f"{head} -> {'PASS' if check['passed'] else 'FAIL'}"
 
 
 def plot(
@@ -156,60 +205,65 @@ def run(
     eval_seed: int,
     out: Path,
 ) -> dict[str, Any]:
+    from esper.morpho.tasks import FAMILY_TASK
     from esper.rl import evaluate as ev
 
     load = {"before": load_average()}
-    doc: dict[str, Any] = {"tasks": {}, "machine": machine_info()}
-    curves: dict[str, dict[int, list[float]]] = {}
-    lines: dict[str, dict[str, float]] = {}
+    doc = _previous(out)  # tasks not run this time keep their last record
+    doc["machine"] = machine_info()
+    doc.setdefault("tasks", {})
     for task in tasks:
         runs = []
         for seed in seeds:
             trained = train(task, seed, episodes)
-            results = evaluate_agent(trained["agent"], trained["config"], eval_episodes, eval_seed)
-            check = verdict(results)
-            print(
-                f"\n{task} seed {seed}: {trained['cpu_seconds']:.0f} CPU-s, "
-                f"{len(trained['returns'])} episodes; greedy {check['greedy_mean']:.3f} vs "
-                f"mark {check['mark']:.3f} ({check['best_heuristic']}) -> "
-                f"{'PASS' if check['passed'] else 'FAIL'}"
+            cache = out / f"schedule_search_{task}.json"
+            results, greedy_eps = evaluate_agent(
+                trained["agent"], trained["config"], eval_episodes, eval_seed, cache
             )
+            check = verdict(results, closed_loop=task == FAMILY_TASK)
+            kinds = per_kind(greedy_eps)
+            print(_verdict_line(task, seed, trained, check))
             print(ev.format_table(results))
-            curves.setdefault(task, {})[seed] = block_means(trained["returns"], BLOCK)
-            lines[task] = {
-                r.policy: r.mean_return for r in results if not r.policy.startswith("tamiyo")
-            }
+            if task == FAMILY_TASK:
+                print("greedy per case: " + "; ".join(
+                    f"{k} {v['seeds_grown']:.1f} grown, return {v['mean_return']:.3f} "
+                    f"(n={v['episodes']})" for k, v in kinds.items()))  # fmt: skip
             runs.append(
                 {
                     "seed": seed,
                     "config": trained["config"],
                     "cpu_seconds": trained["cpu_seconds"],
                     "wall_seconds": trained["wall_seconds"],
+                    "load_average_after": load_average(),
                     "train_returns": trained["returns"],
                     "verdict": check,
+                    "greedy_per_kind": kinds,
                     "eval": [r.to_dict() for r in results],
                     "table": ev.format_table(results),
                 }
             )
             doc["tasks"][task] = runs
-            _write(doc, load, curves, lines, out)  # after every seed: a cut run keeps its part
+            _write(doc, load, out)  # after every seed: a cut run keeps its part
     print(f"\nload {load['before']} -> {load['after']}; wrote {out}/learning.png, learning.json")
     return doc
 
 
-def _write(
-    doc: dict[str, Any],
-    load: dict[str, Any],
-    curves: dict[str, dict[int, list[float]]],
-    lines: dict[str, dict[str, float]],
-    out: Path,
-) -> None:
+def _previous(out: Path) -> dict[str, Any]:
+    path = out / "learning.json"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write(doc: dict[str, Any], load: dict[str, Any], out: Path) -> None:
     load["after"] = load_average()
     doc["load_average"] = load
     doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
-    plot(curves, lines, out / "learning.png")
     (out / "learning.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    replot(out)
 
 
 def replot(out: Path) -> None:

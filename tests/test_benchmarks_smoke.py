@@ -31,7 +31,7 @@ from benchmarks import (
     telemetry_overhead,
     versus_sb3,
 )
-from benchmarks.learning import evaluate_agent, train, verdict
+from benchmarks.learning import evaluate_agent, per_kind, train, verdict
 from esper.sanctum.aggregator import SanctumAggregator
 from esper.telemetry.recorder import read_events
 
@@ -81,15 +81,53 @@ def test_learning_trains_at_the_defaults() -> None:
     assert len(result["returns"]) == 8
 
 
-def test_learning_evaluates_the_rows_of_esper_eval() -> None:
-    """The trained agent and every baseline, in `esper eval`'s order, on one short episode."""
+def test_learning_evaluates_the_rows_of_esper_eval(tmp_path: Path) -> None:
+    """The trained agent and every baseline, in `esper eval`'s order, on short episodes."""
     trained = train("spirals", seed=0, episodes=2, episode_length=4)
-    results = evaluate_agent(trained["agent"], trained["config"], episodes=2, seed=10_000)
+    cache = tmp_path / "search.json"
+    results, greedy = evaluate_agent(
+        trained["agent"], trained["config"], episodes=2, seed=10_000, cache=cache, search_seeds=2
+    )
     names = [r.policy for r in results]
     assert names[:4] == ["tamiyo-greedy", "tamiyo-sampled", "wait", "random"]
     assert "grow-norm-early" in names and "grow-norm-late" in names
+    assert names[-3:] == ["schedule-best", "rule-stall", "tamiyo-blind"]
     assert all(r.episodes == 2 and math.isfinite(r.mean_return) for r in results)
-    assert verdict(results)["best_heuristic"].startswith("grow-")
+    assert [ep["return"] for ep in greedy] == results[0].returns
+    assert cache.is_file()  # the search is kept for the next seed
+    check = verdict(results, closed_loop=False)
+    assert check["best_heuristic"].startswith("grow-") and "passed" in check
+
+
+def test_learning_verdict_on_the_family_is_the_closed_loop_mark() -> None:
+    """Greedy must beat schedule-best and its blind replay by 3 paired standard errors
+    each: hand-made rows, one that clears both marks and one that clears only one."""
+    from esper.rl.evaluate import summarize
+
+    def row(name: str, returns: list[float]) -> Any:
+        return summarize(name, [{"return": r} for r in returns])
+
+    greedy = [1.0, 1.2, 1.1, 1.3]
+    best = [0.5, 0.6, 0.6, 0.7]  # differences 0.5 0.6 0.5 0.6: t = 0.55 / 0.029 = 19
+    rows = [row("tamiyo-greedy", greedy), row("schedule-best", best)]
+    passing = verdict([*rows, row("tamiyo-blind", best)], closed_loop=True)
+    assert passing["passed"] and passing["vs_schedule_best"]["mean"] == pytest.approx(0.55)
+    assert passing["vs_schedule_best"]["t"] == pytest.approx(0.55 / (0.1 / 2 / math.sqrt(3)))
+    failing = verdict([*rows, row("tamiyo-blind", greedy)], closed_loop=True)
+    assert not failing["passed"] and failing["vs_blind"]["t"] is None  # equal on every seed
+
+
+def test_learning_per_kind_says_what_greedy_grew_in_each_case() -> None:
+    episodes = [
+        {"kind": "moons", "seeds_grown": 0, "seeds_killed": 0, "return": 0.9},
+        {"kind": "spirals3", "seeds_grown": 2, "seeds_killed": 0, "return": 0.8},
+        {"kind": "spirals3", "seeds_grown": 1, "seeds_killed": 1, "return": 0.6},
+    ]
+    kinds = per_kind(episodes)
+    assert list(kinds) == ["moons", "spirals3"]
+    assert kinds["spirals3"] == {
+        "episodes": 2, "seeds_grown": 1.5, "seeds_killed": 0.5, "mean_return": 0.7,
+    }  # fmt: skip
 
 
 def test_family_pairs_each_cases_best_with_the_single_best_on_unseen_seeds() -> None:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,11 +86,11 @@ def load_run_agent(run_dir: Path) -> tuple[Any, Any, Any]:
 
 
 def searched_schedule(
-    run_dir: Path, env_kwargs: dict[str, Any], avoid: list[int], n_seeds: int
+    cache: Path, env_kwargs: dict[str, Any], avoid: list[int], n_seeds: int
 ) -> SearchedSchedule:
-    """The best single schedule for the run's env (`esper.morpho.schedules.best_schedule`),
+    """The best single schedule for the env (`esper.morpho.schedules.best_schedule`),
     searched on `n_seeds` training seeds outside `avoid`, on one process per CPU, with a
-    progress line on stderr; cached in the run directory."""
+    progress line on stderr; cached in the file `cache`."""
     import os
 
     from rich.console import Console
@@ -104,8 +106,70 @@ def searched_schedule(
             seeds,
             workers,
             progress=lambda n: status.update(f"{what}: {n} episodes played"),
-            cache=run_dir / SEARCH_FILE,
+            cache=cache,
         )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What `esper eval` plays and finds: the table's rows (greedy first), the row the
+    others are paired against, what the searched rows were found to be, and the greedy
+    policy's own episode summaries (the morphogenetic env's carry the case it drew)."""
+
+    results: list[PolicyResult]
+    reference: str
+    searched: dict[str, Any]
+    greedy_episodes: list[dict[str, Any]]
+
+
+def evaluate_agent(
+    agent: Any,
+    spec: Any,
+    config: Any,
+    seeds: list[int],
+    seed: int,
+    search: Callable[[dict[str, Any], list[int]], SearchedSchedule],
+) -> Evaluation:
+    """Every row of `esper eval` for a trained agent on `seeds`: the one place that says
+    which baselines a policy is judged against (`python -m benchmarks learning` plays the
+    same). `search(env_kwargs, seeds)` finds the best single schedule, kept off `seeds`.
+    """
+    from esper.rl.evaluate import (
+        RandomLegal,
+        agent_policies,
+        blind_replay,
+        evaluate_policies,
+        summarize,
+    )
+
+    morpho = config.env_id is None
+    prefix = "tamiyo" if morpho else "agent"
+    policies: dict[str, Any] = dict(agent_policies(agent, prefix))
+    searched: dict[str, Any] = {}
+    # The greedy policy is played first and recorded: its most frequent action sequence,
+    # replayed blindly (`NAME-blind`), is what it would be worth if it never looked.
+    greedy_episodes, replay = blind_replay(policies.pop(f"{prefix}-greedy"), spec.make, seeds)
+    if morpho:
+        from esper.morpho.baselines import StallRule, baselines
+
+        n_slots = spec.actions.head_sizes["slot"]
+        both = baselines(spec.episode_length, n_slots)
+        policies["wait"] = both.pop("wait")
+        policies["random"] = RandomLegal(spec.actions, seed)
+        policies.update(both)
+        env_kwargs = {"task": config.task, "n_slots": n_slots,
+                      "episode_length": spec.episode_length}  # fmt: skip
+        found = search(env_kwargs, seeds)
+        policies["schedule-best"] = found.choice.schedule()
+        searched["schedule-best"] = found.to_dict()
+        policies["rule-stall"] = StallRule(n_slots)
+    else:
+        policies["random"] = RandomLegal(spec.actions, seed)
+    policies[f"{prefix}-blind"] = replay
+    results = [summarize(f"{prefix}-greedy", greedy_episodes)]
+    results += evaluate_policies(policies, spec.make, seeds)
+    reference = MORPHO_REFERENCE if morpho else OTHER_REFERENCE
+    return Evaluation(results, reference, searched, greedy_episodes)
 
 
 def evaluate_run(
@@ -126,44 +190,15 @@ def evaluate_run(
         raise EvalError(f"--seed must be a whole number >= 0, got {seed}")
     if isinstance(search_seeds, bool) or search_seeds < 1:
         raise EvalError(f"--search-seeds must be a whole number >= 1, got {search_seeds}")
-    from esper.rl.evaluate import (
-        RandomLegal,
-        agent_policies,
-        blind_replay,
-        eval_seeds,
-        evaluate_policies,
-        summarize,
-    )
+    from esper.rl.evaluate import eval_seeds
 
     agent, spec, config = load_run_agent(run_dir)
-    morpho = config.env_id is None
-    prefix = "tamiyo" if morpho else "agent"
-    seeds = eval_seeds(seed, episodes)
-    policies: dict[str, Any] = dict(agent_policies(agent, prefix))
-    searched: dict[str, Any] = {}
-    # The greedy policy is played first and recorded: its most frequent action sequence,
-    # replayed blindly (`NAME-blind`), is what it would be worth if it never looked.
-    greedy_episodes, replay = blind_replay(policies.pop(f"{prefix}-greedy"), spec.make, seeds)
-    if morpho:
-        from esper.morpho.baselines import StallRule, baselines
 
-        n_slots = spec.actions.head_sizes["slot"]
-        both = baselines(spec.episode_length, n_slots)
-        policies["wait"] = both.pop("wait")
-        policies["random"] = RandomLegal(spec.actions, seed)
-        policies.update(both)
-        env_kwargs = {"task": config.task, "n_slots": n_slots,
-                      "episode_length": spec.episode_length}  # fmt: skip
-        found = searched_schedule(run_dir, env_kwargs, seeds, search_seeds)
-        policies["schedule-best"] = found.choice.schedule()
-        searched["schedule-best"] = found.to_dict()
-        policies["rule-stall"] = StallRule(n_slots)
-    else:
-        policies["random"] = RandomLegal(spec.actions, seed)
-    policies[f"{prefix}-blind"] = replay
-    results = [summarize(f"{prefix}-greedy", greedy_episodes)]
-    results += evaluate_policies(policies, spec.make, seeds)
-    return results, MORPHO_REFERENCE if morpho else OTHER_REFERENCE, searched
+    def search(env_kwargs: dict[str, Any], avoid: list[int]) -> SearchedSchedule:
+        return searched_schedule(run_dir / SEARCH_FILE, env_kwargs, avoid, search_seeds)
+
+    done = evaluate_agent(agent, spec, config, eval_seeds(seed, episodes), seed, search)
+    return done.results, done.reference, done.searched
 
 
 # -- the `esper eval` command -----------------------------------------------------------
