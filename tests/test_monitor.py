@@ -280,6 +280,32 @@ def test_open_run_defaults_to_runs_dir(tmp_path: Path, monkeypatch: pytest.Monke
     assert (tmp_path / "runs" / run.run_id / "run.json").is_file()
 
 
+def test_a_default_run_id_already_taken_draws_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two default runs started in the same second whose four random digits collide (seen
+    once in sb3-contrib's suite) must not refuse the second: nobody chose that directory."""
+    import esper.integrations.monitor as monitor_module
+
+    monkeypatch.chdir(tmp_path)
+    ids = iter(["20260101-000000-aaaa", "20260101-000000-aaaa", "20260101-000000-bbbb"])
+    monkeypatch.setattr(monitor_module, "new_run_id", lambda: next(ids))
+    first = open_run(None, {"k": 1})
+    first.close()
+    second = open_run(None, {"k": 2})
+    second.close()
+    assert (first.run_id, second.run_id) == ("20260101-000000-aaaa", "20260101-000000-bbbb")
+    assert json.loads((tmp_path / "runs" / first.run_id / "run.json").read_text())["config"] == {
+        "k": 1
+    }
+
+
+def test_a_named_run_dir_that_holds_a_run_is_still_refused(tmp_path: Path) -> None:
+    open_run(tmp_path / "mine", {}).close()
+    with pytest.raises(ValueError, match="already holds a recorded run"):
+        open_run(tmp_path / "mine", {})
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     st.lists(

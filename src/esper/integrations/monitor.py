@@ -63,6 +63,21 @@ class OpenRun:
             self.lock.release()
 
 
+def _unused_run_path(attempts: int = 16) -> Path:
+    """A `runs/<run-id>` that holds nothing yet.
+
+    A run id is the second plus four random hex digits, so two default runs started in
+    the same second (a test suite building one model after another does) collide once in
+    65,536; nobody chose that directory, so another id is drawn rather than refusing the
+    run. A directory the caller names is still refused when it holds a run.
+    """
+    for _ in range(attempts):
+        path = Path("runs") / new_run_id()
+        if not path.exists():
+            return path
+    return path  # the same second's ids all taken: prepare_run_dir says so
+
+
 def open_run(
     run_dir: Path | str | None, config: Mapping[str, Any], *, continue_run: bool = False
 ) -> OpenRun:
@@ -74,7 +89,7 @@ def open_run(
     update indices going on (as `esper ppo --resume` does). Raises ValueError
     (`RunDirError`) with a one-line reason; nothing is written then.
     """
-    path = Path("runs") / new_run_id() if run_dir is None else Path(run_dir)
+    path = _unused_run_path() if run_dir is None else Path(run_dir)
     if continue_run:
         events = path / EVENTS_FILE
         if events.is_symlink() or not events.is_file():
