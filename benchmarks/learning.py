@@ -54,7 +54,12 @@ def train(task: str, seed: int, episodes: int | None = None, **overrides: Any) -
         cfg = replace(cfg, episodes=episodes)
     torch.manual_seed(cfg.seed)
     envs = [
-        MorphogeneticEnv(task=cfg.task, n_slots=cfg.slots, episode_length=cfg.episode_length)
+        MorphogeneticEnv(
+            task=cfg.task,
+            n_slots=cfg.slots,
+            episode_length=cfg.episode_length,
+            epochs_per_step=cfg.epochs_per_step,
+        )
         for _ in range(cfg.envs)
     ]
     spec = env_spec(cfg)

@@ -285,7 +285,7 @@ def test_env_id_only_settings_without_env_id_are_refused(
 def test_flags_are_described_from_the_fields_with_their_defaults() -> None:
     flags = {s.key: s for s in setting_flags()}
     assert list(flags) == [
-        "task", "episodes", "envs", "episode_length", "slots", "env_id", "bins",
+        "task", "episodes", "envs", "episode_length", "epochs_per_step", "slots", "env_id", "bins",
         "rollout_steps", "lr", "clip", "epochs", "minibatches", "clip_mode", "seed", "device",
         "backend", "workers", "ray_address", "fault", "threads",
     ]  # fmt: skip
@@ -300,7 +300,8 @@ def test_flags_are_described_from_the_fields_with_their_defaults() -> None:
     assert flags["workers"].kind is int
     assert flags["workers"].help.endswith("(default: one per env)")
     assert flags["bins"].metavar == "K" and "only with --env-id" in flags["bins"].help
-    assert "--task, --slots and --episode-length then do not apply" in flags["env_id"].help
+    assert "--episode-length and --epochs-per-step then do not apply" in flags["env_id"].help
+    assert flags["epochs_per_step"].help.endswith("(default 1)")
     assert flags["fault"].hidden and not flags["threads"].hidden
     assert "max_bad_updates" not in flags and "gamma" not in flags  # no flag declared
 

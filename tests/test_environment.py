@@ -213,6 +213,34 @@ def test_reward_formula_and_episode_summary() -> None:
     }
 
 
+def test_a_step_of_k_epochs_is_k_one_epoch_steps_that_wait() -> None:
+    """Known answer: growing at step 0 of two 3-epoch steps trains the same host as growing
+    at step 0 of six 1-epoch steps and waiting: the same accuracy, slots and return (the
+    accuracy terms telescope and the rent is paid per epoch either way)."""
+    coarse = MorphogeneticEnv(task="spirals", episode_length=2, epochs_per_step=3)
+    fine = MorphogeneticEnv(task="spirals", episode_length=6)
+    coarse.reset(seed=4)
+    fine.reset(seed=4)
+    coarse_rewards = [coarse.step(a)[1] for a in (_grow(0), _act())]
+    fine_rewards = [fine.step(a)[1] for a in (_grow(0), *[_act()] * 5)]
+    obs_c, obs_f = coarse._observation(), fine._observation()
+    assert coarse._acc == fine._acc
+    assert coarse_rewards[0] == pytest.approx(sum(fine_rewards[:3]), abs=1e-12)
+    assert sum(coarse_rewards) == pytest.approx(sum(fine_rewards), abs=1e-12)
+    assert np.array_equal(obs_c[SLOTS_START:], obs_f[SLOTS_START:])  # age / 6 epochs in both
+    assert obs_c[0] == obs_f[0] == 1.0  # progress: the episode is over in both
+    assert coarse.render_mode is None and "epoch 6/6" in _rendered(coarse)
+    with pytest.raises(ValueError, match="epochs_per_step must be >= 1"):
+        MorphogeneticEnv(task="spirals", epochs_per_step=0)
+
+
+def _rendered(env: MorphogeneticEnv) -> str:
+    env.render_mode = "ansi"
+    text = env.render()
+    assert text is not None
+    return text
+
+
 def test_step_reward_by_hand() -> None:
     assert step_reward(0.8, 0.7, 0, 100, final=False) == pytest.approx(0.1)
     assert step_reward(0.8, 0.7, 50, 100, final=False) == pytest.approx(0.1 - RENT * 0.5)

@@ -3,7 +3,8 @@
 The one place that turns a `TrainConfig` into the `EnvSpec` the trainer takes, so the
 algorithm never learns which environment it is training: `--env-id` (a gymnasium id, or
 `module:callable`, with `--bins` for a Box action space) picks a gymnasium env, anything
-else the morphogenetic task with its `task`, `slots` and `episode_length`.
+else the morphogenetic task with its `task`, `slots`, `episode_length` and
+`epochs_per_step`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def env_spec(config: TrainConfig) -> EnvSpec:
                 task=config.task,
                 n_slots=config.slots,
                 episode_length=config.episode_length,
+                epochs_per_step=config.epochs_per_step,
                 device=config.device,
             ),
             obs_dim=sum(size for _, size, _, _ in observation_layout(config.slots)),

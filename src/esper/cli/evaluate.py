@@ -158,7 +158,8 @@ def evaluate_agent(
         policies["random"] = RandomLegal(spec.actions, seed)
         policies.update(both)
         env_kwargs = {"task": config.task, "n_slots": n_slots,
-                      "episode_length": spec.episode_length}  # fmt: skip
+                      "episode_length": spec.episode_length,
+                      "epochs_per_step": config.epochs_per_step}  # fmt: skip
         found = search(env_kwargs, seeds)
         policies["schedule-best"] = found.choice.schedule()
         searched["schedule-best"] = found.to_dict()

@@ -1,8 +1,9 @@
-"""The morphogenetic environment: one RL step = one factored action + one host epoch.
+"""The morphogenetic environment: one RL step = one factored action + K host epochs.
 
 Step order: validate the action against the masks the agent saw (an impossible action is
-executed as WAIT and flagged), apply it to the slot lifecycles, train the host one epoch,
-advance every lifecycle one epoch, then evaluate. The observation therefore describes the
+executed as WAIT and flagged), apply it to the slot lifecycles, then K times (K =
+`epochs_per_step`, 1 unless told) train the host one epoch and advance every lifecycle
+one epoch, then evaluate. The observation therefore describes the
 network exactly as it was evaluated, and the masks returned next match that state.
 
 Reward (per step t = 1..L, acc = validation accuracy after step t, acc_0 at reset):
@@ -10,8 +11,9 @@ Reward (per step t = 1..L, acc = validation accuracy after step t, acc_0 at rese
     r_t = (acc_t - acc_{t-1}) - RENT * seed_params_t / host_params - SEED_COST * grown_t
           + [t == L] * TERMINAL_WEIGHT * acc_L
 
-`seed_params_t` counts every planted seed (fossilized ones included) after step t and
-`grown_t` the seeds grown at step t. The accuracy terms telescope, so an episode's return
+`seed_params_t` counts every planted seed (fossilized ones included) after each epoch of
+step t, summed over the step's K epochs (rent is paid per epoch), and `grown_t` the seeds
+grown at step t. The accuracy terms telescope, so an episode's return
 is acc_L - acc_0 + TERMINAL_WEIGHT * acc_L minus the rent and the seed costs paid: growth
 pays only when it buys more accuracy than its parameters and its planting cost.
 
@@ -112,7 +114,8 @@ ISOLATED_STAGES = frozenset({Stage.GERMINATED, Stage.TRAINING})
 def step_reward(
     acc: float, prev_acc: float, seed_params: int, host_params: int, final: bool, planted: int = 0
 ) -> float:
-    """The reward formula of the module docstring, for one step (`planted`: seeds grown)."""
+    """The reward formula of the module docstring, for one step (`planted`: seeds grown;
+    `seed_params`: summed over the step's epochs)."""
     reward = (acc - prev_acc) - RENT * seed_params / host_params - SEED_COST * planted
     return reward + TERMINAL_WEIGHT * acc if final else reward
 
@@ -143,12 +146,13 @@ def _one_hot(index: int | None, size: int) -> FloatArray:
     return vec
 
 
-def slot_features(lc: SlotLifecycle, contribution: float, episode_length: int) -> FloatArray:
-    """One slot's observation block: stage, alpha, age / L, blueprint, contribution."""
+def slot_features(lc: SlotLifecycle, contribution: float, episode_epochs: int) -> FloatArray:
+    """One slot's observation block: stage, alpha, age (epochs) / the episode's epochs,
+    blueprint, contribution."""
     return np.concatenate(
         [
             _one_hot(lc.stage, len(Stage)),
-            [lc.alpha, min(lc.age / episode_length, 1.0)],
+            [lc.alpha, min(lc.age / episode_epochs, 1.0)],
             _one_hot(lc.blueprint, len(Blueprint)),
             [contribution],
         ],
@@ -161,9 +165,15 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
 
     Observation (see `observation_layout`): progress t/L; the last `HISTORY` train losses
     (divided by ln n_classes) and validation accuracies, oldest first; then per slot the
-    one-hot stage, alpha, age / L, one-hot blueprint, and a contribution estimate: the
-    validation accuracy with the seed at its probe alpha (current alpha, or its target while
-    it trains in isolation) minus the accuracy with that seed switched off (alpha = 0).
+    one-hot stage, alpha, age / the episode's epochs, one-hot blueprint, and a contribution
+    estimate: the validation accuracy with the seed at its probe alpha (current alpha, or
+    its target while it trains in isolation) minus the accuracy with that seed switched off
+    (alpha = 0).
+
+    `epochs_per_step` host epochs pass between two decisions. At 1 the controller may act
+    every epoch; a larger value makes fewer, weightier decisions over the same training,
+    so that an untrained policy's random actions do less harm and the reward of a
+    decision arrives fewer steps after it.
     """
 
     # gymnasium declares `metadata` as an instance attribute but reads it off the class.
@@ -177,9 +187,13 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         seed: int | None = None,
         device: str = "cpu",
         render_mode: str | None = None,
+        epochs_per_step: int = 1,
     ) -> None:
         if episode_length < 1:
             raise ValueError(f"episode_length must be >= 1, got {episode_length}")
+        if epochs_per_step < 1:
+            raise ValueError(f"epochs_per_step must be >= 1, got {epochs_per_step}")
+        self.epochs_per_step = epochs_per_step
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"unsupported render_mode {render_mode!r}")
         if task == FAMILY_TASK:
@@ -245,11 +259,14 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         valid = self.action_space.contains(act) and is_valid(act, self.structured_masks())
         op = Op(int(act[0])) if valid else Op.WAIT
         events = self._apply(op, act) if op != Op.WAIT else []
-        self._sync_host()
-        train_loss = self._host.train_epoch(self._x_train, self._y_train, self._gen)
-        for lc in self._slots:
-            events += lc.advance()
-        self._sync_host()
+        seed_param_epochs = 0
+        for _ in range(self.epochs_per_step):
+            self._sync_host()
+            train_loss = self._host.train_epoch(self._x_train, self._y_train, self._gen)
+            for lc in self._slots:
+                events += lc.advance()
+            self._sync_host()
+            seed_param_epochs += self._host.seed_params()
         planted = sum(event.to_stage == Stage.GERMINATED for event in events)
         prev_acc = self._acc
         _, self._acc = self._host.evaluate(self._x_val, self._y_val)
@@ -260,7 +277,7 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         terminated = self._t >= self.episode_length
         seed_params = self._host.seed_params()
         reward = step_reward(
-            self._acc, prev_acc, seed_params, self._host.host_params, terminated, planted
+            self._acc, prev_acc, seed_param_epochs, self._host.host_params, terminated, planted
         )
         self._return += reward
         for event in events:
@@ -282,7 +299,8 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         if self.render_mode != "ansi":
             return None
         slots = " | ".join(f"{lc.slot}:{lc.stage.name} a={lc.alpha:.2f}" for lc in self._slots)
-        return f"epoch {self._t}/{self.episode_length} acc={self._acc:.3f} | {slots}"
+        k = self.epochs_per_step
+        return f"epoch {self._t * k}/{self.episode_length * k} acc={self._acc:.3f} | {slots}"
 
     # -- masks -----------------------------------------------------------------------------
     def structured_masks(self) -> ActionMasks:
@@ -380,7 +398,7 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         progress = np.array([self._t / self.episode_length])
         parts = [progress, self._task_features, losses, np.asarray(self._accs)]
         parts += [
-            slot_features(lc, c, self.episode_length)
+            slot_features(lc, c, self.episode_length * self.epochs_per_step)
             for lc, c in zip(self._slots, self._contributions, strict=True)
         ]
         return np.concatenate(parts, dtype=np.float32)

@@ -348,7 +348,10 @@ class TrainConfig:
     )
     envs: int = field(default=8, metadata=flag("parallel environments per PPO batch"))
     episode_length: int = field(
-        default=25, metadata=flag("host epochs per episode; not used with --env-id")
+        default=25, metadata=flag("decisions (env steps) per episode; not used with --env-id")
+    )
+    epochs_per_step: int = field(
+        default=1, metadata=flag("host epochs between two decisions; not used with --env-id")
     )
     slots: int = field(default=3, metadata=flag("seed slots in the host; not used with --env-id"))
     #: Train on this env instead of the morphogenetic one: a gymnasium id, or
@@ -357,7 +360,8 @@ class TrainConfig:
         default=None,
         metadata=flag(
             "train on this env: a gymnasium id (CartPole-v1) or module:callable returning a "
-            "gymnasium env; --task, --slots and --episode-length then do not apply",
+            "gymnasium env; --task, --slots, --episode-length and --epochs-per-step then do "
+            "not apply",
             unset="the morphogenetic env",
             metavar="ID",
         ),
@@ -483,6 +487,7 @@ RUN_RULES: dict[str, Callable[[object], str | None]] = {
     "episodes": _whole(1, MAX_EPISODES),
     "envs": _whole(1, MAX_ENVS),
     "episode_length": _whole(1, MAX_EPISODE_LENGTH),
+    "epochs_per_step": _whole(1, MAX_EPOCHS),
     "slots": _whole(1, MAX_SLOTS),
     "env_id": _optional(_env_id),
     "bins": _optional(_whole(MIN_BINS, MAX_BINS)),
