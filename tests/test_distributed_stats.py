@@ -118,6 +118,12 @@ def _worker(rank: int, tmp: str) -> None:
         for name, (ranks, _) in CASES.items():
             if rank in ranks:
                 results[name] = _run_case(name, Path(tmp), groups[name])
+        with HeadRatioMonitor(Path(tmp) / "reopened", HEADS) as first:
+            first.observe(*rank_minibatches(rank, WORLD, 0)[0])
+            first.end_update()
+        with first.reopen() as second:  # the writer continues the run, every rank with it
+            second.observe(*rank_minibatches(rank, WORLD, 0)[1])
+            results["reopened"] = (str(second.run_dir), second.end_update())
         try:  # a writer that cannot open its run directory fails every rank, none hangs
             HeadRatioMonitor(Path(tmp) / "busy", HEADS)
             results["busy"] = None
@@ -286,3 +292,16 @@ def test_all_reduce_of_the_statistics_alone(ranks: tuple[Path, list[dict[str, An
         got = result["all_reduce"]
         assert got == results[0]["all_reduce"]
         assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+def test_a_closed_run_reopens_on_every_rank(ranks: tuple[Path, list[dict[str, Any]]]) -> None:
+    tmp, results = ranks
+    assert {r["reopened"][0] for r in results} == {str(tmp / "reopened")}
+    assert len({repr(r["reopened"][1]) for r in results}) == 1
+    recorded = list(read_events(tmp / "reopened" / "events.jsonl"))
+    starts = [e.payload for e in recorded if e.event_type is EventType.TRAINING_STARTED]
+    assert [s.resumed_from_update for s in starts] == [None, 1]
+    updates = [e.payload for e in recorded if e.event_type is EventType.PPO_UPDATE_COMPLETED]
+    assert [u.update_index for u in updates] == [0, 1]
+    relevant = sum(len(rank_minibatches(r, WORLD, 0)[1][0]) for r in range(WORLD))
+    assert updates[1].heads["op"].relevant + updates[1].heads["op"].nonfinite == relevant

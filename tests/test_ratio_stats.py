@@ -12,7 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from esper.rl.ratio_stats import HeadRatioStats, head_ratio_stats, log_ratios
+from esper.rl.ratio_stats import (
+    HeadRatioStats,
+    head_ratio_stats,
+    log_ratios,
+    reduce_across_ranks,
+)
 from esper.telemetry.heads import HeadStats, explain_explosion, iter_flat_heads
 
 T = torch.tensor
@@ -165,6 +170,28 @@ def test_merge_of_two_halves_equals_the_whole() -> None:
     )
     assert metrics(halves) == pytest.approx(metrics(whole), rel=1e-12)
     assert torch.equal(halves.worst_log_ratio, whole.worst_log_ratio)
+
+
+def test_the_reading_tensor_round_trip_loses_nothing() -> None:
+    """Ranks exchange statistics as reading tensors; rebuilt, they are the same values."""
+    gen = torch.Generator().manual_seed(5)
+    new = torch.randn(12, 3, generator=gen)
+    new[3, 1] = math.nan
+    old, rel = torch.randn(12, 3, generator=gen), torch.rand(12, 3, generator=gen) > 0.4
+    rel[:, 2] = False  # a head never relevant: ratio max 0 and min +inf must survive
+    stats = HeadRatioStats.from_tensors(new, old, rel, 0.2, ("a", "b", "c"))
+    again = HeadRatioStats.from_reading_tensor(stats.head_names, stats.reading_tensor())
+    assert torch.equal(again.reading_tensor(), stats.reading_tensor())
+    assert again.ratio_max.dtype == torch.float32 and again.clip_count.dtype == torch.float64
+    with pytest.raises(ValueError, match="reading tensor"):
+        HeadRatioStats.from_reading_tensor(("a",), stats.reading_tensor())
+
+
+def test_without_torch_distributed_a_reduction_is_one_rank() -> None:
+    stats = head_ratio_stats({"a": lp(0.3, -0.2)}, {"a": zeros(2)})
+    reduced = reduce_across_ranks(stats, torch.tensor([1.0, 2.0]))
+    assert reduced.stats is stats and stats.all_reduce() is stats
+    assert reduced.extras.tolist() == [[1.0, 2.0]]
 
 
 def test_merge_leaves_its_inputs_unchanged() -> None:
