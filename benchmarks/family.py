@@ -48,15 +48,23 @@ def paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     return {"mean": mean, "se": se, "t": t, "n": len(a)}
 
 
-def run(train_seeds: Sequence[int], eval_seeds: Sequence[int], console: Console) -> dict[str, Any]:
+def run(
+    train_seeds: Sequence[int],
+    eval_seeds: Sequence[int],
+    console: Console,
+    env_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The search and the paired evaluation on the family env (`env_kwargs`: its episode
+    length and epochs per step, beside `task="family"`)."""
     from esper.morpho.environment import MorphogeneticEnv
     from esper.morpho.schedules import Choice, Scorer, pooled, search_family, seeds_by_kind
 
-    env = MorphogeneticEnv(task="family")
+    kwargs = {"task": "family", **(env_kwargs or {})}
+    env = MorphogeneticEnv(**kwargs)
     n_slots = env.n_slots
     workers = max(1, len(os.sched_getaffinity(0)))
     start = time.perf_counter()
-    with pooled({"task": "family"}, workers) as play_many:
+    with pooled(kwargs, workers) as play_many:
         with console.status("searching the schedule family…") as status:
             scorer = Scorer(
                 play_many,
@@ -102,6 +110,7 @@ def run(train_seeds: Sequence[int], eval_seeds: Sequence[int], console: Console)
             "train_seeds": [train_seeds[0], train_seeds[-1]],
         },
         "workers": workers,
+        "env": kwargs,
     }
 
 
@@ -142,6 +151,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks family", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer seeds (a few minutes)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
+    parser.add_argument("--episode-length", type=int, default=25, help="decisions per episode")
+    parser.add_argument(
+        "--epochs-per-step", type=int, default=1, help="host epochs between two decisions"
+    )
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 120))
     train, evaluate = (
@@ -149,7 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     load = {"before": load_average()}
     start = time.perf_counter()
-    result = run(train, evaluate, console)
+    env_kwargs = {"episode_length": args.episode_length, "epochs_per_step": args.epochs_per_step}
+    result = run(train, evaluate, console, env_kwargs)
     load["after"] = load_average()
     result.update(
         mode="quick" if args.quick else "full",
