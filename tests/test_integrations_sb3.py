@@ -31,19 +31,11 @@ HEADS = ("torque", "gain")
 SIZES: dict[str, Any] = {"n_steps": 16, "batch_size": 8, "n_epochs": 2, "seed": 7}
 
 
-class TwoHeadPendulum(gymnasium.ActionWrapper):
-    """Pendulum with two heads: a torque grid and a gain; the gain is masked in half the states.
-
-    When the pendulum swings one way the mask leaves the gain head a single legal value,
-    so MaskablePPO's relevance varies from sample to sample.
-    """
-
-    torques = np.linspace(-2.0, 2.0, 5)
-    gains = (0.25, 0.5, 1.0)
+class _Pendulum(gymnasium.ActionWrapper):
+    """Pendulum-v1 of 50 steps that keeps its last observation, which the masks read."""
 
     def __init__(self) -> None:
         super().__init__(gymnasium.make("Pendulum-v1", max_episode_steps=50))
-        self.action_space = gymnasium.spaces.MultiDiscrete([5, 3])
         self._obs: np.ndarray | None = None
 
     def reset(self, **kwargs: Any) -> Any:
@@ -55,6 +47,21 @@ class TwoHeadPendulum(gymnasium.ActionWrapper):
         obs, *rest = super().step(action)
         self._obs = obs
         return (obs, *rest)
+
+
+class TwoHeadPendulum(_Pendulum):
+    """Pendulum with two heads: a torque grid and a gain; the gain is masked in half the states.
+
+    When the pendulum swings one way the mask leaves the gain head a single legal value,
+    so MaskablePPO's relevance varies from sample to sample.
+    """
+
+    torques = np.linspace(-2.0, 2.0, 5)
+    gains = (0.25, 0.5, 1.0)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.action_space = gymnasium.spaces.MultiDiscrete([5, 3])
 
     def action(self, action: Any) -> np.ndarray:
         torque, gain = (int(a) for a in action)
@@ -66,7 +73,7 @@ class TwoHeadPendulum(gymnasium.ActionWrapper):
         return np.array([True] * 5 + gain)
 
 
-class BitsPendulum(gymnasium.ActionWrapper):
+class BitsPendulum(_Pendulum):
     """Pendulum driven by three bits (torque = bits . (2, 1, 1) - 2); a MultiBinary space.
 
     When the pendulum swings one way the mask fixes the last bit at 1, so MaskablePPO's
@@ -76,19 +83,8 @@ class BitsPendulum(gymnasium.ActionWrapper):
     weights = np.array([2.0, 1.0, 1.0])
 
     def __init__(self) -> None:
-        super().__init__(gymnasium.make("Pendulum-v1", max_episode_steps=50))
+        super().__init__()
         self.action_space = gymnasium.spaces.MultiBinary(3)
-        self._obs: np.ndarray | None = None
-
-    def reset(self, **kwargs: Any) -> Any:
-        obs, info = super().reset(**kwargs)
-        self._obs = obs
-        return obs, info
-
-    def step(self, action: Any) -> Any:
-        obs, *rest = super().step(action)
-        self._obs = obs
-        return (obs, *rest)
 
     def action(self, action: Any) -> np.ndarray:
         return np.array([self.weights @ np.asarray(action, dtype=float) - 2.0], dtype=np.float32)
