@@ -247,6 +247,10 @@ def train(updates: int, s: Settings, run_dir: Path | None, seed: int) -> Path:
                 print(f"update {update}: {stats.summary()}", flush=True)
         run = monitor.run_dir
     if distributed:
+        # Every rank past its last collective before any tears the group down: a gloo peer
+        # whose connection closes under it can abort the process ("terminate called
+        # without an active exception"), seen on a loaded machine.
+        dist.barrier()
         dist.destroy_process_group()
     return run
 
