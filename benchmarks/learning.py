@@ -268,12 +268,12 @@ def _write(doc: dict[str, Any], load: dict[str, Any], out: Path) -> None:
     doc["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     out.mkdir(parents=True, exist_ok=True)
     (out / "learning.json").write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
-    replot(out)
+    plot_doc(doc, out / "learning.png")
 
 
-def replot(out: Path) -> None:
-    """Redraw learning.png from an existing learning.json (no training)."""
-    doc = json.loads((out / "learning.json").read_text(encoding="utf-8"))
+def plot_doc(doc: dict[str, Any], path: Path) -> None:
+    """learning.png from a learning.json document: every seed's curve, the baselines of
+    each task's last seed as lines."""
     curves = {
         task: {r["seed"]: block_means(r["train_returns"], BLOCK) for r in runs}
         for task, runs in doc["tasks"].items()
@@ -282,7 +282,12 @@ def replot(out: Path) -> None:
     for task, runs in doc["tasks"].items():
         baseline = [e for e in runs[-1]["eval"] if not e["policy"].startswith("tamiyo")]
         lines[task] = {e["policy"]: e["mean_return"] for e in baseline}
-    plot(curves, lines, out / "learning.png")
+    plot(curves, lines, path)
+
+
+def replot(out: Path) -> None:
+    """Redraw learning.png from an existing learning.json (no training)."""
+    plot_doc(json.loads((out / "learning.json").read_text(encoding="utf-8")), out / "learning.png")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

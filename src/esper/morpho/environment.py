@@ -266,7 +266,8 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
             for lc in self._slots:
                 events += lc.advance()
             self._sync_host()
-            seed_param_epochs += self._host.seed_params()
+            seed_params = self._host.seed_params()  # after this epoch; rent is paid on it
+            seed_param_epochs += seed_params
         planted = sum(event.to_stage == Stage.GERMINATED for event in events)
         prev_acc = self._acc
         _, self._acc = self._host.evaluate(self._x_val, self._y_val)
@@ -275,7 +276,6 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         self._accs.append(self._acc)
         self._t += 1
         terminated = self._t >= self.episode_length
-        seed_params = self._host.seed_params()
         reward = step_reward(
             self._acc, prev_acc, seed_param_epochs, self._host.host_params, terminated, planted
         )
