@@ -151,9 +151,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks family", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer seeds (a few minutes)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where to write the JSON")
-    parser.add_argument("--episode-length", type=int, default=25, help="decisions per episode")
+    from esper.morpho.environment import DEFAULT_EPISODE_LENGTH, DEFAULT_EPOCHS_PER_STEP
+
     parser.add_argument(
-        "--epochs-per-step", type=int, default=1, help="host epochs between two decisions"
+        "--episode-length",
+        type=int,
+        default=DEFAULT_EPISODE_LENGTH,
+        help="decisions per episode (default: the env's)",
+    )
+    parser.add_argument(
+        "--epochs-per-step",
+        type=int,
+        default=DEFAULT_EPOCHS_PER_STEP,
+        help="host epochs between two decisions (default: the env's)",
     )
     args = parser.parse_args(argv)
     console = Console(width=max(Console().width, 120))

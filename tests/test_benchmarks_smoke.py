@@ -168,7 +168,7 @@ def test_versus_sb3_masks_are_the_envs_flat_masks() -> None:
 
     from esper.morpho.environment import MorphogeneticEnv
 
-    envs = [MorphogeneticEnv(task="spirals", episode_length=4) for _ in range(2)]
+    envs = [MorphogeneticEnv(task="spirals", episode_length=4, epochs_per_step=1) for _ in range(2)]
     grow = np.array([1, 1, 0, 0, 0, 0, 0, 0])  # GROW into slot 1: the masks change
     legal, expected = [], []
     for t in range(4):

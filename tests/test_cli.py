@@ -222,11 +222,11 @@ def test_ppo_help_comes_from_the_config_declarations(
         "--backend {inprocess,processes,ray} where the envs step (default inprocess)",
         "--workers WORKERS worker processes or Ray actors the envs use (default: one per env)",
         "--task TASK morphogenetic host task; not used with --env-id; one of digits, spirals, "
-        "family (default spirals)",
+        "family (default family)",
         "--env-id ID train on this env: a gymnasium id (CartPole-v1) or module:callable",
         "--task, --slots, --episode-length and --epochs-per-step then do not apply",
         "--epochs-per-step EPOCHS_PER_STEP host epochs between two decisions; not used with "
-        "--env-id (default 1)",
+        "--env-id (default 5)",
         "--bins K discretise a Box action space into K levels per dimension",
         "--rollout-steps N steps each env takes per PPO batch (only with --env-id) (default: 128)",
         "--run-dir RUN_DIR",

@@ -37,7 +37,7 @@ from esper.rl.config import (
 def test_defaults_are_valid_and_batches_round_up() -> None:
     cfg = TrainConfig()
     assert (cfg.task, cfg.episodes, cfg.envs, cfg.ppo.epochs, cfg.ppo.minibatches) == (
-        "spirals",
+        "family",
         10,
         8,
         4,
@@ -301,7 +301,7 @@ def test_flags_are_described_from_the_fields_with_their_defaults() -> None:
     assert flags["workers"].help.endswith("(default: one per env)")
     assert flags["bins"].metavar == "K" and "only with --env-id" in flags["bins"].help
     assert "--episode-length and --epochs-per-step then do not apply" in flags["env_id"].help
-    assert flags["epochs_per_step"].help.endswith("(default 1)")
+    assert flags["epochs_per_step"].help.endswith("(default 5)")
     assert flags["fault"].hidden and not flags["threads"].hidden
     assert "max_bad_updates" not in flags and "gamma" not in flags  # no flag declared
 

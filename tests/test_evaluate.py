@@ -31,7 +31,7 @@ BIN = Path(sys.executable).parent
 
 
 def make_env() -> MorphogeneticEnv:
-    return MorphogeneticEnv(task="spirals", n_slots=SLOTS, episode_length=LENGTH)
+    return MorphogeneticEnv(task="spirals", n_slots=SLOTS, episode_length=LENGTH, epochs_per_step=1)
 
 
 def manual_episode(seed: int, actions: list[np.ndarray]) -> tuple[float, dict[str, float]]:

@@ -49,8 +49,8 @@ def test_each_reset_draws_a_kind_its_data_and_its_host_width() -> None:
         n_features, n_classes = env.task.n_features, env.task.n_classes
         expected = [n_classes / 10, min(np.log(n_features) / np.log(64), 1.0), kind.width / 16]
         np.testing.assert_allclose(obs[task_block], expected, rtol=1e-6)
-    # the spiral arms are drawn per episode: two spirals2 seeds see different points
-    a, b = kinds["spirals2"][:2]
+    # the spiral arms are drawn per episode: two spirals3 seeds see different points
+    a, b = kinds["spirals3"][:2]
     env.reset(seed=a)
     first = env.task.x_train.copy()
     env.reset(seed=b)
@@ -64,10 +64,8 @@ def test_the_family_is_no_single_task() -> None:
 
 def test_each_seed_grown_costs_seed_cost_once() -> None:
     base = step_reward(0.6, 0.5, 100, 1000, final=False)
-    assert step_reward(0.6, 0.5, 100, 1000, False, planted=2) == pytest.approx(
-        base - 2 * SEED_COST
-    )
-    env = MorphogeneticEnv(task="spirals", episode_length=3, seed=0)
+    assert step_reward(0.6, 0.5, 100, 1000, False, planted=2) == pytest.approx(base - 2 * SEED_COST)
+    env = MorphogeneticEnv(task="spirals", episode_length=3, seed=0, epochs_per_step=1)
     env.reset(seed=0)
     grow = np.zeros(8, dtype=np.int64)
     grow[_OP], grow[HEAD_INDEX["blueprint"]] = Op.GROW, Blueprint.NORM
@@ -126,7 +124,7 @@ def test_the_scorer_plays_each_episode_once() -> None:
 
 
 def test_sequential_play_gives_the_episodes_return() -> None:
-    env = MorphogeneticEnv(task="spirals", episode_length=3)
+    env = MorphogeneticEnv(task="spirals", episode_length=3, epochs_per_step=1)
     returns = sequential(env)([(Choice(count=0), 4), (Choice(count=1), 4)])
     assert returns[0] != returns[1]
     assert sequential(env)([(Choice(count=0), 4)]) == returns[:1]  # deterministic
@@ -184,7 +182,7 @@ class _States:
 
 def _rule_state(accs: list[float], contribution: float, stage: int) -> _States:
     """One env on the spirals layout: a seed in slot 0 at `stage`, the accuracy window."""
-    env = MorphogeneticEnv(task="spirals", episode_length=4, seed=0)
+    env = MorphogeneticEnv(task="spirals", episode_length=4, seed=0, epochs_per_step=1)
     obs, _ = env.reset(seed=0)
     obs = obs.copy()
     at = 0

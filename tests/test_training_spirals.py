@@ -27,7 +27,10 @@ def agent(obs_dim: int, **overrides: Any) -> PPOAgent:
 
 
 def make_envs() -> list[MorphogeneticEnv]:
-    return [MorphogeneticEnv(task="spirals", episode_length=LENGTH) for _ in range(N_ENVS)]
+    return [
+        MorphogeneticEnv(task="spirals", episode_length=LENGTH, epochs_per_step=1)
+        for _ in range(N_ENVS)
+    ]
 
 
 @pytest.fixture(scope="module")

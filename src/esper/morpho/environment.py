@@ -17,44 +17,48 @@ grown at step t. The accuracy terms telescope, so an episode's return
 is acc_L - acc_0 + TERMINAL_WEIGHT * acc_L minus the rent and the seed costs paid: growth
 pays only when it buys more accuracy than its parameters and its planting cost.
 
-The task family (`task="family"`, esper.morpho.tasks.FAMILY) draws each episode's case
-from the episode's seed, always on a width-16 host: two moons, wine or the digits (it
-solves them alone: WAIT is right), two spiral arms (one NORM seed early), three or four
-arms (two). The observation's task block says what a controller knows before training
-(classes, input features, host width), which does not tell the moons from two arms: only
-how the training goes does. Measured by `python -m benchmarks family` (BENCHMARKS.md): on
-100 evaluation seeds the best schedule of each case beats the best single open-loop
-schedule (one NORM seed at step 0) by +0.050 +- 0.006 of return.
+The default task is the family (`task="family"`, esper.morpho.tasks.FAMILY): each episode
+draws its case from the episode's seed, always on a width-16 host: two moons, wine or the
+digits (the host solves them alone: WAIT is right) or spirals of three, four or five arms
+(one NORM seed early lifts the return by 0.15 to 0.3). The observation's task block says
+what a controller knows before training (classes, input features, host width), and here
+that tells the cases apart. Measured by `python -m benchmarks family` (BENCHMARKS.md) at
+the default decisions: on 100 evaluation seeds the best schedule of each case beats the
+best single open-loop schedule (one NORM seed at step 0) by +0.054 +- 0.007 of return.
 
-SEED_COST is 0.05: the accuracy terms count a final gain about 1.5 times, so a seed must
-buy about three points of final accuracy (plus its rent) to pay, which a host that
-already solves its task cannot give it.
+A decision every five epochs (`epochs_per_step=5`, five decisions per episode: the same 25
+host epochs as one decision per epoch for 25). At one epoch per decision an untrained
+policy's random actions grow about seven seeds an episode, so an early seed looks like a
+loss on every case and PPO learns to wait everywhere; five weightier decisions let it
+find the seeds that pay (BENCHMARKS.md, "Learning on the task family").
 
-Why the default task is `spirals` (`esper eval` and `python -m benchmarks learning`
-print the numbers; BENCHMARKS.md records them): a policy can only learn decisions that
-change the return by more than the noise between episodes. On `digits` the width-16 host
-reaches about 0.945 validation accuracy alone within the 25 epochs, so a seed buys about
-0.001 and no grow heuristic beats always-WAIT (every seed loses at least its cost); the
-right policy there is WAIT. On three-arm spirals the
-same host is too small: alone it ends near 0.54, and the right seeds early lift it to
-about 0.89 (three NORM seeds at steps 0-2: return 0.84 against WAIT's 0.47, paired
-difference +0.37 +- 0.04 over seeds 10 000-10 029). Every head that GROW reads carries
-information there:
+SEED_COST is 0.1: the accuracy terms count a final gain about 1.5 times, so a seed must
+buy about six points of final accuracy (plus its rent) to pay. A host that already solves
+its task cannot give it that; on three spiral arms and more one seed gives it several
+times over, a second one no longer reliably. Two arms, which a first decision cannot tell
+from the moons, paid for a seed by less than the noise between episodes and left the
+family.
+
+The fixed tasks stay: `spirals` (three arms drawn from the env's constructor seed, 0
+unless given, so every episode of a run sees the same task and only the host's
+initialisation and the policy vary) and `digits`. On a fixed task one schedule is the
+best policy: a learned one has nothing to read. On three-arm spirals, one decision per
+epoch, every head that GROW reads carries return:
 
 - *blueprint*: a NORM seed (LayerNorm, 32 parameters) beats a WIDE_MLP seed (2 000
-  parameters, three times the host) by about 0.2 of return: the wide seed fits as well
-  but pays its rent every step; LINEAR and LOW_RANK help less;
-- *timing*: the same three NORM seeds grown from mid-episode instead of from step 0 give
-  up about 0.2 of return, because the terminal term rewards the accuracy at the end and
-  a late seed has had fewer epochs to lift it;
+  parameters, three times the host): the wide seed fits as well but pays its rent every
+  step; LINEAR and LOW_RANK help less;
+- *timing*: the same NORM seeds grown from mid-episode instead of from step 0 give up
+  about 0.2 of return, because the terminal term rewards the accuracy at the end and a
+  late seed has had fewer epochs to lift it;
 - *op*: random valid play grows, kills and re-grows (about 7.6 seeds an episode) and ends
-  no better than WAIT, so KILL and MUTATE at random are costly, not neutral.
+  worse than WAIT, so KILL and MUTATE at random are costly, not neutral.
 
-RENT stays at 1e-3 per host-sized seed per step: it is what makes WIDE_MLP lose to NORM
-(three wide seeds cost 0.25 of return over an episode) while leaving a small seed that
-helps clearly profitable. The spirals data are drawn from the env's constructor seed
-(0 unless given), so every episode of a run sees the same task and only the host's
-initialisation and the policy vary.
+On `digits` the width-16 host reaches about 0.945 validation accuracy alone, so a seed
+buys about 0.001 and every seed loses at least its cost.
+
+RENT stays at 1e-3 per host-sized seed per epoch: it is what makes WIDE_MLP lose to NORM
+while leaving a small seed that helps clearly profitable.
 """
 
 from __future__ import annotations
@@ -97,7 +101,10 @@ RENT = 1e-3
 TERMINAL_WEIGHT = 0.5
 #: Paid once per seed grown: what planting, integrating and serving one more module costs
 #: beyond its parameters, so a seed that buys nothing is a loss and how many matters.
-SEED_COST = 0.05
+SEED_COST = 0.1
+#: The default decisions: five of five host epochs each (see the module docstring).
+DEFAULT_EPISODE_LENGTH = 5
+DEFAULT_EPOCHS_PER_STEP = 5
 #: Length of the train-loss and validation-accuracy windows in the observation.
 HISTORY = 5
 #: Normalised loss (loss / ln n_classes, 1.0 at chance) is clipped here to keep a finite box.
@@ -183,11 +190,11 @@ class MorphogeneticEnv(gymnasium.Env[FloatArray, npt.NDArray[np.int64]]):
         self,
         task: str = DEFAULT_TASK,
         n_slots: int = 3,
-        episode_length: int = 25,
+        episode_length: int = DEFAULT_EPISODE_LENGTH,
         seed: int | None = None,
         device: str = "cpu",
         render_mode: str | None = None,
-        epochs_per_step: int = 1,
+        epochs_per_step: int = DEFAULT_EPOCHS_PER_STEP,
     ) -> None:
         if episode_length < 1:
             raise ValueError(f"episode_length must be >= 1, got {episode_length}")
