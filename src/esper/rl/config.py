@@ -43,6 +43,8 @@ MAX_EPOCHS = 1000
 MAX_MINIBATCHES = 65_536
 MAX_HIDDEN = 8192
 MAX_BAD_UPDATES = 10**6
+#: Learner processes (torch.distributed ranks) of one run.
+MAX_LEARNERS = 1024
 #: Seeds are mixed into per-episode seeds that must stay within 64 bits.
 MAX_SEED = 2**32 - 1
 #: Levels per dimension a Box action space may be discretised into.
@@ -409,6 +411,17 @@ class TrainConfig:
     #: Fault injection for tests and drills: "HEAD=nan@FIRST[-LAST]" (or inf) makes that
     #: head's logits non-finite in every minibatch of updates FIRST..LAST (batch indices).
     fault: str | None = field(default=None, metadata=flag("HEAD=nan@FIRST[-LAST]", hidden=True))
+    #: Data-parallel learner processes (torch.distributed ranks), each stepping
+    #: `envs / learners` of the envs; gradients and per-head statistics are reduced across
+    #: them (esper.rl.learners). 1 is a single learner, the run as it always was.
+    learners: int = field(
+        default=1,
+        metadata=flag(
+            "data-parallel learner processes; each steps envs/N of the envs (spawned here, "
+            "or the ranks of a torchrun launch)",
+            metavar="N",
+        ),
+    )
     #: Torch intra-op threads of the learner (default: chosen by size, esper.rl.threads).
     threads: int | None = field(
         default=None,
@@ -504,6 +517,7 @@ RUN_RULES: dict[str, Callable[[object], str | None]] = {
     "backend": _one_of(BACKENDS),
     "workers": _optional(_whole(1, MAX_ENVS)),
     "threads": _optional(_whole(1, MAX_THREADS)),
+    "learners": _whole(1, MAX_LEARNERS),
     "ray_address": _optional(_text),
     "fault": _optional(_text),
 }
@@ -523,6 +537,32 @@ def validate(cfg: TrainConfig) -> None:
         parse_fault(cfg.fault)
     _validate_backend(cfg)
     _validate_env(cfg)
+    _validate_learners(cfg)
+
+
+def _validate_learners(cfg: TrainConfig) -> None:
+    """Every learner steps the same number of envs, in every batch: ranks run their
+    minibatches in lock step (one gradient all-reduce each), so their shards must split
+    alike. A run of fixed-length episodes ends on a batch of `episodes % envs` envs, which
+    must split evenly too; an `env_id` run always steps all its envs."""
+    n = cfg.learners
+    if n == 1:
+        return
+    if cfg.envs % n:
+        raise ConfigError(
+            f"envs ({cfg.envs}) must be a multiple of learners ({n}): each learner steps "
+            "an equal share of the envs"
+        )
+    if cfg.env_id is None and cfg.episodes % n:
+        raise ConfigError(
+            f"episodes ({cfg.episodes}) must be a multiple of learners ({n}): every batch, "
+            "the last included, is split evenly across the learners"
+        )
+    if cfg.backend != "inprocess":
+        raise ConfigError(
+            f"learners={n} steps each learner's envs in its own process; backend "
+            f"{cfg.backend!r} cannot be combined with it"
+        )
 
 
 def _validate_env(cfg: TrainConfig) -> None:

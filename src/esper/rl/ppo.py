@@ -11,6 +11,10 @@ but its optimizer step is cancelled through Adam's `found_inf` (the mechanism
 is the compute of the minibatches after an early stop; the gain is exactly one
 device->host transfer per update, the stacked metrics tensor at the end.
 
+With several learners (`esper.rl.learners`) each minibatch's gradients are averaged over
+the ranks in one all-reduce that also carries the sums the stop decisions read, so the
+ranks decide alike; the statistics and loss sums are combined once per update.
+
 The ratio statistics are reduced once per update, over the log-ratios of all its
 minibatches concatenated, not once per minibatch: on small minibatches an update is
 kernel-launch bound, and per-minibatch reductions were most of what the per-head
@@ -36,8 +40,9 @@ from torch import Tensor
 from esper.common.optim import FusedAdam
 from esper.common.spaces import FactoredActions
 from esper.rl.config import ClipMode, PPOConfig
+from esper.rl.learners import Learners, LocalStatsHook
 from esper.rl.policy import FactoredPolicy
-from esper.rl.ratio_stats import HeadRatioStats, head_log_ratios, head_ratio_stats
+from esper.rl.ratio_stats import HeadRatioStats, RatioReading, head_log_ratios, head_ratio_stats
 from esper.telemetry.heads import LOG_RATIO_CLAMP, UpdateStats
 
 __all__ = [
@@ -310,12 +315,15 @@ class _Minibatches:
         count = by_epoch.sum() * full - by_epoch[:, -1].sum() * (full - last)
         return flags, values, entropy_sum, count
 
-    def host_totals(self, flags: list[float], values: list[float]) -> dict[str, float]:
+    def host_totals(
+        self, flags: list[float], values: list[float], ranks: int = 1
+    ) -> dict[str, float]:
         """Masked sums of the host copies of `stacked`'s flags and values (pure Python).
 
         A value counts where its flag holds (losses and KL: the minibatch counted; the
         gradient norm: it stepped), so a NaN of a skipped minibatch never enters a sum. An
-        epoch ran if the update was still active at its first minibatch.
+        epoch ran if the update was still active at its first minibatch. With `ranks`
+        learners every minibatch is `ranks` shards of its size (`values` already reduced).
         """
         f, v = len(self.FLAGS), len(self.VALUES)
         totals = dict.fromkeys(
@@ -334,7 +342,7 @@ class _Minibatches:
                 totals["grad_norm"] += grad_norm
             if counted:
                 totals["counted"] += 1
-                totals["samples"] += size
+                totals["samples"] += size * ranks
                 totals["policy_loss"] += policy_loss
                 totals["value_loss"] += value_loss
                 totals["joint_kl"] += joint_kl
@@ -354,8 +362,14 @@ class PPOAgent:
         config: PPOConfig | None = None,
         device: torch.device | str = "cpu",
         seed: int = 0,
+        learners: Learners | None = None,
     ) -> None:
         self.config = config or PPOConfig()
+        #: The ranks this agent trains with (None: alone). Every rank builds the same
+        #: policy from `seed`; only the sampling generator differs by rank.
+        self.learners = learners if learners is not None and learners.world > 1 else None
+        #: Debugging and tests: sees each update's statistics of this rank alone.
+        self.local_stats_hook: LocalStatsHook | None = None
         self.device = torch.device(device)
         self.obs_dim = obs_dim
         self.actions = actions
@@ -367,6 +381,10 @@ class PPOAgent:
         # Fused Adam honours `found_inf` on the device: the sync-free skip of a minibatch.
         self.optimizer = FusedAdam(self.policy.parameters(), lr=self.config.lr)
         sample_seed, perm_seed = np.random.SeedSequence(seed).generate_state(2, dtype=np.uint64)
+        if self.learners is not None and self.learners.rank > 0:  # its own actions
+            sample_seed = np.random.SeedSequence([seed, self.learners.rank]).generate_state(
+                1, dtype=np.uint64
+            )[0]
         self._sample_gen = torch.Generator(self.device).manual_seed(int(sample_seed))
         self._perm_gen = torch.Generator(self.device).manual_seed(int(perm_seed))
 
@@ -442,8 +460,13 @@ class PPOAgent:
             entropy_sum=entropy_sum,
             entropy_count=entropy_count,
         )
-        # Explained variance of the rollout's value predictions: its two variances.
         residual = data.returns - buffer.values.flatten()
+        if self.local_stats_hook is not None:
+            self.local_stats_hook(stats)
+        if self.learners is not None:
+            reduced = self._reduced(stats, data.returns, residual, flags, mb_values, record)
+            return self._finish_update(*reduced)
+        # Explained variance of the rollout's value predictions: its two variances.
         variances = torch.stack([data.returns.var(correction=0), residual.var(correction=0)])
         tensor = torch.cat(
             [stats.reading_tensor(), variances, flags.flatten(), mb_values.flatten()]
@@ -453,6 +476,64 @@ class PPOAgent:
         reading = stats.read(values[:k], head_sizes=list(self.head_sizes.values()))
         n_flags = flags.numel()
         totals = record.host_totals(values[k + 2 : k + 2 + n_flags], values[k + 2 + n_flags :])
+        return self._finish_update(reading, totals, values[k], values[k + 1])
+
+    def _reduced(
+        self,
+        stats: HeadRatioStats,
+        returns: Tensor,
+        residual: Tensor,
+        flags: Tensor,
+        mb_values: Tensor,
+        record: _Minibatches,
+    ) -> tuple[RatioReading, dict[str, float], float, float]:
+        """What `update` reports, over every rank's samples: the statistics combined in
+        one all-gather that carries each rank's loss sums and value moments along.
+
+        The flags are the same on every rank (each was decided on all-reduced values), so
+        they stay local. Losses are the mean over the ranks' (equal) shards, the KL sums
+        add, the gradient norm is the same everywhere; the explained variance comes from
+        summed moments (n, sum y, sum y^2 of the returns and of the residuals), since
+        variances do not reduce.
+        """
+        assert self.learners is not None
+        f64 = torch.float64
+        r, y = residual.to(f64), returns.to(f64)
+        n = torch.tensor([float(y.numel())], dtype=f64, device=y.device)
+        moments = torch.cat([n, torch.stack([y.sum(), (y * y).sum(), r.sum(), (r * r).sum()])])
+        extra = torch.cat([moments, mb_values.flatten().to(f64)])
+        reduced = self.learners.reduce_stats(stats, extra)
+        combined = reduced.stats
+        tensor = torch.cat(
+            [combined.reading_tensor(), reduced.extras.flatten(), flags.flatten().to(f64)]
+        )
+        values = tensor.tolist()  # the single device->host transfer of the update
+        k, width, ranks = combined.reading_size, extra.numel(), self.learners.world
+        reading = combined.read(values[:k], head_sizes=list(self.head_sizes.values()))
+        rows = [values[k + i * width : k + (i + 1) * width] for i in range(ranks)]
+        flag_values = values[k + ranks * width :]
+        m = [sum(row[i] for row in rows) for i in range(5)]
+        count = max(m[0], 1.0)
+        target_variance = m[2] / count - (m[1] / count) ** 2
+        residual_variance = m[4] / count - (m[3] / count) ** 2
+        n_values = len(_Minibatches.VALUES)
+        mb: list[float] = []
+        for j in range((width - 5) // n_values):
+            column = [row[5 + j * n_values : 5 + (j + 1) * n_values] for row in rows]
+            policy, value, grad, kl = zip(*column, strict=True)
+            mb += [sum(policy) / ranks, sum(value) / ranks, grad[0], sum(kl)]
+        totals = record.host_totals(flag_values, mb, ranks=ranks)
+        return reading, totals, target_variance, residual_variance
+
+    def _finish_update(
+        self,
+        reading: RatioReading,
+        totals: dict[str, float],
+        target_variance: float,
+        residual_variance: float,
+    ) -> UpdateStats:
+        """The `UpdateStats` of an update from its reading and host totals."""
+        cfg = self.config
 
         def mean(name: str, count: str) -> float:
             return totals[name] / max(totals[count], 1.0)
@@ -466,7 +547,7 @@ class PPOAgent:
             policy_loss=mean("policy_loss", "counted"),
             value_loss=mean("value_loss", "counted"),
             entropy=sum(entropies) / len(entropies),
-            explained_variance=explained_variance(values[k], values[k + 1]),
+            explained_variance=explained_variance(target_variance, residual_variance),
             grad_norm=mean("grad_norm", "steps"),
             epochs_run=int(totals["epochs_run"]),
             minibatches_run=int(totals["minibatches_run"]),
@@ -503,7 +584,6 @@ class PPOAgent:
         loss = policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * entropy_bonus
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
 
         # The joint log-ratio of the relevant heads, each clamped and then the sum, as in
         # the statistics (TELE-150): the early stop and the intervention read what the
@@ -511,18 +591,28 @@ class PPOAgent:
         joint = masked.clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP).sum(dim=1)
         joint = joint.clamp_(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
         joint_kl_sum = (torch.special.expm1(joint) - joint).sum()  # 0 with no relevant head
-        # A minibatch with a non-finite log-prob (relevant or not), loss or gradient
-        # neither steps nor counts (`counted`).
-        finite = all_finite(loss, grad_norm, log_probs.detach().sum())
-        kl_trip = limit_trip = record.never
+        if self.learners is not None:
+            grad_norm, finite, kl_trip, limit_trip = self._decide_together(
+                n, loss, log_probs, joint, joint_kl_sum, active, record
+            )
+        else:
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.policy.parameters(), cfg.max_grad_norm
+            )
+            # A minibatch with a non-finite log-prob (relevant or not), loss or gradient
+            # neither steps nor counts (`counted`).
+            finite = all_finite(loss, grad_norm, log_probs.detach().sum())
+            kl_trip = limit_trip = record.never
+            if cfg.target_kl:
+                kl_trip = active & (joint_kl_sum > 1.5 * cfg.target_kl * n)
+            if cfg.joint_ratio_limit:
+                # exp is monotone: compare the largest joint log-ratio with log(limit) > 0
+                # (a sample with no relevant head has joint 0 and never trips it).
+                limit_trip = active & (joint.amax() > math.log(cfg.joint_ratio_limit))
         go_on = active
         if cfg.target_kl:
-            kl_trip = active & (joint_kl_sum > 1.5 * cfg.target_kl * n)
             go_on = go_on & ~kl_trip
         if cfg.joint_ratio_limit:
-            # exp is monotone: compare the largest joint log-ratio with log(limit) > 0 (a
-            # sample with no relevant head has joint 0 and never trips it).
-            limit_trip = active & (joint.amax() > math.log(cfg.joint_ratio_limit))
             go_on = go_on & ~limit_trip
         step = go_on & finite
         vars(self.optimizer)["found_inf"] = (~step).to(torch.float32)
@@ -538,6 +628,46 @@ class PPOAgent:
         )
         # Masking relevance by `active` empties the statistics of a stopped update.
         return (log_ratio.detach(), relevant & active), go_on
+
+    def _decide_together(
+        self,
+        n: int,
+        loss: Tensor,
+        log_probs: Tensor,
+        joint: Tensor,
+        joint_kl_sum: Tensor,
+        active: Tensor,
+        record: _Minibatches,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Average the gradients over the ranks and decide the minibatch on the sums.
+
+        One all-reduce carries the gradients and four sums: the joint KL and the sample
+        count (the early stop compares the KL mean over every rank's samples, as one
+        process fed them all would), the ranks whose joint ratio passed the limit, and the
+        ranks whose loss or log-probs were not finite. Clipping runs on the averaged
+        gradients, so the norm, and the step, are the same on every rank. Returns the
+        gradient norm and the finite, KL-trip and limit-trip flags.
+        """
+        cfg = self.config
+        limit = record.never
+        if cfg.joint_ratio_limit:
+            limit = joint.amax() > math.log(cfg.joint_ratio_limit)
+        local_bad = ~all_finite(loss, log_probs.detach().sum())
+        sums = torch.stack(
+            [joint_kl_sum.detach(), torch.full_like(joint_kl_sum, float(n)),
+             limit.to(joint_kl_sum.dtype), local_bad.to(joint_kl_sum.dtype)]
+        )  # fmt: skip
+        params = list(self.policy.parameters())
+        assert self.learners is not None
+        kl_total, n_total, over_limit, bad = self.learners.average_gradients(params, sums)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        finite = (bad == 0) & torch.isfinite(grad_norm)
+        kl_trip = limit_trip = record.never
+        if cfg.target_kl:
+            kl_trip = active & (kl_total > 1.5 * cfg.target_kl * n_total)
+        if cfg.joint_ratio_limit:
+            limit_trip = active & (over_limit > 0)
+        return grad_norm, finite, kl_trip, limit_trip
 
     def state_dict(self) -> dict[str, Any]:
         """Policy, optimizer and RNG state as plain tensors and dicts (weights_only loadable)."""
