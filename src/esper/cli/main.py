@@ -46,6 +46,8 @@ from esper.telemetry.rundir import (
 )
 
 EXIT_USAGE = 2
+#: The run id a launcher of several learners hands its ranks (they must agree on it).
+RUN_ID_ENV = "ESPER_RUN_ID"
 EXIT_INTERRUPTED = 130
 #: 128 + SIGTERM: what a scheduler's stop looks like to the shell, as for any tool.
 EXIT_TERMINATED = 143
@@ -337,7 +339,8 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, str, TrainConfig, Any, An
         return run_dir, run_id, config, resume, lock
     config = config_from_args(args)
     _check_ray(config)
-    run_id = new_run_id()
+    # the ranks `--learners N` spawns record under the id their launcher drew
+    run_id = os.environ.get(RUN_ID_ENV) or new_run_id()
     path = run_dir_path(args.run_dir, run_id)
     _check_device(config.device)
     if args.tensorboard is not None:
@@ -346,17 +349,71 @@ def _open_run(args: argparse.Namespace) -> tuple[Path, str, TrainConfig, Any, An
 
 
 def run_ppo(args: argparse.Namespace) -> int:
-    """`esper ppo`: train, recording every event; headless or with the live dashboard."""
+    """`esper ppo`: train, recording every event; headless or with the live dashboard.
+
+    Launched as one rank of several (torchrun, or the ranks `--learners N` spawns), it
+    trains as that rank (`esper.cli.learners`). A run of several learners started here
+    is checked here, then spawned: bad input costs one line before any process starts.
+    """
+    launch = launched_rank()
+    if launch is not None:
+        from esper.cli.learners import run_rank
+
+        return run_rank(args, launch)
     try:
         run_dir, run_id, config, resume, lock = _open_run(args)
     except (ConfigError, UsageError) as exc:
         _fail("esper ppo", str(exc))
+    if config.learners > 1:
+        if lock is not None:
+            lock.release()  # rank 0 takes it again
+        from esper.cli.learners import supervise
+
+        return supervise(args, config, run_dir, run_id)
+    try:
+        prepared = prepare_training(args, run_dir, run_id, config, resume, lock)
+    except UsageError as exc:
+        _fail("esper ppo", str(exc))
+    trainer, hub = prepared.trainer, prepared.hub
+    use_tui = not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty()
+    try:
+        if use_tui:
+            return _run_with_dashboard(trainer, hub)
+        return _run_headless(trainer, hub, prepared.config, run_dir)
+    finally:
+        prepared.lock.release()
+
+
+@dataclass
+class Prepared:
+    """A run ready to train: its trainer, the hub its recorder hangs on, the held lock."""
+
+    trainer: Any
+    hub: Any
+    lock: Any
+    config: TrainConfig
+
+
+def prepare_training(
+    args: argparse.Namespace,
+    run_dir: Path,
+    run_id: str,
+    config: TrainConfig,
+    resume: Any,
+    lock: Any,
+    learners: Any = None,
+) -> Prepared:
+    """Build the trainer, then create and lock the run directory and start recording.
+
+    Raises UsageError (one line) after undoing what it did: a start refused here leaves
+    no new directory behind and releases the lock it was handed.
+    """
     try:
         spec = env_spec(config)
     except ConfigError as exc:
         if lock is not None:
             lock.release()
-        _fail("esper ppo", str(exc))
+        raise UsageError(str(exc)) from None
     # the count, into run.json
     config = replace(config, threads=learner_threads(config, spec.batch_steps))
 
@@ -376,7 +433,9 @@ def run_ppo(args: argparse.Namespace) -> int:
     new_dir: NewRunDir | None = None
     try:
         try:
-            trainer = Trainer(config, emitter, run_dir, spec, stop=stop, resume=resume)
+            trainer = Trainer(
+                config, emitter, run_dir, spec, stop=stop, resume=resume, learners=learners
+            )
         except Exception as exc:  # e.g. a checkpoint whose agent does not fit its config
             where = run_dir / CHECKPOINT_NAME if resume is not None else "the run"
             raise UsageError(f"cannot start {where}: {_first_line(exc)}") from None
@@ -406,25 +465,30 @@ def run_ppo(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
         except OSError as exc:
             raise UsageError(f"cannot record into {run_dir}: {exc.strerror or exc}") from None
-    except UsageError as exc:
+    except UsageError:
         if new_dir is not None:
             new_dir.discard()
         elif lock is not None:
             lock.release()
-        _fail("esper ppo", str(exc))
+        raise
     if recorder.note is not None:
         print(f"esper ppo: note: {recorder.note}", file=sys.stderr)
     trainer.io_failure = recorder.failure
     hub.add_backend(recorder)
     for backend in exporters:
         hub.add_backend(backend)
-    use_tui = not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty()
+    return Prepared(trainer, hub, lock, config)
+
+
+def launched_rank() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) when a launcher (torchrun, or `--learners N`) started
+    this process as one of several ranks; None otherwise (also for a world of one)."""
     try:
-        if use_tui:
-            return _run_with_dashboard(trainer, hub)
-        return _run_headless(trainer, hub, config, run_dir)
-    finally:
-        lock.release()
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = int(os.environ.get("LOCAL_RANK", rank))
+    except (KeyError, ValueError):
+        return None
+    return (rank, world, local) if world > 1 else None
 
 
 def _run_headless(trainer: Any, hub: Any, config: TrainConfig, run_dir: Path) -> int:
@@ -534,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `esper`."""
     parser = _esper_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what spawned ranks re-run
     if args.command == "query" and extra and not any(e.startswith("-") for e in extra):
         args.items = [*args.items, *extra]  # `esper query RUN --json SQL`: flags in between
     elif extra:

@@ -669,6 +669,13 @@ class PPOAgent:
             limit_trip = active & (over_limit > 0)
         return grad_norm, finite, kl_trip, limit_trip
 
+    def sample_generator_state(self) -> Tensor:
+        """The action-sampling generator's state: the one RNG state that differs by rank."""
+        return self._sample_gen.get_state()
+
+    def restore_sample_generator(self, state: Tensor) -> None:
+        self._sample_gen.set_state(state)
+
     def state_dict(self) -> dict[str, Any]:
         """Policy, optimizer and RNG state as plain tensors and dicts (weights_only loadable)."""
         return {

@@ -7,6 +7,13 @@ morphogenetic task or for any gymnasium env), knowing the env only by its declar
 It also picks where the envs step (`config.backend`, see `esper.rl.runners`); what workers
 report (lifecycle changes, episode outcomes, restarts, throughput) is emitted here,
 tagged with the worker, through the same emitter as everything else.
+
+With several learners (`esper.rl.learners`) every rank runs a `Trainer` on its share of
+the envs, in lock step: the agent averages gradients and reduces the statistics, and once
+per batch the ranks exchange their episodes, lifecycle changes and stop requests, so each
+holds the same batch record and computes the same update events. Only rank 0's emitter
+reaches a recorder, and only rank 0 writes the checkpoint (with every rank's sampling
+generator, so a resume continues each rank's stream).
 """
 
 from __future__ import annotations
@@ -24,11 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from esper import __version__
 from esper.common.spaces import FactoredActions
 from esper.rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from esper.rl.config import ConfigError, TrainConfig, parse_fault
+from esper.rl.learners import Learners, LearnersLost
 from esper.rl.ppo import PPOAgent
 from esper.rl.rollout import ContinuingRollout, collect_batch
 from esper.rl.runners import (
@@ -258,8 +267,13 @@ class Trainer:
         stop: threading.Event | None = None,
         resume: ResumePoint | None = None,
         io_failure: Callable[[], str | None] | None = None,
+        learners: Learners | None = None,
     ) -> None:
         self.config = config
+        #: The ranks this trainer runs with (None: alone).
+        self.learners = learners if learners is not None and learners.world > 1 else None
+        #: Envs this rank steps: its share of `config.envs`.
+        self.local_envs = config.envs // (1 if self.learners is None else self.learners.world)
         self.env = env
         self.emitter = emitter
         self.run_dir = run_dir
@@ -276,7 +290,7 @@ class Trainer:
         self._make_env = env.make
         in_process = config.backend == "inprocess"
         self.envs: list[FactoredEnv] = (
-            [self._make_env() for _ in range(config.envs)] if in_process else []
+            [self._make_env() for _ in range(self.local_envs)] if in_process else []
         )
         self.runner: EnvRunner | None = None
         self._continuing: ContinuingRollout | None = None
@@ -286,7 +300,15 @@ class Trainer:
             config=config.ppo,
             device=config.device,
             seed=config.seed,
+            learners=self.learners,
         )
+        #: Lifecycle changes of this rank's envs in the current batch (several learners:
+        #: they reach the log through rank 0 once the batch is exchanged).
+        self._lifecycle: list[tuple[int, dict[str, Any]]] = []
+        #: Every rank's sampling-generator state after the last exchanged batch.
+        self._rank_generators: list[Tensor] | None = None
+        #: Several learners: a stop every rank has heard of (set from the exchange).
+        self._stop_agreed = False
         self.episodes_done = 0
         self.updates_done = 0
         self.batch = 0
@@ -311,6 +333,10 @@ class Trainer:
         self.batch = int(state["batch"])
         self._bad_updates = int(state.get("bad_updates", 0))
         self._pending = state.get("pending")
+        generators = state.get("learner_sample_generators")
+        if self.learners is not None and generators is not None:
+            self._rank_generators = list(generators)
+            self.agent.restore_sample_generator(generators[self.learners.rank])
 
     def _open_runner(self) -> EnvRunner:
         """The runner for the configured backend, started on first use."""
@@ -362,6 +388,9 @@ class Trainer:
             self.emitter.emit(status, batch=self.batch)
 
     def _on_step(self, env_index: int, step: int, info: dict[str, Any]) -> None:
+        if self.learners is not None:  # emitted by rank 0 after the exchange
+            self._lifecycle += [(env_index, dict(c)) for c in info.get("lifecycle_events", ())]
+            return
         for change in info.get("lifecycle_events", ()):
             lifecycle = SeedLifecycle(
                 env_index=env_index,
@@ -374,31 +403,95 @@ class Trainer:
             )
             self.emitter.emit(lifecycle, episode=self.episodes_done + env_index, batch=self.batch)
 
-    def _collect(self, runner: EnvRunner) -> tuple[Any, list[tuple[int, dict[str, Any]]]]:
-        """One batch of experience: the buffer and the episodes that ended, by env."""
+    def _batch_envs(self) -> int:
+        """Envs of the coming batch over all ranks (the last batch may be smaller)."""
         cfg = self.config
         if self.env.episode_length is not None:
-            n = min(cfg.envs, cfg.episodes - self.episodes_done)
-            seeds = episode_seeds(cfg.seed, self.episodes_done, n)
+            return min(cfg.envs, cfg.episodes - self.episodes_done)
+        return cfg.envs
+
+    def _share(self, n: int) -> slice:
+        """This rank's envs of a batch of `n`, as global env indices."""
+        return slice(0, n) if self.learners is None else self.learners.share(n)
+
+    def _collect(self, runner: EnvRunner) -> tuple[Any, list[tuple[int, dict[str, Any]]]]:
+        """One batch of experience: the buffer and the episodes that ended, by (this
+        rank's) env."""
+        cfg = self.config
+        n = self._batch_envs()
+        if self.env.episode_length is not None:
+            seeds = episode_seeds(cfg.seed, self.episodes_done, n)[self._share(n)]
             buffer, episodes = collect_batch(
                 self.agent, runner, self.env.episode_length, seeds, on_step=self._on_step
             )
             return buffer, list(enumerate(episodes))
         if self._continuing is None:  # a resumed run starts fresh episodes
-            seeds = episode_seeds(cfg.seed, self.episodes_done, cfg.envs)
+            seeds = episode_seeds(cfg.seed, self.episodes_done, n)[self._share(n)]
             self._continuing = ContinuingRollout(self.agent, runner, self.env.batch_steps, seeds)
         return self._continuing.collect(on_step=self._on_step)
+
+    def _exchange(
+        self, runner: EnvRunner, ended: list[tuple[int, dict[str, Any]]]
+    ) -> list[tuple[int, int, dict[str, Any]]]:
+        """Several learners: every rank's episodes, lifecycle changes, worker status, stop
+        request and sampling generator, on every rank, in one all-gather; rank 0 emits
+        them (the others' emitters record nothing). Returns the batch's ended episodes
+        as (rank, global env index, summary), rank by rank."""
+        assert self.learners is not None
+        offset = self._share(self._batch_envs()).start
+        mine: dict[str, Any] = {
+            "ended": [(offset + i, ep) for i, ep in ended],
+            "lifecycle": [(offset + i, change) for i, change in self._lifecycle],
+            "status": runner.status(),
+            "stop": self.stop.is_set(),
+            "generator": self.agent.sample_generator_state(),
+        }
+        self._lifecycle = []
+        ranks = self.learners.all_gather(mine)
+        self._stop_agreed = any(r["stop"] for r in ranks)
+        self._rank_generators = [r["generator"] for r in ranks]
+        for rank, record in enumerate(ranks):
+            for env_index, change in record["lifecycle"]:
+                lifecycle = SeedLifecycle(
+                    env_index=env_index,
+                    worker=rank,
+                    slot=int(change["slot"]),
+                    from_stage=str(change["from_stage"]),
+                    to_stage=str(change["to_stage"]),
+                    blueprint=change.get("blueprint"),
+                    alpha=float(change["alpha"]),
+                )
+                self.emitter.emit(
+                    lifecycle, episode=self.episodes_done + env_index, batch=self.batch
+                )
+        for rank, record in enumerate(ranks):  # one in-process worker per rank
+            for info in record["status"]:
+                status = WorkerStatus(
+                    worker=rank,
+                    backend=runner.backend,
+                    alive=info.alive,
+                    restarts=info.restarts,
+                    envs=info.envs,
+                    steps=info.steps,
+                    steps_per_second=info.steps_per_second,
+                )
+                self.emitter.emit(status, batch=self.batch)
+        return [(rank, i, ep) for rank, r in enumerate(ranks) for i, ep in r["ended"]]
 
     def _run_batch(self) -> None:
         self._in_batch = True
         runner = self._open_runner()
-        buffer, ended = self._collect(runner)
-        episodes = [summary for _, summary in ended]
-        for k, (i, ep) in enumerate(ended):
+        buffer, local = self._collect(runner)
+        if self.learners is not None:
+            ended = self._exchange(runner, local)
+        else:
+            ended = [(runner.worker_of(i), i, ep) for i, ep in local]
+        episodes = [summary for _, _, summary in ended]
+        for k, (worker, i, ep) in enumerate(ended):
             accuracy = ep.get("final_accuracy")
             completed = EpisodeCompleted(
                 env_index=i,
-                worker=runner.worker_of(i),
+                worker=worker,
                 episode_return=float(ep["return"]),
                 final_accuracy=None if accuracy is None else float(accuracy),
                 seeds_grown=int(ep.get("seeds_grown", 0)),
@@ -407,7 +500,8 @@ class Trainer:
                 length=int(ep["length"]),
             )
             self.emitter.emit(completed, episode=self.episodes_done + k, batch=self.batch)
-        self._emit_worker_status(runner)
+        if self.learners is None:
+            self._emit_worker_status(runner)
         faulty = self.fault is not None and self.fault.active(self.batch)
         before = {
             "policy": copy.deepcopy(self.agent.policy.state_dict()),
@@ -495,6 +589,8 @@ class Trainer:
             raise TrainingError(f"{failure}; {self._durable_text()}")
 
     def _save_checkpoint(self) -> None:
+        if self.learners is not None and not self.learners.is_writer:
+            return  # rank 0 writes it, with every rank's generator state
         path = self.run_dir / CHECKPOINT_NAME
         try:
             self._write_checkpoint(path)
@@ -519,6 +615,14 @@ class Trainer:
                 + (1 if self._pending is not None else 0),
                 "pending": self._pending,
                 "config": self.config.to_dict(),
+                **(
+                    {}
+                    if self.learners is None
+                    else {
+                        "learners": self.learners.world,
+                        "learner_sample_generators": self._rank_generators,
+                    }
+                ),
             },
         )
 
@@ -547,11 +651,14 @@ class Trainer:
         """Batches until the run is done (False) or `stop` is set (True)."""
         try:
             while self.episodes_done < self.config.episodes:
-                if self.stop.is_set():
+                # Several learners stop together, at a batch every rank agreed on.
+                if self._stop_agreed if self.learners is not None else self.stop.is_set():
                     return True
                 self._run_batch()
         except WorkerError as exc:  # an infrastructure failure: one line, no traceback
             raise TrainingError(f"environment workers failed: {exc}") from exc
+        except LearnersLost as exc:  # a rank died or hung: one line, no traceback
+            raise TrainingError(str(exc)) from exc
         return False
 
     def run(self) -> TrainResult:
