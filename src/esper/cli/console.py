@@ -10,6 +10,7 @@ import os
 import sys
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -99,7 +100,8 @@ class ConsoleBackend:
             self._progress.console.print(update_line(event.payload), soft_wrap=True)
         elif event.severity != "info":
             style = "red" if event.severity == "error" else "yellow"
-            self._progress.console.print(f"[{style}]{event.message}[/{style}]")
+            # the message is text, not markup: an error quoting "[file:line]" must print
+            self._progress.console.print(f"[{style}]{escape(event.message)}[/{style}]")
 
     def flush(self) -> None:
         """Nothing buffered: every line is printed as it comes."""

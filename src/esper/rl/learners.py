@@ -19,6 +19,7 @@ failure becomes `LearnersLost`, one line, never a traceback from the backend.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ from esper.rl.ratio_stats import HeadRatioStats, RankReduction, reduce_across_ra
 COLLECTIVE_TIMEOUT = timedelta(seconds=float(os.environ.get("ESPER_LEARNER_TIMEOUT", "300")))
 
 T = TypeVar("T")
+#: The "[/path/to/gloo/pair.cc:553] " a backend error starts with: no help to a user.
+_SOURCE_LOCATION = re.compile(r"^\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*")
 
 
 class LearnersLost(RuntimeError):
@@ -70,7 +73,8 @@ def _collective(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as exc:  # DistBackendError, gloo's connection errors, timeouts
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = _SOURCE_LOCATION.sub("", str(exc).strip())
+        first = text.splitlines()[0] if text else type(exc).__name__
         raise LearnersLost(f"lost contact with the other learners during {what}: {first}") from exc
 
 
