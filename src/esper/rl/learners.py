@@ -18,12 +18,14 @@ failure becomes `LearnersLost`, one line, never a traceback from the backend.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -192,3 +194,25 @@ def leave(learners: Learners | None, *, clean: bool) -> None:
 
 #: Called with each update's local (this rank's) statistics before they are reduced.
 LocalStatsHook = Callable[[HeadRatioStats], None]
+
+#: A directory: every rank then dumps what it saw there (`RankDump`).
+DUMP_ENV = "ESPER_LEARNER_DUMP"
+
+
+class RankDump:
+    """What one rank saw, for checking the reduction against it: its own statistics of
+    every update (`rank{R}.jsonl`, one `reading_tensor` per line, before the reduction)
+    and its parameters at the end (`rank{R}-policy.pt`). Debugging only: each line costs
+    a host transfer."""
+
+    def __init__(self, directory: Path, rank: int) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.stats_path = directory / f"rank{rank}.jsonl"
+        self.policy_path = directory / f"rank{rank}-policy.pt"
+
+    def stats(self, stats: HeadRatioStats) -> None:
+        with self.stats_path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(stats.reading_tensor().tolist()) + "\n")
+
+    def parameters(self, module: torch.nn.Module) -> None:
+        torch.save(module.state_dict(), self.policy_path)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 import threading
 import time
 import traceback
@@ -37,7 +38,7 @@ from esper import __version__
 from esper.common.spaces import FactoredActions
 from esper.rl.checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from esper.rl.config import ConfigError, TrainConfig, parse_fault
-from esper.rl.learners import Learners, LearnersLost
+from esper.rl.learners import DUMP_ENV, Learners, LearnersLost, RankDump
 from esper.rl.ppo import PPOAgent
 from esper.rl.rollout import ContinuingRollout, collect_batch
 from esper.rl.runners import (
@@ -309,6 +310,10 @@ class Trainer:
         self._rank_generators: list[Tensor] | None = None
         #: Several learners: a stop every rank has heard of (set from the exchange).
         self._stop_agreed = False
+        dump = os.environ.get(DUMP_ENV)
+        self._dump = None if not dump else RankDump(Path(dump), self._rank)
+        if self._dump is not None:
+            self.agent.local_stats_hook = self._dump.stats
         self.episodes_done = 0
         self.updates_done = 0
         self.batch = 0
@@ -325,6 +330,10 @@ class Trainer:
             self._restore(resume.checkpoint)
             last = int(resume.checkpoint.get("next_update_index", 0)) - 1
             self.durable_update = last if last >= 0 else None
+
+    @property
+    def _rank(self) -> int:
+        return 0 if self.learners is None else self.learners.rank
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.agent.load_state_dict(state["agent"])
@@ -679,6 +688,8 @@ class Trainer:
             raise
         finally:
             self.close()
+            if self._dump is not None:
+                self._dump.parameters(self.agent.policy)
         wall = time.perf_counter() - start
         if not self._in_batch:  # else the last checkpoint stands; its batch is redone
             try:
