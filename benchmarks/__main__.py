@@ -2,6 +2,8 @@
 
 `python -m benchmarks learning` is separate (see benchmarks/learning.py): it trains; so is
 `python -m benchmarks family` (benchmarks/family.py): it searches the schedule family.
+`python -m benchmarks learners [--quick]` runs the one section of several learners
+(benchmarks/learners.py) into results/learners.json; `python -m benchmarks` includes it.
 
 Sections run in a fixed order in one process (the `esper ppo` runs of `cli_run` and the
 memory run in child processes), with torch pinned to one thread in this one. The JSON
@@ -29,6 +31,7 @@ from benchmarks import (
     cli_run,
     emit_path,
     foreign_env,
+    learners,
     memory,
     sanctum_load,
     sb3_overhead,
@@ -48,6 +51,7 @@ SECTIONS: dict[str, Callable[[bool], Section]] = {
     "emit_path": emit_path.run,
     "memory": memory.run,
     "scaling": scaling.run,
+    "learners": learners.run,
     "sb3_overhead": sb3_overhead.run,
 }
 
@@ -139,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from benchmarks import family
 
         return family.main(args_list[1:])
+    if args_list[:1] == ["learners"]:  # its own results file; the flags as for the rest
+        quick = "--quick" in args_list
+        own = RESULTS.with_name("learners_quick.json" if quick else "learners.json")
+        args_list = ["--only", "learners", "--output", str(own), *args_list[1:]]
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (under 2 minutes)")
     parser.add_argument("--only", nargs="+", choices=list(SECTIONS), help="run these sections only")
