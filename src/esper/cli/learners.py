@@ -95,6 +95,12 @@ def supervise(args: argparse.Namespace, config: TrainConfig, run_dir: Path, run_
     makes the ranks stop together after the batch in flight.
     """
     world = config.learners
+    if not args.no_tui and sys.stdout.isatty() and sys.stdin.isatty():
+        print(
+            f"esper ppo: note: {world} learners train headless; watch live with: "
+            f"sanctum {run_dir}",
+            file=sys.stderr,
+        )
     port = _free_port()
     status = tempfile.mkdtemp(prefix="esper-learners-")
     command = [sys.executable, "-m", "esper.cli.main", *args.argv]

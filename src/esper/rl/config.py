@@ -417,8 +417,9 @@ class TrainConfig:
     learners: int = field(
         default=1,
         metadata=flag(
-            "data-parallel learner processes; each steps envs/N of the envs (spawned here, "
-            "or the ranks of a torchrun launch)",
+            "data-parallel learner processes (torch.distributed ranks): each steps envs/N "
+            "of the envs, gradients and per-head statistics are reduced across them; "
+            "spawned here, or the ranks of a torchrun launch (docs/scaling.md)",
             metavar="N",
         ),
     )
