@@ -287,7 +287,7 @@ def test_flags_are_described_from_the_fields_with_their_defaults() -> None:
     assert list(flags) == [
         "task", "episodes", "envs", "episode_length", "epochs_per_step", "slots", "env_id", "bins",
         "rollout_steps", "lr", "clip", "epochs", "minibatches", "clip_mode", "seed", "device",
-        "backend", "workers", "ray_address", "fault", "threads",
+        "backend", "workers", "ray_address", "fault", "learners", "threads",
     ]  # fmt: skip
     clip = flags["clip"]  # PPOConfig.clip_eps, under the flat key build_config reads
     assert (clip.flag, clip.kind) == ("--clip", float)
