@@ -194,7 +194,7 @@ def _wait_for_updates(run: Path, count: int, timeout: float = 90) -> None:
     raise AssertionError(f"{run} never recorded {count} updates")
 
 
-@pytest.mark.parametrize("victim", [1])
+@pytest.mark.parametrize("victim", [0, 1])  # the writer, and a rank that only trains
 def test_killing_a_learner_ends_the_run_in_one_line_and_resume_continues_it(
     tmp_path: Path, victim: int
 ) -> None:
@@ -220,6 +220,8 @@ def test_killing_a_learner_ends_the_run_in_one_line_and_resume_continues_it(
     assert f"esper ppo --resume {run}" in lines[0]
     kept = [u.update_index for u in updates(run)]
     assert kept == list(range(len(kept))) and len(kept) >= 2
+    failed = [e for e in events(run) if e.event_type is EventType.TRAINING_FAILED]
+    assert len(failed) == (1 if victim else 0)  # the writer, if it survived, says why
     # The resumed run gets a smaller total, so the test stays short; it must continue
     # from the checkpoint, with 2 learners again, every update recorded once.
     total = 4 * (len(kept) + 3)
@@ -233,8 +235,22 @@ def test_killing_a_learner_ends_the_run_in_one_line_and_resume_continues_it(
     assert sum(1 for e in events(run) if e.event_type is EventType.EPISODE_COMPLETED) == total
 
 
-def test_resume_keeps_the_number_of_learners(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    assert esper(*TINY, "--episodes", "4", "--learners", "2", "--run-dir", str(run)).returncode == 0
-    refused = esper("--resume", str(run), "--learners", "1", "--episodes", "8")
+def test_resume_keeps_the_number_of_learners(two_learners: tuple[Path, Path, Any]) -> None:
+    run, _, _ = two_learners
+    before = (run / "events.jsonl").read_bytes()
+    refused = esper("--resume", str(run), "--learners", "1", "--episodes", "16")
     assert refused.returncode == 2 and "drop --learners" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    assert (run / "events.jsonl").read_bytes() == before
+
+
+def test_the_learners_benchmark_measures_both_sides_and_counts_collectives() -> None:
+    """The benchmark still runs against the code (one round; not its timings)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import learners as bench
+
+    result = bench.measure(rounds=1, warmup=0)
+    assert result["collectives"] == {"all_reduce": 16, "all_gather": 1}
+    assert all(len(v) == 1 and v[0] > 0 for v in result["samples"].values())
+    rows = {row.key: row for row in bench._rows(result)}
+    assert rows["learners_reduction_collectives"].value.median == 1
