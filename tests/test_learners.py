@@ -9,7 +9,10 @@ each rank saw, and the replicas against each other.
 from __future__ import annotations
 
 import json
+import math
+import multiprocessing
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -22,7 +25,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from esper.rl.learners import DUMP_ENV
+from esper.common.spaces import FactoredActions
+from esper.rl.config import PPOConfig
+from esper.rl.learners import DUMP_ENV, Learners
+from esper.rl.ppo import PPOAgent, _Minibatches
 from esper.rl.ratio_stats import HeadRatioStats
 from esper.telemetry.contracts import EventType
 from esper.telemetry.recorder import committed_events, read_events
@@ -254,3 +260,56 @@ def test_the_learners_benchmark_measures_both_sides_and_counts_collectives() -> 
     assert all(len(v) == 1 and v[0] > 0 for v in result["samples"].values())
     rows = {row.key: row for row in bench._rows(result)}
     assert rows["learners_reduction_collectives"].value.median == 1
+
+
+#: (rank 0's, rank 1's) joint KL sum over 10 samples each; the early stop trips above
+#: 1.5 * target_kl per sample. Rank 0 alone would trip in both; the mean over both ranks
+#: does not in the first, does in the second (where rank 1 alone would not).
+KL_CASES = {"mean_below": (0.25, 0.0), "mean_above": (0.25, 0.1)}
+
+
+def _decide(rank: int, tmp: str) -> None:
+    """One rank: the minibatch decisions of `PPOAgent` on planted per-rank values."""
+    torch.set_num_threads(1)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank,
+                            world_size=2)  # fmt: skip
+    config = PPOConfig(target_kl=0.01, joint_ratio_limit=2.0)
+    agent = PPOAgent(4, FactoredActions(names=("a", "b"), sizes=(3, 2)), config,
+                     learners=Learners(rank, 2))  # fmt: skip
+    record = _Minibatches(1, torch.device("cpu"))
+    active = torch.ones((), dtype=torch.bool)
+    out: dict[str, Any] = {}
+    for name, sums in KL_CASES.items():
+        kl = torch.tensor(sums[rank])
+        _, _, kl_trip, _ = agent._decide_together(
+            10, torch.tensor(1.0), torch.zeros(10, 2), torch.zeros(10), kl, active, record
+        )
+        out[name] = bool(kl_trip)
+    joint = torch.full((10,), math.log(3.0) if rank == 1 else 0.0)  # only rank 1 past 2.0
+    _, _, _, limit_trip = agent._decide_together(
+        10, torch.tensor(1.0), torch.zeros(10, 2), joint, torch.tensor(0.0), active, record
+    )
+    out["limit"] = bool(limit_trip)
+    loss = torch.tensor(math.nan if rank == 1 else 1.0)  # only rank 1 is not finite
+    _, finite, _, _ = agent._decide_together(
+        10, loss, torch.zeros(10, 2), torch.zeros(10), torch.tensor(0.0), active, record
+    )
+    out["finite"] = bool(finite)
+    dist.destroy_process_group()
+    Path(tmp, f"decide{rank}.pkl").write_bytes(pickle.dumps(out))
+
+
+def test_the_ranks_decide_each_minibatch_on_the_reduced_values(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_decide, args=(r, str(tmp_path))) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        if p.is_alive():
+            p.kill()
+    assert [p.exitcode for p in procs] == [0, 0]
+    got = [pickle.loads((tmp_path / f"decide{r}.pkl").read_bytes()) for r in range(2)]
+    assert got[0] == got[1]  # never disagree
+    assert got[0] == {"mean_below": False, "mean_above": True, "limit": True, "finite": False}
