@@ -47,7 +47,8 @@ from esper.rl.checkpoint import CHECKPOINT_NAME
 from esper.rl.config import ConfigError, TrainConfig, build_config
 from esper.rl.threads import learner_threads, usable_cpus
 
-#: Set for the ranks `--learners N` spawns: they report to the watcher, not the terminal.
+#: Set (to the watcher's pid) for the ranks `--learners N` spawns: they report to the
+#: watcher, not the terminal.
 SPAWNED_ENV = "ESPER_LEARNER_SPAWNED"
 #: Directory where a spawned rank leaves the one line saying why it failed.
 STATUS_ENV = "ESPER_LEARNER_STATUS"
@@ -79,7 +80,7 @@ def _rank_environment(rank: int, world: int, port: int, run_id: str, status: str
         LOCAL_WORLD_SIZE=str(world),
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
-        **{SPAWNED_ENV: "1", STATUS_ENV: status, RUN_ID_ENV: run_id},
+        **{SPAWNED_ENV: str(os.getpid()), STATUS_ENV: status, RUN_ID_ENV: run_id},
     )
     if sys.platform == "linux":  # gloo would otherwise pick the host's first interface
         env.setdefault("GLOO_SOCKET_IFNAME", "lo")
@@ -274,7 +275,9 @@ def run_rank(args: argparse.Namespace, launch: tuple[int, int, int]) -> int:
 
     rank, world, local_rank = launch
     place = Launch(rank, world, local_rank)
-    spawned = os.environ.get(SPAWNED_ENV) == "1"
+    spawned = SPAWNED_ENV in os.environ
+    if spawned:
+        _end_with_the_watcher(os.environ[SPAWNED_ENV])
     try:
         learners = join(place, _device_hint(args))
     except LearnersLost as exc:
@@ -284,6 +287,22 @@ def run_rank(args: argparse.Namespace, launch: tuple[int, int, int]) -> int:
     except LearnersLost as exc:  # in the opening exchange
         leave(learners, clean=False)
         return _rank_failed(rank, spawned, str(exc), lost=True)
+
+
+def _end_with_the_watcher(watcher: str) -> None:
+    """A spawned rank gets SIGTERM (a stop the ranks agree on) if its watcher dies, so a
+    killed `esper ppo --learners N` leaves no ranks training on (Linux; elsewhere they
+    stop at their next collective once a peer has gone)."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if str(os.getppid()) != watcher:  # it died before the request took
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _rank_failed(rank: int, spawned: bool, message: str, *, lost: bool) -> int:
