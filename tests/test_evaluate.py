@@ -268,3 +268,18 @@ def test_report_shows_eval_json_when_present(tmp_path: Path) -> None:
     assert "<td>grow-norm-early</td><td>0.250</td>" in section
     (tmp_path / ev.EVAL_FILE).write_text("{broken")
     assert "eval.json unreadable" in _eval_section([run])  # type: ignore[list-item]
+
+
+def test_the_table_gives_greedy_minus_each_row_paired_with_its_standard_errors() -> None:
+    """Hand-computed: differences 1, 1, 2 have mean 4/3 and standard error 1/3, so 4.0 SE."""
+    from esper.rl.evaluate import PolicyResult, format_table
+
+    def row(name: str, returns: list[float]) -> PolicyResult:
+        return PolicyResult(name, sum(returns) / 3, None, None, 3, None, None, returns)
+
+    greedy, wait = row("tamiyo-greedy", [1.0, 2.0, 3.0]), row("wait", [0.0, 1.0, 1.0])
+    header, _, greedy_line, wait_line = format_table([greedy, wait]).splitlines()
+    assert header.split()[-3:] == ["tamiyo-greedy", "-", "this"]
+    assert wait_line.split()[0] == "wait" and wait_line.endswith("+1.333 ± 0.333 (4.0 SE)")
+    assert greedy_line.split()[0] == "tamiyo-greedy" and "SE" not in greedy_line
+    assert "this" not in format_table([wait]).splitlines()[0]  # no learned policy, no column

@@ -246,35 +246,56 @@ def _cell(value: float | None, digits: int = 3) -> str:
 
 
 def results_table_rows(results: Sequence[PolicyResult], reference: str) -> list[list[str]]:
-    """The table's cells: the paired difference to the `reference` row, if it is there."""
+    """The table's cells: the paired difference to the `reference` row, if it is there, and
+    the greedy policy's paired difference to each row, where a greedy row is there (what a
+    learned policy must win by)."""
     ref = next((r for r in results if r.policy == reference), None)
+    greedy = _greedy_row(results)
     rows = []
     for r in results:
         versus = ""
         if ref is not None and r is not ref:
             diff, se = paired_difference(r, ref)
             versus = f"{diff:+.3f} ± {_cell(se)}"
-        rows.append(
-            [
-                r.policy,
-                f"{r.mean_return:.3f}",
-                _cell(r.std_return),
-                _cell(r.stderr_return),
-                versus,
-                _cell(r.host_accuracy),
-                _cell(r.seeds_grown, 2),
-            ]
-        )
+        row = [
+            r.policy,
+            f"{r.mean_return:.3f}",
+            _cell(r.std_return),
+            _cell(r.stderr_return),
+            versus,
+            _cell(r.host_accuracy),
+            _cell(r.seeds_grown, 2),
+        ]
+        if greedy is not None:
+            row.append(_greedy_margin(greedy, r))
+        rows.append(row)
     return rows
 
 
-def table_columns(reference: str) -> tuple[str, ...]:
-    return ("policy", "mean", "std", "stderr", f"vs {reference} (paired)", "host acc", "grown/ep")
+def _greedy_margin(greedy: PolicyResult, other: PolicyResult) -> str:
+    """Greedy minus `other`, paired, with how many standard errors that is."""
+    if other is greedy:
+        return ""
+    diff, se = paired_difference(greedy, other)
+    if se is None or se <= 1e-12:
+        return f"{diff:+.3f} ± {_cell(se)}"
+    return f"{diff:+.3f} ± {se:.3f} ({diff / se:.1f} SE)"
+
+
+def _greedy_row(results: Sequence[PolicyResult]) -> PolicyResult | None:
+    """The learned policy played greedily (`<prefix>-greedy`), if it was played."""
+    return next((r for r in results if r.policy.endswith("-greedy")), None)
+
+
+def table_columns(reference: str, greedy: str | None = None) -> tuple[str, ...]:
+    columns = ("policy", "mean", "std", "stderr", f"vs {reference} (paired)", "host acc")
+    return (*columns, "grown/ep", *((f"{greedy} - this",) if greedy else ()))
 
 
 def format_table(results: Sequence[PolicyResult], reference: str = "wait") -> str:
     """A plain-text table (the CLI prints it; BENCHMARKS.md quotes it)."""
-    columns = table_columns(reference)
+    greedy = _greedy_row(results)
+    columns = table_columns(reference, greedy.policy if greedy else None)
     rows = [list(columns), *results_table_rows(results, reference)]
     widths = [max(len(row[c]) for row in rows) for c in range(len(columns))]
     lines = []

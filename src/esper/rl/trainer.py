@@ -48,6 +48,7 @@ from esper.rl.runners import (
     InProcessRunner,
     RestartNotice,
     WorkerError,
+    WorkerInfo,
     make_runner,
 )
 from esper.rl.threads import learner_threads
@@ -385,16 +386,7 @@ class Trainer:
 
     def _emit_worker_status(self, runner: EnvRunner) -> None:
         for info in runner.status():
-            status = WorkerStatus(
-                worker=info.worker,
-                backend=runner.backend,
-                alive=info.alive,
-                restarts=info.restarts,
-                envs=info.envs,
-                steps=info.steps,
-                steps_per_second=info.steps_per_second,
-            )
-            self.emitter.emit(status, batch=self.batch)
+            self.emitter.emit(_worker_status(info, runner.backend), batch=self.batch)
 
     def _on_step(self, env_index: int, step: int, info: dict[str, Any]) -> None:
         if self.learners is not None:  # emitted by rank 0 after the exchange
@@ -475,15 +467,7 @@ class Trainer:
                 )
         for rank, record in enumerate(ranks):  # one in-process worker per rank
             for info in record["status"]:
-                status = WorkerStatus(
-                    worker=rank,
-                    backend=runner.backend,
-                    alive=info.alive,
-                    restarts=info.restarts,
-                    envs=info.envs,
-                    steps=info.steps,
-                    steps_per_second=info.steps_per_second,
-                )
+                status = _worker_status(info, runner.backend, worker=rank)
                 self.emitter.emit(status, batch=self.batch)
         return [(rank, i, ep) for rank, r in enumerate(ranks) for i, ep in r["ended"]]
 
@@ -706,6 +690,20 @@ class Trainer:
         )
         self.emitter.emit(finished)
         return TrainResult(self.episodes_done, self.updates_done, wall, interrupted)
+
+
+def _worker_status(info: WorkerInfo, backend: str, worker: int | None = None) -> WorkerStatus:
+    """A worker's status as an event (`worker`: the number to record it under, when a
+    learner rank stands for the worker)."""
+    return WorkerStatus(
+        worker=info.worker if worker is None else worker,
+        backend=backend,
+        alive=info.alive,
+        restarts=info.restarts,
+        envs=info.envs,
+        steps=info.steps,
+        steps_per_second=info.steps_per_second,
+    )
 
 
 def _os_error(exc: BaseException) -> OSError | None:
