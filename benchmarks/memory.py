@@ -56,6 +56,8 @@ def command(updates: int, run_dir: Path) -> list[str]:
         "1",
         "--episode-length",
         str(EPISODE_LENGTH),
+        "--epochs-per-step",
+        "1",
         "--run-dir",
         str(run_dir),
     ]

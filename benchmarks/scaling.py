@@ -28,6 +28,7 @@ from typing import Any
 from benchmarks.common import (
     DEFAULT_ENVS,
     DEFAULT_EPISODE_LENGTH,
+    DEFAULT_EPOCHS_PER_STEP,
     DEFAULT_SLOTS,
     SEED,
     Row,
@@ -69,7 +70,11 @@ def started_runners(with_ray: bool) -> Iterator[dict[str, Any]]:
     from esper.rl.runners import InProcessRunner, ProcessRunner, RayRunner
 
     make = functools.partial(
-        MorphogeneticEnv, task=TASK, n_slots=DEFAULT_SLOTS, episode_length=DEFAULT_EPISODE_LENGTH
+        MorphogeneticEnv,
+        task=TASK,
+        n_slots=DEFAULT_SLOTS,
+        episode_length=DEFAULT_EPISODE_LENGTH,
+        epochs_per_step=DEFAULT_EPOCHS_PER_STEP,
     )
     factories = [make] * DEFAULT_ENVS
     with ExitStack() as stack:

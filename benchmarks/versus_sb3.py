@@ -48,6 +48,7 @@ import numpy.typing as npt
 from benchmarks.common import (
     DEFAULT_ENVS,
     DEFAULT_EPISODE_LENGTH,
+    DEFAULT_EPOCHS_PER_STEP,
     DEFAULT_SLOTS,
     SEED,
     Row,
@@ -170,7 +171,11 @@ def sb3_model(setup: Setup, clock: StepClock) -> Any:
 
     def make_env() -> gymnasium.Env[Any, Any]:
         env = gymnasium.make(
-            ENV_ID, task=setup.task, n_slots=DEFAULT_SLOTS, episode_length=setup.episode_length
+            ENV_ID,
+            task=setup.task,
+            n_slots=DEFAULT_SLOTS,
+            episode_length=setup.episode_length,
+            epochs_per_step=DEFAULT_EPOCHS_PER_STEP,
         )
         # Monitor, as `make_vec_env` adds: SB3's episode log reads its info["episode"].
         return TimedEnv(Monitor(env), clock)
@@ -228,6 +233,7 @@ def ours_loop(setup: Setup, batches: int, run_dir: Path, clock: StepClock) -> Lo
         episodes=batches * setup.n_envs,
         envs=setup.n_envs,
         episode_length=setup.episode_length,
+        epochs_per_step=DEFAULT_EPOCHS_PER_STEP,
         slots=DEFAULT_SLOTS,
         ppo=PPOConfig(epochs=setup.epochs, minibatches=setup.minibatches, target_kl=None),
         seed=SEED,
