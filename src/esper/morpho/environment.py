@@ -2,7 +2,7 @@
 
 Step order: validate the action against the masks the agent saw (an impossible action is
 executed as WAIT and flagged), apply it to the slot lifecycles, then K times (K =
-`epochs_per_step`, 1 unless told) train the host one epoch and advance every lifecycle
+`epochs_per_step`, 5 unless told) train the host one epoch and advance every lifecycle
 one epoch, then evaluate. The observation therefore describes the
 network exactly as it was evaluated, and the masks returned next match that state.
 
@@ -33,7 +33,7 @@ loss on every case and PPO learns to wait everywhere; five weightier decisions l
 find the seeds that pay (BENCHMARKS.md, "Learning on the task family").
 
 SEED_COST is 0.1: the accuracy terms count a final gain about 1.5 times, so a seed must
-buy about six points of final accuracy (plus its rent) to pay. A host that already solves
+buy about seven points of final accuracy (plus its rent) to pay. A host that already solves
 its task cannot give it that; on three spiral arms and more one seed gives it several
 times over, a second one no longer reliably. Two arms, which a first decision cannot tell
 from the moons, paid for a seed by less than the noise between episodes and left the
@@ -95,7 +95,7 @@ from esper.morpho.tasks import DEFAULT_TASK, FAMILY, FAMILY_TASK, Task, TaskKind
 
 FloatArray = npt.NDArray[np.float32]
 
-#: Rent per step for seeds as large as the whole host; a linear seed on the default
+#: Rent per epoch for seeds as large as the whole host; a linear seed on the width-16
 #: digits host costs about 0.0002 accuracy points per epoch.
 RENT = 1e-3
 TERMINAL_WEIGHT = 0.5
