@@ -282,6 +282,19 @@ def test_env_id_only_settings_without_env_id_are_refused(
     assert str(info.value) == message
 
 
+def test_host_epochs_per_episode_are_bounded_as_one_size() -> None:
+    """Each flag alone is in range; their product is what a run must get through."""
+    assert TrainConfig(episode_length=20_000, epochs_per_step=5).episode_length == 20_000
+    with pytest.raises(ConfigError) as info:
+        TrainConfig(episode_length=100_000, epochs_per_step=2)
+    assert str(info.value) == (
+        "episode_length x epochs_per_step is 200000 host epochs per episode; at most 100000 "
+        "are allowed"
+    )
+    gym = TrainConfig(env_id="CartPole-v1", episode_length=100_000, epochs_per_step=2)
+    assert gym.epochs_per_step == 2  # not the morphogenetic env's: not bounded here
+
+
 def test_flags_are_described_from_the_fields_with_their_defaults() -> None:
     flags = {s.key: s for s in setting_flags()}
     assert list(flags) == [

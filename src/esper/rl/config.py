@@ -568,9 +568,17 @@ def _validate_learners(cfg: TrainConfig) -> None:
 
 def _validate_env(cfg: TrainConfig) -> None:
     """`bins` and `rollout_steps` shape an `env_id` env's run; the morphogenetic env has
-    discrete heads and episodes of `episode_length` steps, so there they are mistakes."""
+    discrete heads and episodes of `episode_length` steps, so there they are mistakes. Its
+    host epochs per episode are bounded as one size, not two: each flag alone in range can
+    still multiply into a run that never ends an episode."""
     if cfg.env_id is not None:
         return
+    epochs = cfg.episode_length * cfg.epochs_per_step
+    if epochs > MAX_EPISODE_LENGTH:
+        raise ConfigError(
+            f"episode_length x epochs_per_step is {epochs} host epochs per episode; at most "
+            f"{MAX_EPISODE_LENGTH} are allowed"
+        )
     if cfg.bins is not None:
         raise ConfigError(
             f"bins needs env_id (it discretises an env's Box actions), got bins={cfg.bins} "
