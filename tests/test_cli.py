@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from esper.morpho.actions import HEAD_NAMES
-from esper.rl.config import TrainConfig
+from esper.rl.config import ConfigError, TrainConfig
 
 BIN = Path(sys.executable).parent
 
@@ -242,11 +242,13 @@ def test_settings_flags_reach_the_config_over_the_config_file(tmp_path: Path) ->
     path = tmp_path / "gym.toml"
     path.write_text('env_id = "Pendulum-v1"\nbins = 3\nrollout_steps = 64\nepochs = 2\n')
     args = _esper_parser().parse_args(
-        ["ppo", "--config", str(path), "--bins", "9", "--clip", "0.1", "--task", "anything"]
+        ["ppo", "--config", str(path), "--bins", "9", "--clip", "0.1"]
     )
-    config = config_from_args(args)  # with an env_id the task is not looked up
+    config = config_from_args(args)
     assert (config.env_id, config.bins, config.rollout_steps) == ("Pendulum-v1", 9, 64)
-    assert (config.ppo.epochs, config.ppo.clip_eps, config.task) == (2, 0.1, "anything")
+    assert (config.ppo.epochs, config.ppo.clip_eps) == (2, 0.1)
+    with pytest.raises(ConfigError, match="--task: settings of the morphogenetic env"):
+        config_from_args(_esper_parser().parse_args(["ppo", "--config", str(path), "--task", "x"]))
     plain = config_from_args(_esper_parser().parse_args(["ppo"]))
     assert plain == TrainConfig()  # no flag given: every default stands
 

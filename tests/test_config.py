@@ -282,6 +282,18 @@ def test_env_id_only_settings_without_env_id_are_refused(
     assert str(info.value) == message
 
 
+def test_morphogenetic_flags_beside_env_id_are_refused_not_ignored() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_config({}, {"env_id": "CartPole-v1", "slots": 5, "epochs_per_step": 2})
+    assert str(info.value) == (
+        "--slots, --epochs-per-step: settings of the morphogenetic env; they do not apply with "
+        "--env-id"
+    )
+    # a recorded run's configuration holds every field, env_id's runs included
+    recorded = TrainConfig(env_id="CartPole-v1").to_dict()
+    assert build_config(recorded, {"episodes": 50}).slots == TrainConfig().slots
+
+
 def test_host_epochs_per_episode_are_bounded_as_one_size() -> None:
     """Each flag alone is in range; their product is what a run must get through."""
     assert TrainConfig(episode_length=20_000, epochs_per_step=5).episode_length == 20_000

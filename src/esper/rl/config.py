@@ -704,6 +704,12 @@ def _split(values: Mapping[str, Any], where: str) -> tuple[dict[str, Any], dict[
     return run, ppo
 
 
+#: Settings of the morphogenetic env alone: given as flags beside `env_id` they would be
+#: silently ignored, so they are refused. (A config file may hold them: a recorded run's
+#: configuration holds every field.)
+MORPHO_ONLY = ("task", "slots", "episode_length", "epochs_per_step")
+
+
 def build_config(
     file_values: Mapping[str, Any] | None, overrides: Mapping[str, Any]
 ) -> TrainConfig:
@@ -721,6 +727,12 @@ def build_config(
     flag_run, flag_ppo = _split({k: v for k, v in overrides.items() if v is not None}, "flags")
     run.update(flag_run)
     ppo.update(flag_ppo)
+    morpho_only = [key for key in MORPHO_ONLY if key in flag_run]
+    if run.get("env_id") is not None and morpho_only:
+        flags = ", ".join("--" + key.replace("_", "-") for key in morpho_only)
+        raise ConfigError(
+            f"{flags}: settings of the morphogenetic env; they do not apply with --env-id"
+        )
     defaults = PPOConfig()
     merged = {f.name: ppo.get(f.name, getattr(defaults, f.name)) for f in fields(PPOConfig)}
     problem = _first_problem(_Values(merged), PPO_RULES, ppo_label)
