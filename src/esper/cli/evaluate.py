@@ -259,7 +259,9 @@ def run_eval(args: argparse.Namespace) -> int:
         )
         return EXIT_USAGE
     first, last = args.seed, args.seed + args.episodes - 1
-    print(f"{args.run_dir}: {args.episodes} episodes per policy, seeds {first}-{last}")
+    plays = f"{args.episodes} episode{'s' if args.episodes != 1 else ''} per policy"
+    seeds = f"seeds {first}-{last}" if last != first else f"seed {first}"
+    print(f"{args.run_dir}: {plays}, {seeds}")
     print(format_table(results, reference))
     for name, found in searched.items():
         first_s, last_s = found["seeds"]
