@@ -51,8 +51,21 @@ def test_ppo_config_lives_in_the_torch_free_module_and_ppo_reexports_it() -> Non
     from esper.rl import ppo
 
     assert ppo.PPOConfig is PPOConfig
-    assert TrainConfig().ppo == PPOConfig()
     assert TrainConfig().to_dict()["ppo"]["clip_eps"] == 0.2
+
+
+def test_a_morphogenetic_run_starts_from_its_tuned_ppo_and_a_gymnasium_one_from_the_usual() -> None:
+    from esper.rl.config import MORPHOGENETIC_PPO
+
+    usual, tuned = PPOConfig(), MORPHOGENETIC_PPO
+    assert (usual.gamma, usual.gae_lambda, usual.entropy_coef) == (0.99, 0.95, 0.01)
+    assert (tuned.gamma, tuned.gae_lambda, tuned.entropy_coef) == (1.0, 0.98, 0.05)
+    assert TrainConfig().ppo == tuned == build_config({}, {}).ppo
+    assert build_config({}, {"env_id": "CartPole-v1"}).ppo == usual
+    # what a user sets wins on either side
+    assert build_config({}, {"env_id": "CartPole-v1", "gamma": 0.9}).ppo.gamma == 0.9
+    assert build_config({"ppo": {"entropy_coef": 0.0}}, {}).ppo.entropy_coef == 0.0
+    assert build_config({"ppo": {"entropy_coef": 0.0}}, {}).ppo.gamma == 1.0
 
 
 @pytest.mark.parametrize(

@@ -263,17 +263,14 @@ class PPOConfig:
     """PPO hyper-parameters; validated on construction so a typo fails before a run starts."""
 
     lr: float = field(default=3e-4, metadata=flag("learning rate"))
-    #: gamma, lambda and the entropy bonus are tuned for the default morphogenetic task:
-    #: five decisions an episode, the return mostly at its end, and GROW worth sampling
-    #: until the policy has seen it pay on the cases where it does (BENCHMARKS.md). A long
-    #: gymnasium episode wants the usual 0.99 and 0.95 (a config file's [ppo] table).
-    gamma: float = 1.0
-    gae_lambda: float = 0.98
+    #: The usual PPO values; a morphogenetic run starts from `MORPHOGENETIC_PPO` instead.
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
     clip_eps: float = field(default=0.2, metadata=flag("PPO clip range epsilon"))
     epochs: int = field(default=4, metadata=flag("PPO epochs per update"))
     minibatches: int = field(default=4, metadata=flag("minibatches per PPO epoch"))
     value_coef: float = 0.5
-    entropy_coef: float = 0.05
+    entropy_coef: float = 0.01
     max_grad_norm: float = 0.5
     #: Stop the update once a minibatch's approx KL exceeds 1.5 * target_kl (None: never).
     target_kl: float | None = 0.05
@@ -310,6 +307,14 @@ PPO_RULES: dict[str, Callable[[object], str | None]] = {
     "hidden": _whole(1, MAX_HIDDEN),
     "normalize_advantage": _boolean,
 }
+
+
+#: The PPO defaults of a run on the morphogenetic env, tuned for its default task: five
+#: decisions an episode with the return mostly at its end (gamma 1, lambda 0.98), and GROW
+#: worth sampling until the policy has seen it pay on the cases where it does (entropy
+#: 0.05; BENCHMARKS.md, "Learning on the task family"). A gymnasium env (`env_id`) starts
+#: from PPOConfig's own, the usual values for long episodes.
+MORPHOGENETIC_PPO = PPOConfig(gamma=1.0, gae_lambda=0.98, entropy_coef=0.05)
 
 #: Top-level (flat) keys of config files, flags and pre-nesting run.json/checkpoints that
 #: name a PPO hyper-parameter -> its PPOConfig field.
@@ -393,7 +398,7 @@ class TrainConfig:
             metavar="N",
         ),
     )
-    ppo: PPOConfig = field(default_factory=PPOConfig)
+    ppo: PPOConfig = field(default_factory=lambda: MORPHOGENETIC_PPO)
     max_bad_updates: int = 5
     seed: int = field(default=0, metadata=flag("random seed"))
     device: str = field(default="cpu", metadata=flag("torch device: cpu, cuda, cuda:N or mps"))
@@ -733,7 +738,7 @@ def build_config(
         raise ConfigError(
             f"{flags}: settings of the morphogenetic env; they do not apply with --env-id"
         )
-    defaults = PPOConfig()
+    defaults = PPOConfig() if run.get("env_id") is not None else MORPHOGENETIC_PPO
     merged = {f.name: ppo.get(f.name, getattr(defaults, f.name)) for f in fields(PPOConfig)}
     problem = _first_problem(_Values(merged), PPO_RULES, ppo_label)
     if problem is not None:
