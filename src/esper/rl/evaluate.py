@@ -288,8 +288,9 @@ def _greedy_row(results: Sequence[PolicyResult]) -> PolicyResult | None:
 
 
 def table_columns(reference: str, greedy: str | None = None) -> tuple[str, ...]:
-    columns = ("policy", "mean", "std", "stderr", f"vs {reference} (paired)", "host acc")
-    return (*columns, "grown/ep", *((f"{greedy} - this",) if greedy else ()))
+    paired = f"vs {reference} (paired)"
+    columns = ("policy", "mean", "std", "stderr", paired, "host acc", "grown/ep")
+    return (*columns, f"{greedy} - this") if greedy else columns
 
 
 def format_table(results: Sequence[PolicyResult], reference: str = "wait") -> str:
