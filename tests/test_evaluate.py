@@ -283,3 +283,36 @@ def test_the_table_gives_greedy_minus_each_row_paired_with_its_standard_errors()
     assert wait_line.split()[0] == "wait" and wait_line.endswith("+1.333 ± 0.333 (4.0 SE)")
     assert greedy_line.split()[0] == "tamiyo-greedy" and "SE" not in greedy_line
     assert "this" not in format_table([wait]).splitlines()[0]  # no learned policy, no column
+
+
+def test_eval_json_keeps_the_paired_comparisons_and_the_report_shows_them(
+    tmp_path: Path,
+) -> None:
+    """Hand-computed as above (greedy − wait: 4/3 ± 1/3, 4.0 SE; wait − greedy the negative);
+    a comparison nobody made (a row with itself, a reference not played) is absent."""
+    from types import SimpleNamespace
+
+    from esper.analysis.report import _eval_section
+    from esper.rl.evaluate import PolicyResult
+
+    def row(name: str, returns: list[float]) -> PolicyResult:
+        return PolicyResult(name, sum(returns) / 3, None, None, 3, None, None, returns)
+
+    greedy, wait = row("tamiyo-greedy", [1.0, 2.0, 3.0]), row("wait", [0.0, 1.0, 1.0])
+    ev.write_eval(tmp_path, [greedy, wait], seed=10_000, reference="wait")
+    doc = json.loads((tmp_path / ev.EVAL_FILE).read_text(encoding="utf-8"))
+    by_name = {p["policy"]: p for p in doc["policies"]}
+    g, w = by_name["tamiyo-greedy"], by_name["wait"]
+    assert g["versus"]["against"] == "wait"
+    assert g["versus"]["mean"] == pytest.approx(4 / 3) and g["versus"]["se"] == pytest.approx(1 / 3)
+    assert "greedy_minus_this" not in g and "versus" not in w
+    assert w["greedy_minus_this"]["against"] == "tamiyo-greedy"
+    assert w["greedy_minus_this"]["mean"] == pytest.approx(4 / 3)
+
+    section = _eval_section([SimpleNamespace(label="r1", run_dir=tmp_path)])  # type: ignore[list-item]
+    assert "<td>+1.333 ± 0.333 (4.0 SE) vs wait</td><td></td>" in section  # greedy's row
+    assert "<td></td><td>+1.333 ± 0.333 (4.0 SE)</td>" in section  # wait's row
+
+    ev.write_eval(tmp_path, [greedy, wait], seed=10_000, reference="random")  # not played
+    doc = json.loads((tmp_path / ev.EVAL_FILE).read_text(encoding="utf-8"))
+    assert all("versus" not in p for p in doc["policies"])

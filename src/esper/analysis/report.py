@@ -26,7 +26,7 @@ import html
 import io
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -586,13 +586,37 @@ def _explosions_table(runs: Sequence[Run]) -> str:
     return _table(EXPLOSION_HEADERS, rows, "explosions")
 
 
-EVAL_HEADERS = ("Run", "Policy", "Mean return", "Std", "Std error", "Episodes", "Host accuracy")
+EVAL_HEADERS = (
+    "Run",
+    "Policy",
+    "Mean return",
+    "Std",
+    "Std error",
+    "Episodes",
+    "Host accuracy",
+    "Minus the reference (paired)",
+    "Greedy minus this (paired)",
+)
 
 
 def _spread(value: Any) -> str:
     """An eval.json number that may be null (a spread of one episode, the accuracy of an
     env without a host): undefined, shown as —."""
     return "—" if value is None else f"{float(value):.3f}"
+
+
+def _paired_cell(entry: Mapping[str, Any], key: str) -> str:
+    """One of eval.json's paired comparisons (`esper.rl.evaluate.paired_entries`) as the
+    CLI's table shows it, naming the other row; empty where none was made (the row itself,
+    or an eval.json from before they were recorded)."""
+    paired = entry.get(key)
+    if paired is None:
+        return ""
+    mean, se = float(paired["mean"]), paired["se"]
+    cell = f"{mean:+.3f} ± {_spread(se)}"
+    if se is not None and float(se) > 1e-12:
+        cell += f" ({mean / float(se):.1f} SE)"
+    return f"{cell} vs {paired['against']}" if key == "versus" else cell
 
 
 def _eval_section(runs: Sequence[Run]) -> str:
@@ -617,6 +641,8 @@ def _eval_section(runs: Sequence[Run]) -> str:
                         _spread(p["stderr_return"]),
                         int(p["episodes"]),
                         _spread(p.get("host_accuracy")),  # null: an env without a host
+                        _paired_cell(p, "versus"),
+                        _paired_cell(p, "greedy_minus_this"),
                     )
                 )
         except (OSError, ValueError, KeyError, TypeError) as exc:

@@ -249,7 +249,7 @@ def run_eval(args: argparse.Namespace) -> int:
         results, reference, searched = evaluate_run(
             args.run_dir, args.episodes, args.seed, args.search_seeds
         )
-        path = write_eval(args.run_dir, results, args.seed, searched)
+        path = write_eval(args.run_dir, results, args.seed, searched, reference)
     except EvalError as exc:
         print(f"esper eval: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -249,37 +249,34 @@ def results_table_rows(results: Sequence[PolicyResult], reference: str) -> list[
     """The table's cells: the paired difference to the `reference` row, if it is there, and
     the greedy policy's paired difference to each row, where a greedy row is there (what a
     learned policy must win by)."""
-    ref = next((r for r in results if r.policy == reference), None)
     greedy = _greedy_row(results)
     rows = []
-    for r in results:
-        versus = ""
-        if ref is not None and r is not ref:
-            diff, se = paired_difference(r, ref)
-            versus = f"{diff:+.3f} ± {_cell(se)}"
+    for r, paired in zip(results, paired_entries(results, reference), strict=True):
+        versus = paired.get("versus")
         row = [
             r.policy,
             f"{r.mean_return:.3f}",
             _cell(r.std_return),
             _cell(r.stderr_return),
-            versus,
+            "" if versus is None else f"{versus['mean']:+.3f} ± {_cell(versus['se'])}",
             _cell(r.host_accuracy),
             _cell(r.seeds_grown, 2),
         ]
         if greedy is not None:
-            row.append(_greedy_margin(greedy, r))
+            row.append(margin_cell(paired.get("greedy_minus_this")))
         rows.append(row)
     return rows
 
 
-def _greedy_margin(greedy: PolicyResult, other: PolicyResult) -> str:
-    """Greedy minus `other`, paired, with how many standard errors that is."""
-    if other is greedy:
+def margin_cell(margin: Mapping[str, Any] | None) -> str:
+    """A paired difference `{"mean", "se"}` with how many standard errors it is ("" for
+    none; no count where the standard error is undefined or zero)."""
+    if margin is None:
         return ""
-    diff, se = paired_difference(greedy, other)
+    mean, se = float(margin["mean"]), margin["se"]
     if se is None or se <= 1e-12:
-        return f"{diff:+.3f} ± {_cell(se)}"
-    return f"{diff:+.3f} ± {se:.3f} ({diff / se:.1f} SE)"
+        return f"{mean:+.3f} ± {_cell(se)}"
+    return f"{mean:+.3f} ± {se:.3f} ({mean / se:.1f} SE)"
 
 
 def _greedy_row(results: Sequence[PolicyResult]) -> PolicyResult | None:
@@ -310,19 +307,45 @@ def format_table(results: Sequence[PolicyResult], reference: str = "wait") -> st
     return "\n".join(lines)
 
 
+def _paired(a: PolicyResult, b: PolicyResult) -> dict[str, Any]:
+    mean, se = paired_difference(a, b)
+    return {"mean": mean, "se": se}
+
+
+def paired_entries(results: Sequence[PolicyResult], reference: str) -> list[dict[str, Any]]:
+    """Per policy, the table's paired comparisons as eval.json keeps them: `versus` (this
+    row minus the `reference` row) and `greedy_minus_this` (the greedy row minus this),
+    each `{"against": name, "mean", "se"}`, se null for one episode. A comparison that
+    was not made (the row itself, no such row) is absent."""
+    ref = next((r for r in results if r.policy == reference), None)
+    greedy = _greedy_row(results)
+    entries = []
+    for r in results:
+        entry: dict[str, Any] = {}
+        if ref is not None and r is not ref:
+            entry["versus"] = {"against": ref.policy, **_paired(r, ref)}
+        if greedy is not None and r is not greedy:
+            entry["greedy_minus_this"] = {"against": greedy.policy, **_paired(greedy, r)}
+        entries.append(entry)
+    return entries
+
+
 def write_eval(
     run_dir: Path,
     results: Sequence[PolicyResult],
     seed: int,
     searched: Mapping[str, Any] | None = None,
+    reference: str = "wait",
 ) -> Path:
-    """eval.json: the seeds used, one entry per policy and, under `searched`, what each
-    searched baseline row turned out to be (written atomically)."""
+    """eval.json: the seeds used, one entry per policy (with its paired comparisons,
+    `paired_entries`) and, under `searched`, what each searched baseline row turned out to
+    be (written atomically)."""
     path = run_dir / EVAL_FILE
-    doc: dict[str, Any] = {
-        "first_seed": seed,
-        "policies": [r.to_dict() for r in results],
-    }
+    policies = [
+        {**r.to_dict(), **extra}
+        for r, extra in zip(results, paired_entries(results, reference), strict=True)
+    ]
+    doc: dict[str, Any] = {"first_seed": seed, "policies": policies}
     if searched:
         doc["searched"] = dict(searched)
     tmp = path.with_suffix(".json.tmp")
