@@ -80,6 +80,21 @@ def test_heuristics_grow_at_their_steps_and_nothing_else() -> None:
     assert [lc.blueprint for lc in env._slots[:2]] == [Blueprint.NORM, Blueprint.NORM]
 
 
+def test_a_schedule_grows_from_its_slot_on_and_wraps_round() -> None:
+    """Slot 1 first, then the next free one (2), then round to 0; no free slot: WAIT."""
+    env = make_env()
+    runner = InProcessRunner([env])
+    states = runner.reset([3])
+    schedule = bl.GrowSchedule(Blueprint.NORM, (0, 1, 2, 3), slot=1)
+    grown = []
+    for t in range(4):
+        action = schedule(states, t)[0]
+        grown.append(int(action[1]) if action[0] == Op.GROW else None)
+        states = runner.step(action[None])
+    assert grown == [1, 2, 0, None]
+    assert [lc.stage != Stage.DORMANT for lc in env._slots] == [True, True, True]
+
+
 def test_random_legal_only_plays_valid_actions() -> None:
     actions_spec = factored_actions(SLOTS)
     policy = ev.RandomLegal(actions_spec, seed=1)

@@ -84,7 +84,8 @@ def test_a_choice_is_a_grow_schedule_and_every_wait_is_one() -> None:
         Tempo.SLOW,
         AlphaTarget.HALF,
     )
-    assert choice.name == "2xmlp@4-gated-slow-half"
+    assert choice.name == "2xmlp@4-slot0-gated-slow-half"
+    assert Choice(count=1, slot=2).schedule().slot == 2
     assert Choice(count=0).name == Choice(Blueprint.WIDE_MLP, count=0).name == "wait"
 
 
@@ -149,7 +150,7 @@ def test_the_best_schedule_is_searched_once_and_cached_by_its_settings(tmp_path:
     """A second call with the same settings reads the cache (nothing is played, so a
     doctored cache shows through); other settings or a broken file are searched again."""
     cache = tmp_path / "search.json"
-    env = {"task": "spirals", "n_slots": 2, "episode_length": 3}
+    env = {"task": "spirals", "n_slots": 2, "episode_length": 3, "epochs_per_step": 1}
     first = best_schedule(env, [1, 2], cache=cache)
     assert first.episodes > 10 and first.seeds == (1, 2)
     # the result is the search's own: re-scoring its choice gives its training return

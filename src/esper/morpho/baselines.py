@@ -51,10 +51,12 @@ def wait_policy(states: States, t: int) -> IntArray:
 
 @dataclass(frozen=True)
 class GrowSchedule:
-    """Grow `blueprint` into the first free slot at each step of `steps`, otherwise WAIT.
+    """Grow `blueprint` into the first free slot from `slot` on (wrapping round) at each
+    step of `steps`, otherwise WAIT.
 
     A step at which no slot is free is a WAIT. Never mutates or kills: every seed ramps to
-    its target and fossilizes on its own.
+    its target and fossilizes on its own. Where a seed sits matters (the host's layers
+    before and after it differ), so the slot is part of the schedule.
     """
 
     blueprint: Blueprint
@@ -62,6 +64,7 @@ class GrowSchedule:
     style: BlendStyle = BlendStyle.LINEAR_ADD
     tempo: Tempo = Tempo.FAST
     target: AlphaTarget = AlphaTarget.FULL
+    slot: int = 0
 
     def __call__(self, states: States, t: int) -> IntArray:
         n = states.obs.shape[0]
@@ -72,7 +75,8 @@ class GrowSchedule:
             legal = states.legal[i]
             if not legal[0, _OP, Op.GROW]:
                 continue
-            slot = int(np.flatnonzero(legal[Op.GROW, _SLOT])[0])
+            free = np.roll(legal[Op.GROW, _SLOT], -self.slot)  # from `slot` on, wrapping
+            slot = (int(np.flatnonzero(free)[0]) + self.slot) % free.shape[0]
             row = {
                 "op": Op.GROW,
                 "slot": slot,

@@ -1,7 +1,8 @@
 """The open-loop schedule family and its search: the strongest policy that never looks.
 
 A schedule (`GrowSchedule`) grows `count` seeds of one blueprint, style, tempo and alpha
-target at consecutive steps from `start`, and otherwise waits; `count = 0` is WAIT. A
+target at consecutive steps from `start`, into the free slots from `slot` on, and
+otherwise waits; `count = 0` is WAIT. A
 controller that reads its observation is worth having only where it beats the best of
 these, so the best one is searched, not picked: coordinate ascent over the six choices on
 training seeds, from the schedule that wins the fixed task, each candidate scored by its
@@ -41,10 +42,13 @@ class Choice:
     target: AlphaTarget = AlphaTarget.FULL
     count: int = 3
     start: int = 0
+    slot: int = 0
 
     def schedule(self) -> GrowSchedule:
         steps = tuple(range(self.start, self.start + self.count))
-        return GrowSchedule(self.blueprint, steps, self.style, self.tempo, self.target)
+        return GrowSchedule(
+            self.blueprint, steps, self.style, self.tempo, self.target, self.slot
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: enums by name, so a cached search stays readable."""
@@ -60,6 +64,7 @@ class Choice:
             target=AlphaTarget[doc["target"]],
             count=int(doc["count"]),
             start=int(doc["start"]),
+            slot=int(doc["slot"]),
         )
 
     @property
@@ -67,7 +72,7 @@ class Choice:
         if self.count == 0:
             return "wait"
         return (
-            f"{self.count}x{self.blueprint.name.lower()}@{self.start}-"
+            f"{self.count}x{self.blueprint.name.lower()}@{self.start}-slot{self.slot}-"
             f"{self.style.name.lower()}-{self.tempo.name.lower()}-{self.target.name.lower()}"
         )
 
@@ -81,6 +86,7 @@ def coordinates(n_slots: int) -> dict[str, tuple[Any, ...]]:
         "target": tuple(AlphaTarget),
         "count": tuple(range(n_slots + 1)),
         "start": STARTS,
+        "slot": tuple(range(n_slots)),
     }
 
 
@@ -232,7 +238,7 @@ def search_family(
 #: seeds and from the default evaluation seeds.
 SEARCH_SEED = 900_000
 #: Bump when the schedule family or the environment changes what a cached result means.
-SEARCH_VERSION = 1
+SEARCH_VERSION = 2
 
 
 def search_seeds(n: int, avoid: Sequence[int] = ()) -> list[int]:
