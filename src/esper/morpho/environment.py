@@ -24,7 +24,8 @@ digits (the host solves them alone: WAIT is right) or spirals of three, four or 
 what a controller knows before training (classes, input features, host width), and here
 that tells the cases apart. Measured by `python -m benchmarks family` (BENCHMARKS.md) at
 the default decisions: on 100 evaluation seeds the best schedule of each case beats the
-best single open-loop schedule (one NORM seed at step 0) by +0.054 +- 0.007 of return.
+best single open-loop schedule (one NORM seed at step 0, into slot 1: where a seed sits
+matters) by +0.049 +- 0.006 of return.
 
 A decision every five epochs (`epochs_per_step=5`, five decisions per episode: the same 25
 host epochs as one decision per epoch for 25). At one epoch per decision an untrained
