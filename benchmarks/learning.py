@@ -328,4 +328,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 #: Training episodes per seed unless told: on the family, the full run the README names
 #: (inside 15 CPU-minutes on 2 cores); a fixed task needs fewer.
-EPISODES = {"family": 6000, "spirals": 1000, "digits": 1000}
+EPISODES = {"family": 10_000, "spirals": 1000, "digits": 1000}

@@ -227,3 +227,19 @@ def test_the_blind_replay_is_the_most_frequent_sequence() -> None:
     replay = Replay(np.array([[1, 0], [3, 3]]))
     np.testing.assert_array_equal(replay(states, 0), [[1, 0]] * 3)
     np.testing.assert_array_equal(replay(states, 7), [[3, 3]] * 3)  # past its end: the last
+
+
+def test_the_blind_replay_counts_behaviours_not_irrelevant_head_values() -> None:
+    """Three envs wait with different values in the head WAIT ignores, two grow alike:
+    by raw arrays the growing pair is the most frequent, by behaviour the waiting three."""
+    from esper.common.spaces import FactoredActions
+
+    actions = FactoredActions(
+        names=("op", "size"), sizes=(2, 3), selector="op",
+        relevance=np.array([[True, False], [True, True]]),
+    )  # fmt: skip
+    played = np.array([[0, 0], [0, 1], [0, 2], [1, 2], [1, 2]])
+    recording = Recording(lambda states, t: played)
+    recording(_States(np.zeros((5, 1), dtype=np.float32), np.ones((5, 2, 2, 3), dtype=bool)), 0)
+    np.testing.assert_array_equal(recording.most_frequent_sequence(), [[1, 2]])
+    np.testing.assert_array_equal(recording.most_frequent_sequence(None, actions), [[0, 0]])

@@ -148,7 +148,9 @@ def evaluate_agent(
     searched: dict[str, Any] = {}
     # The greedy policy is played first and recorded: its most frequent action sequence,
     # replayed blindly (`NAME-blind`), is what it would be worth if it never looked.
-    greedy_episodes, replay = blind_replay(policies.pop(f"{prefix}-greedy"), spec.make, seeds)
+    greedy_episodes, replay = blind_replay(
+        policies.pop(f"{prefix}-greedy"), spec.make, seeds, spec.actions
+    )
     if morpho:
         from esper.morpho.baselines import StallRule, baselines
 

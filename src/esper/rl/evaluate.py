@@ -97,16 +97,24 @@ class Recording:
         self.steps.append(actions.copy())
         return actions
 
-    def most_frequent_sequence(self, lengths: Sequence[int] | None = None) -> IntArray:
+    def most_frequent_sequence(
+        self, lengths: Sequence[int] | None = None, actions: FactoredActions | None = None
+    ) -> IntArray:
         """The action sequence [steps, H] most episodes played (ties: the first env's).
 
-        `lengths[i]` cuts env i's sequence where its first episode ended.
+        `lengths[i]` cuts env i's sequence where its first episode ended. With `actions`,
+        two sequences that differ only in heads their selector makes irrelevant are the
+        same behaviour and are counted together: a greedy WAIT still picks some value for
+        every other head, and that value may change with the observation.
         """
         played = np.stack(self.steps, axis=1)  # [envs, steps, H]
         if lengths is None:
             lengths = [played.shape[1]] * played.shape[0]
         sequences = [played[i, :n] for i, n in enumerate(lengths)]
-        keys = [seq.tobytes() for seq in sequences]
+        if actions is None:
+            keys = [seq.tobytes() for seq in sequences]
+        else:
+            keys = [np.where(actions.relevant(seq), seq, 0).tobytes() for seq in sequences]
         # Counter keeps first-seen order, so a tie goes to the lowest env index
         most, _ = Counter(keys).most_common(1)[0]
         return sequences[keys.index(most)]
@@ -127,14 +135,18 @@ class Replay:
 
 
 def blind_replay(
-    policy: BatchPolicy, make_env: Callable[[], FactoredEnv], seeds: Sequence[int]
+    policy: BatchPolicy,
+    make_env: Callable[[], FactoredEnv],
+    seeds: Sequence[int],
+    actions: FactoredActions | None = None,
 ) -> tuple[list[dict[str, Any]], Replay]:
-    """Play `policy` on `seeds`, then the replay of its most frequent action sequence;
-    returns the policy's own episodes and the replay."""
+    """Play `policy` on `seeds`, then the replay of its most frequent action sequence
+    (counted by what `actions` makes relevant, when given); returns the policy's own
+    episodes and the replay."""
     recording = Recording(policy)
     episodes = play(recording, make_env, seeds)
     lengths = [int(ep.get("length", len(recording.steps))) for ep in episodes]
-    return episodes, Replay(recording.most_frequent_sequence(lengths))
+    return episodes, Replay(recording.most_frequent_sequence(lengths, actions))
 
 
 def eval_seeds(seed: int, episodes: int) -> list[int]:
