@@ -22,6 +22,11 @@ worker that dies or does not answer in time is killed and replaced, and its envs
 restored by replay: the env is deterministic given its reset seed and the actions since,
 so `reset(seed)` plus those actions rebuilds the exact state; then the call it missed is
 sent again. `on_restart` hears of every replacement (the trainer emits a warning event).
+An env that resets itself when an episode ends (continuing mode, where the runner resets
+only once a run) would make that history the whole run; such an env may report where its
+next episode starts (`info[EPISODE_START]`, see `FactoredEnv`), and the runner then keeps,
+per env, only that restart point and the actions since it, so a replay re-steps the
+current episode alone. An env that reports none is replayed from the last `reset`.
 
 Why the processes backend is not gymnasium's `AsyncVectorEnv`: it runs one process per env
 (no `workers < envs`), merges the info dicts into numpy arrays (the lists of lifecycle
@@ -68,6 +73,8 @@ CALL_TIMEOUT = 120.0
 START_TIMEOUT = 300.0
 #: A call whose worker is lost this many times in a row fails the run.
 MAX_RESTARTS_PER_CALL = 3
+#: The info key of a step that started a new episode: where to restart the env from.
+EPISODE_START = "episode_start"
 
 
 class FactoredEnv(Protocol):
@@ -77,6 +84,13 @@ class FactoredEnv(Protocol):
     `esper.common.spaces`). The morphogenetic env satisfies it; any gymnasium env with a
     Discrete, MultiDiscrete or discretised Box action space does through
     `esper.integrations.gym.FactoredGymEnv`.
+
+    Optional, for envs that reset themselves inside `step`: a step that starts a new
+    episode may put a restart point in `info[EPISODE_START]` (a small JSON-able mapping),
+    and then the env must have `restart(point)`, which puts a fresh env where that step
+    left it (returning what `reset` does). A worker pool then replays a lost env from its
+    latest point rather than from its reset seed (see the module docstring). An env without
+    them is replayed from its reset, as before.
     """
 
     obs_dim: int
@@ -250,6 +264,14 @@ def env_threads() -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
+class EnvReplay(NamedTuple):
+    """What rebuilds one env after its worker was lost: where it starts, then its actions."""
+
+    seed: int | None  # its reset seed, where `point` is None
+    point: Mapping[str, Any] | None  # its latest `info[EPISODE_START]`, if it gave one
+    actions: IntArray  # [steps, heads]: every action since that start
+
+
 class EnvGroup:
     """The envs of one worker, and the only code that steps envs (every backend runs it).
 
@@ -287,12 +309,37 @@ class EnvGroup:
             for (ob, r, term, trunc, info), env in zip(outcomes, active, strict=True)
         ]
 
-    def replay(self, seeds: Sequence[int | None], actions: Sequence[npt.ArrayLike]) -> int:
-        """Rebuild the envs' state: reset with `seeds`, then step through `actions`."""
-        self.reset(seeds)
-        for step_actions in actions:
-            self.step(step_actions)
-        return len(actions) * len(seeds)
+    def replay(self, envs: Sequence[EnvReplay]) -> int:
+        """Rebuild the first `len(envs)` envs' state; returns the env steps it re-took.
+
+        Each env starts from its restart point (or its reset seed) and re-steps its own
+        actions. The envs step in turn, as they did, with the shorter histories aligned to
+        the end: an env without restart points has the longest (all steps since the reset),
+        so a group of those replays exactly as it ran.
+        """
+        if len(envs) > len(self.envs):
+            raise ValueError(f"{len(envs)} envs to replay for {len(self.envs)} envs")
+        self._active = len(envs)
+        active = self.envs[: self._active]
+        longest = max((len(e.actions) for e in envs), default=0)
+        with env_threads():
+            for env, log in zip(active, envs, strict=True):
+                if log.point is None:
+                    env.reset(seed=log.seed)
+                    continue
+                restart = getattr(env, "restart", None)
+                if not callable(restart):
+                    raise TypeError(
+                        f"{type(env).__name__} reported info[{EPISODE_START!r}] but has no "
+                        "restart(point) to start from it"
+                    )
+                restart(log.point)
+            for t in range(longest):
+                for env, log in zip(active, envs, strict=True):
+                    lag = longest - len(log.actions)
+                    if t >= lag:
+                        env.step(log.actions[t - lag])
+        return sum(len(e.actions) for e in envs)
 
 
 class WorkerEnvGroup(EnvGroup):
@@ -391,6 +438,30 @@ class WorkerHandle(Protocol):
         ...
 
 
+class _EnvLog:
+    """What the driver keeps to restore one env: where it started, and the actions since.
+
+    A step that reports `info[EPISODE_START]` moves the start to that point and drops the
+    actions before it, so an env that resets itself keeps one episode of history, not a run.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+        self.point: dict[str, Any] | None = None
+        self.actions: list[IntArray] = []
+
+    def record(self, action: IntArray, info: Mapping[str, Any]) -> None:
+        point = info.get(EPISODE_START)
+        if point is None:
+            self.actions.append(action.copy())  # a copy: a row alone, not the whole batch
+        else:
+            self.point, self.actions = dict(point), []
+
+    def replay(self, heads: int) -> EnvReplay:
+        actions = np.stack(self.actions) if self.actions else np.zeros((0, heads), np.int64)
+        return EnvReplay(self.seed, self.point, actions)
+
+
 def fresh_seed() -> int:
     """A seed for an episode started unseeded: replay after a restart needs a real one."""
     return secrets.randbelow(2**63)
@@ -421,8 +492,7 @@ class WorkerPoolRunner:
         self.on_restart = on_restart
         self.timeout, self.start_timeout = timeout, start_timeout
         self.restarts = [0] * self.n_workers
-        self._seeds: list[list[int]] = [[] for _ in range(self.n_workers)]
-        self._history: list[list[IntArray]] = [[] for _ in range(self.n_workers)]
+        self._logs: list[_EnvLog] = []  # one per active env, in env order
         self._active: dict[int, int] = {}  # worker -> active envs of the current batch
         self._throughput = _Throughput(self.n_workers)
         self._workers: list[WorkerHandle] = []
@@ -466,14 +536,13 @@ class WorkerPoolRunner:
         if not 1 <= len(seeds) <= self.n_envs:
             raise ValueError(f"{len(seeds)} seeds for {self.n_envs} envs")
         chosen = [fresh_seed() if s is None else int(s) for s in seeds]
-        self._active = {}
-        for w, envs in enumerate(self._groups):
-            self._seeds[w] = [chosen[i] for i in envs if i < len(chosen)]
-            self._history[w] = []
-            if self._seeds[w]:
-                self._active[w] = len(self._seeds[w])
+        self._logs = [_EnvLog(seed) for seed in chosen]
+        per_worker = {
+            w: [chosen[i] for i in envs if i < len(chosen)] for w, envs in enumerate(self._groups)
+        }
+        self._active = {w: len(s) for w, s in per_worker.items() if s}
         self._throughput.restart()
-        results = self._call_all("reset", {w: (self._seeds[w],) for w in self._active})
+        results = self._call_all("reset", {w: (per_worker[w],) for w in self._active})
         return stack_states(self._in_env_order(results, len(chosen)))
 
     def step(self, actions: IntArray) -> StepResults:
@@ -482,11 +551,20 @@ class WorkerPoolRunner:
         if acts.shape[0] != n_active:
             raise ValueError(f"{acts.shape[0]} actions for {n_active} active envs")
         per_worker = {w: acts[w :: self.n_workers] for w in self._active}
-        results = self._call_all("step", {w: (a,) for w, a in per_worker.items()})
-        for w, a in per_worker.items():
-            self._history[w].append(a)
+        results = self._in_env_order(
+            self._call_all("step", {w: (a,) for w, a in per_worker.items()}), n_active
+        )
+        for log, action, result in zip(self._logs, acts, results, strict=True):
+            log.record(action, result.info)
         self._throughput.count(self._active)
-        return stack_steps(self._in_env_order(results, n_active))
+        return stack_steps(results)
+
+    def replay_steps(self) -> list[int]:
+        """Env steps a replay of each worker would re-take now (what losing it would cost)."""
+        return [
+            sum(len(self._logs[i].actions) for i in self._active_envs(w))
+            for w in range(self.n_workers)
+        ]
 
     def status(self) -> list[WorkerInfo]:
         t = self._throughput
@@ -510,6 +588,9 @@ class WorkerPoolRunner:
         self.close()
 
     # -- calls, with restart and replay ----------------------------------------------------
+
+    def _active_envs(self, worker: int) -> list[int]:
+        return [i for i in self._groups[worker] if i < len(self._logs)]
 
     def _in_env_order(self, results: Mapping[int, list[Any]], n_active: int) -> list[Any]:
         return [results[i % self.n_workers][i // self.n_workers] for i in range(n_active)]
@@ -548,7 +629,8 @@ class WorkerPoolRunner:
         self.restarts[worker] += 1
         handle = self._launch(worker)
         self._workers[worker] = handle
-        handle.send("replay", self._seeds[worker], self._history[worker])
+        heads = self.actions.n_heads
+        handle.send("replay", [self._logs[i].replay(heads) for i in self._active_envs(worker)])
         replayed = int(handle.receive(self.start_timeout))
         if self.on_restart is not None:
             self.on_restart(
