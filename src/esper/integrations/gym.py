@@ -13,7 +13,7 @@ gymnasium id, or `module:callable` for a user's own env factory.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, SupportsFloat
 
 import gymnasium
@@ -22,6 +22,7 @@ import numpy.typing as npt
 from gymnasium import spaces
 
 from esper.common.spaces import FactoredActions
+from esper.rl.runners import EPISODE_START
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -102,7 +103,11 @@ class FactoredGymEnv:
     Episodes: `reset(seed)` seeds the first; when one ends, `step` reports it
     (`info["episode"]` with its return and length) and returns the first observation of
     the next one, seeded from a generator the first seed started, so a run is
-    reproducible and every episode differs.
+    reproducible and every episode differs. The step also says where that next episode
+    starts (`info[EPISODE_START]`, a JSON-able restart point), and `restart(point)` puts
+    a fresh env there: a worker pool that loses the env then replays only the current
+    episode, not the whole run (`esper.rl.runners`). That relies on gymnasium's contract
+    that `reset(seed=s)` alone decides the episode that follows.
     """
 
     def __init__(self, env: gymnasium.Env[Any, Any]) -> None:
@@ -151,6 +156,8 @@ class FactoredGymEnv:
         self._legal = _wrapper_attr(env, "legal_actions")
         self._masks = None if callable(self._legal) else _wrapper_attr(env, "action_masks")
         self._seeds: np.random.SeedSequence | None = None
+        self._first_seed: int | None = None
+        self._episode = 0  # episodes begun since reset(seed); the first is episode 0
         self._return, self._length = 0.0, 0
 
     def _observe(self, obs: Any) -> FloatArray:
@@ -169,7 +176,28 @@ class FactoredGymEnv:
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[FloatArray, dict[str, Any]]:
         self._seeds = None if seed is None else np.random.SeedSequence(seed)
+        self._first_seed = None if seed is None else int(seed)
+        self._episode = 0
         obs, info = self.env.reset(seed=seed, options=options)
+        self._return, self._length = 0.0, 0
+        return self._observe(obs), info
+
+    def restart(self, point: Mapping[str, Any]) -> tuple[FloatArray, dict[str, Any]]:
+        """Start the episode a step reported in `info[EPISODE_START]`, as that step did.
+
+        Episode k >= 1 after `reset(seed=s)` is seeded by the k-th child of
+        `SeedSequence(s)`, which is `SeedSequence(s, spawn_key=(k - 1,))`: rebuilt directly,
+        with the generator's count set to k so the episodes after it get the same seeds too.
+        """
+        seed, episode = int(point["seed"]), int(point["episode"])
+        if episode < 0:
+            raise ValueError(f"a restart point's episode is >= 0, got {episode}")
+        if episode == 0:
+            return self.reset(seed=seed)
+        self._seeds = np.random.SeedSequence(seed, n_children_spawned=episode)
+        self._first_seed, self._episode = seed, episode
+        child = np.random.SeedSequence(seed, spawn_key=(episode - 1,))
+        obs, info = self.env.reset(seed=int(child.generate_state(1)[0]))
         self._return, self._length = 0.0, 0
         return self._observe(obs), info
 
@@ -193,6 +221,9 @@ class FactoredGymEnv:
             info = {**info, "episode": {"return": self._return, "length": self._length}}
             obs, _ = self.env.reset(seed=self._next_seed())
             self._return, self._length = 0.0, 0
+            self._episode += 1
+            if self._first_seed is not None:  # an unseeded run has no point to restart at
+                info[EPISODE_START] = {"seed": self._first_seed, "episode": self._episode}
         return self._observe(obs), reward, bool(terminated), bool(truncated), info
 
     def close(self) -> None:
