@@ -18,6 +18,7 @@ from esper.integrations.gym import EnvIdError, FactoredGymEnv, make_factored_env
 from esper.rl.config import PPOConfig
 from esper.rl.ppo import PPOAgent
 from esper.rl.rollout import ContinuingRollout
+from esper.rl.runners import EPISODE_START
 
 BIN = Path(sys.executable).parent
 TESTS = Path(__file__).resolve().parent  # where `toy_envs` is imported from
@@ -64,6 +65,32 @@ def test_continuing_episodes_reset_themselves_with_fresh_seeds() -> None:
     assert np.flatnonzero(starts).tolist() == [0, 16, 32, 48]
     _, more = rollout.collect()  # the fourth episode goes on across the batch boundary
     assert more[0][1]["length"] == 16
+
+
+def test_a_restart_point_puts_a_fresh_env_where_the_run_was() -> None:
+    """A fresh env restarted at a reported point, given the same actions, goes on with the
+    same observations, rewards and summaries, and the later episodes' points (seeds) too."""
+    rng = np.random.default_rng(0)
+    actions = rng.integers(0, 2, size=(300, 1))
+
+    def run(env: FactoredGymEnv, acts: np.ndarray) -> list[tuple[object, ...]]:
+        out = []
+        for a in acts:
+            obs, reward, terminated, truncated, info = env.step(a)
+            out.append((obs.tolist(), float(reward), terminated, truncated, info))
+        return out
+
+    env = make_factored_env("CartPole-v1")
+    first, _ = env.reset(seed=4)
+    steps = run(env, actions)
+    starts = [(t, info[EPISODE_START]) for t, (*_, info) in enumerate(steps) if "episode" in info]
+    assert [p["episode"] for _, p in starts] == list(range(1, len(starts) + 1))
+    assert len(starts) >= 5 and all(p["seed"] == 4 for _, p in starts)
+    for t, point in [(-1, {"seed": 4, "episode": 0}), *starts[2:4]]:
+        again = make_factored_env("CartPole-v1")
+        obs, _ = again.restart(point)
+        assert obs.tolist() == (first.tolist() if t < 0 else steps[t][0])
+        assert run(again, actions[t + 1 :]) == steps[t + 1 :]
 
 
 def test_an_sb3_flat_mask_is_honoured() -> None:

@@ -3,7 +3,9 @@
 The learner acts in the driver, so an in-process run, a run over worker processes and a
 run over Ray actors must agree bit for bit: same rollouts, same per-head ratio statistics.
 A worker killed mid-episode is replaced, its episodes replayed from their seeds and
-actions, and the run ends with the same numbers and a WORKER_RESTARTED warning.
+actions, and the run ends with the same numbers and a WORKER_RESTARTED warning. In a
+continuing run (envs that reset themselves) an env that reports restart points is
+replayed from its current episode's start only, so the history stays one episode long.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from hypothesis import strategies as st
 
 from esper.cli import main as cli
 from esper.cli.envs import env_spec
+from esper.integrations.gym import make_factored_env
 from esper.morpho.actions import factored_actions
 from esper.morpho.environment import MorphogeneticEnv
 from esper.rl.config import ConfigError, TrainConfig
 from esper.rl.ppo import PPOAgent, PPOConfig
-from esper.rl.rollout import collect_batch
+from esper.rl.rollout import ContinuingRollout, collect_batch
 from esper.rl.runners import (
+    EPISODE_START,
     MAX_RESTARTS_PER_CALL,
     EnvFactory,
     EnvGroup,
@@ -227,9 +231,11 @@ class ScriptedRunner(WorkerPoolRunner):
 
     backend = "scripted"
 
-    def __init__(self, lose_on: set[int], **kw: Any) -> None:
+    def __init__(
+        self, lose_on: set[int], factories: list[EnvFactory] | None = None, **kw: Any
+    ) -> None:
         self._lose_on, self._calls = lose_on, [0]
-        super().__init__([make_env] * N_ENVS, 2, **kw)
+        super().__init__(factories or [make_env] * N_ENVS, 2, **kw)
 
     def _launch(self, worker: int) -> LocalHandle:
         lose = self._lose_on if worker == 0 else set()
@@ -256,6 +262,122 @@ def test_a_worker_lost_on_every_attempt_fails_the_call_by_name() -> None:
         runner.step(np.zeros((3, 8), dtype=np.int64))
 
 
+# ------------------------------------------------------------------ continuing runs
+
+cartpole: EnvFactory = functools.partial(make_factored_env, "CartPole-v1")
+#: Three envs over two workers (worker 0 steps envs 0 and 2), 3 batches of 64 steps: each
+#: env ends several episodes of varied length (random-ish CartPole lasts 10 to 40 steps).
+CONTINUING_SEEDS, CONTINUING_STEPS, CONTINUING_BATCHES = [21, 22, 23], 64, 3
+#: Called after every step of every env with (batch, env, t, info).
+StepHook = Callable[[int, int, int, dict[str, Any]], None]
+
+
+class WithoutRestartPoints:
+    """A self-resetting env that reports no restart points, as a user's own env may not."""
+
+    def __init__(self) -> None:
+        self.env = cartpole()
+        self.obs_dim, self.factored_actions = self.env.obs_dim, self.env.factored_actions
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> Any:
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action: Any) -> Any:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        info.pop(EPISODE_START, None)
+        return obs, reward, terminated, truncated, info
+
+    def legal_actions(self) -> Any:
+        return self.env.legal_actions()
+
+
+def continuing_trace(runner: EnvRunner, on_step: StepHook | None = None) -> list[Any]:
+    """A continuing run from a fresh seed-0 agent, a PPO update after each batch: everything
+    it produced (the infos hold each episode's summary and its successor's restart point)."""
+    agent = PPOAgent(runner.obs_dim, runner.actions, PPOConfig(epochs=1, hidden=16), seed=0)
+    rollout = ContinuingRollout(agent, runner, CONTINUING_STEPS, CONTINUING_SEEDS)
+    out: list[Any] = []
+    for _ in range(CONTINUING_BATCHES):
+        infos: list[tuple[int, int, dict[str, Any]]] = []
+
+        def record(i: int, t: int, info: dict[str, Any], infos: list[Any] = infos) -> None:
+            infos.append((i, t, info))
+            if on_step is not None:
+                on_step(len(out), i, t, info)
+
+        buffer, ended = rollout.collect(record)
+        out.append((buffer.batch(), ended, infos, agent.update(buffer)))
+    return out
+
+
+class EpisodeSteps:
+    """Steps each env took in its current episode (since its reset, or since its latest
+    episode ended), and the episodes each has ended, from the infos of a run."""
+
+    def __init__(self, n_envs: int) -> None:
+        self.steps, self.ended = [0] * n_envs, [0] * n_envs
+
+    def see(self, env: int, info: dict[str, Any]) -> None:
+        if "episode" in info:
+            self.steps[env] = 0
+            self.ended[env] += 1
+        else:
+            self.steps[env] += 1
+
+    def of_workers(self, n_workers: int) -> list[int]:
+        return [
+            sum(self.steps[i] for i in envs) for envs in worker_envs(len(self.steps), n_workers)
+        ]
+
+
+@pytest.fixture(scope="module")
+def continuing_baseline() -> list[Any]:
+    return continuing_trace(InProcessRunner([cartpole() for _ in CONTINUING_SEEDS]))
+
+
+def test_a_continuing_run_keeps_one_episode_of_history_per_env() -> None:
+    runner = ScriptedRunner(set(), [cartpole] * N_ENVS)
+    seen = EpisodeSteps(N_ENVS)
+    pending: list[list[int]] = []
+    lengths: list[int] = []
+
+    def check(batch: int, i: int, t: int, info: dict[str, Any]) -> None:
+        seen.see(i, info)
+        if "episode" in info:
+            lengths.append(info["episode"]["length"])
+        if i == N_ENVS - 1:  # every env has taken this step
+            pending.append(runner.replay_steps())
+            assert pending[-1] == seen.of_workers(2)  # each env's current episode, no more
+
+    continuing_trace(runner, check)
+    assert min(seen.ended) >= 5  # many episodes ended in every env
+    assert len(pending) == CONTINUING_STEPS * CONTINUING_BATCHES
+    # worker 0 holds two envs, so two episodes at most; the run is far longer
+    assert max(p[0] for p in pending) <= 2 * max(lengths) < len(pending)
+
+
+@pytest.mark.parametrize("points", [True, False], ids=["restart-points", "no-restart-points"])
+def test_a_worker_lost_late_in_a_continuing_run_replays_to_the_same_numbers(points: bool) -> None:
+    factory: EnvFactory = cartpole if points else WithoutRestartPoints
+    lost_at = 150  # step index of the call lost: worker 0's call 3 + 150
+    seen = EpisodeSteps(N_ENVS)
+
+    def watch(batch: int, i: int, t: int, info: dict[str, Any]) -> None:
+        if batch * CONTINUING_STEPS + t < lost_at:
+            seen.see(i, info)
+
+    notices: list[RestartNotice] = []
+    runner = ScriptedRunner({3 + lost_at}, [factory] * N_ENVS, on_restart=notices.append)
+    got = continuing_trace(runner, watch)
+    assert_same_trace(got, continuing_trace(InProcessRunner([factory() for _ in range(N_ENVS)])))
+    assert min(seen.ended) >= 3  # the loss came episodes into the run
+    # restart points: the current episodes of envs 0 and 2; none: every step since the reset
+    expected = seen.of_workers(2)[0] if points else 2 * lost_at
+    assert [(n.worker, n.replayed_steps) for n in notices] == [(0, expected)]
+    if points:
+        assert expected < lost_at
+
+
 # ------------------------------------------------------------------ real processes
 
 
@@ -269,6 +391,40 @@ def test_worker_processes_give_the_in_process_numbers(
         (0, True, 2, LENGTH),  # the partial batch: env 0 on worker 0, env 1 on worker 1
         (1, True, 1, LENGTH),
     ]
+
+
+def test_a_worker_process_killed_late_in_a_continuing_run_gives_the_same_numbers(
+    continuing_baseline: list[Any],
+) -> None:
+    """Two kills, episodes into the run: one mid-episode, one just as env 0's episode
+    ended (env 0 then restarts from its point with no actions to replay). The later
+    episodes' starts show in the observations and in the infos' restart points."""
+    seen = EpisodeSteps(N_ENVS)
+    kills: list[int] = []  # worker 0's steps to replay at each kill
+    notices: list[RestartNotice] = []
+    with ProcessRunner(
+        [cartpole] * N_ENVS, 2, start_timeout=120.0, on_restart=notices.append
+    ) as runner:
+
+        def kill(batch: int, i: int, t: int, info: dict[str, Any]) -> None:
+            seen.see(i, info)
+            if i < N_ENVS - 1:
+                return
+            mid = (batch, t) == (1, 20)
+            boundary = batch == 2 and len(kills) == 1 and seen.steps[0] == 0
+            if mid or boundary:
+                assert min(seen.ended) >= 3  # several episodes ended before
+                kills.append(seen.of_workers(2)[0])
+                os.kill(runner.pids()[0], signal.SIGKILL)
+
+        assert_same_trace(continuing_trace(runner, kill), continuing_baseline)
+    assert len(kills) == 2
+    assert [(n.worker, n.restarts, n.replayed_steps) for n in notices] == [
+        (0, 1, kills[0]),
+        (0, 2, kills[1]),
+    ]
+    # the current episodes only: the history since the reset was 2 x 85 steps at the first
+    assert max(kills) < CONTINUING_STEPS
 
 
 class HangingEnv(MorphogeneticEnv):
