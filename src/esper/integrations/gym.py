@@ -106,8 +106,9 @@ class FactoredGymEnv:
     reproducible and every episode differs. The step also says where that next episode
     starts (`info[EPISODE_START]`, a JSON-able restart point), and `restart(point)` puts
     a fresh env there: a worker pool that loses the env then replays only the current
-    episode, not the whole run (`esper.rl.runners`). That relies on gymnasium's contract
-    that `reset(seed=s)` alone decides the episode that follows.
+    episode, not the whole run (`esper.rl.runners`). That takes an env whose
+    `reset(seed=s)` alone decides the episode that follows, as gymnasium's own envs do
+    (one that carries state from episode to episode would replay differently).
     """
 
     def __init__(self, env: gymnasium.Env[Any, Any]) -> None:

@@ -687,8 +687,9 @@ class WorkerStatus(Payload):
 class WorkerRestarted(Payload):
     """A lost env worker (dead, or silent past its timeout) was replaced.
 
-    Its envs were restored by replaying their episodes (same seeds, same actions), so the
-    batch goes on with the same numbers; `replayed_steps` is what the replay cost.
+    Its envs were restored by replaying their episodes (same seeds, same actions; envs that
+    report restart points from their current episode's start), so the batch goes on with
+    the same numbers; `replayed_steps` is what the replay cost.
     """
 
     worker: int
