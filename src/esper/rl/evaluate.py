@@ -275,12 +275,12 @@ def results_table_rows(results: Sequence[PolicyResult], reference: str) -> list[
             _cell(r.seeds_grown, 2),
         ]
         if greedy is not None:
-            row.append(margin_cell(paired.get("greedy_minus_this")))
+            row.append(_margin_cell(paired.get("greedy_minus_this")))
         rows.append(row)
     return rows
 
 
-def margin_cell(margin: Mapping[str, Any] | None) -> str:
+def _margin_cell(margin: Mapping[str, Any] | None) -> str:
     """A paired difference `{"mean", "se"}` with how many standard errors it is ("" for
     none; no count where the standard error is undefined or zero)."""
     if margin is None:
