@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from esper.cli.main import main, sanctum_main
-from esper.telemetry.recorder import RunRecorder
+from esper.telemetry.recorder import EVENTS_FILE, RunRecorder
 
 BIN = Path(sys.executable).parent
 SMALL = ["--task", "spirals", "--episode-length", "6", "--envs", "2", "--no-tui"]
@@ -163,6 +164,25 @@ def test_resume_rejects_changed_settings_and_finished_runs(
     assert "already ran 2 of 2 episodes" in err
     err = _usage_error(["ppo", "--resume", str(finished_run.parent / "nope")], capsys)
     assert "no run directory at" in err
+
+
+def test_a_run_killed_after_its_last_update_resumes_to_say_it_finished(
+    finished_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    log = run_dir / EVENTS_FILE
+    lines = log.read_text(encoding="utf-8").splitlines(keepends=True)
+    assert json.loads(lines[-1])["event_type"] == "TRAINING_FINISHED"
+    log.write_text("".join(lines[:-1]), encoding="utf-8")  # killed before saying so
+    assert main(["ppo", "--resume", str(run_dir), "--no-tui"]) == 0
+    text = log.read_text(encoding="utf-8")
+    after = [json.loads(line)["event_type"] for line in text.splitlines()]
+    assert after[: len(lines) - 1] == [json.loads(line)["event_type"] for line in lines[:-1]]
+    assert after[-1] == "TRAINING_FINISHED" and "EPISODE_COMPLETED" not in after[len(lines) - 1 :]
+    capsys.readouterr()
+    err = _usage_error(["ppo", "--resume", str(run_dir), "--no-tui"], capsys)
+    assert "already ran 2 of 2 episodes" in err  # now it has finished
 
 
 def test_resume_with_fewer_episodes_than_ran_says_episodes_is_the_total(
