@@ -289,25 +289,11 @@ def resume_settings(args: argparse.Namespace) -> tuple[Path, TrainConfig, Any]:
     except ConfigError as exc:
         raise UsageError(f"cannot resume {run_dir}: its configuration is refused: {exc}") from None
     done = 0 if point.checkpoint is None else int(point.checkpoint["episodes_done"])
-    if done >= config.episodes and _finished(run_dir):
-        raise UsageError(episodes_refusal(run_dir, done, config.episodes, args.episodes))
     # A run killed after its last update but before it said so resumes with nothing left
     # to train: it only records that it finished.
+    if done >= config.episodes and point.finished:
+        raise UsageError(episodes_refusal(run_dir, done, config.episodes, args.episodes))
     return run_dir, config, point
-
-
-def _finished(run_dir: Path) -> bool:
-    """Whether the run's log ends with its end (finished or failed), not with an update:
-    the last attempt may have been killed between its last update and saying so."""
-    from esper.telemetry.contracts import TERMINAL_EVENTS
-    from esper.telemetry.recorder import read_events
-
-    path = run_dir / EVENTS_FILE
-    last = None
-    if path.is_file():
-        for event in read_events(path):
-            last = event.event_type
-    return last in TERMINAL_EVENTS
 
 
 def episodes_refusal(run_dir: Path, done: int, total: int, given: int | None) -> str:

@@ -54,6 +54,7 @@ from esper.rl.runners import (
 from esper.rl.threads import learner_threads
 from esper.telemetry.contracts import (
     PAYLOAD_TYPES,
+    TERMINAL_EVENTS,
     EpisodeCompleted,
     EventType,
     Payload,
@@ -131,6 +132,9 @@ class ResumePoint:
     #: no start event), so a resumed run goes on under its own id, whatever run.json says.
     run_id: str | None = None
     started_at: float | None = None
+    #: Whether the log ends with the run's end (finished or failed): an attempt killed
+    #: between its last update and saying so has every episode but not this.
+    finished: bool = False
 
     @property
     def batch(self) -> int:
@@ -191,8 +195,10 @@ def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
     exploded: set[int] = set()
     started: dict[str, Any] | None = None
     first_start: TelemetryEvent | None = None
+    finished = False
     for event in read_events(run_dir / EVENTS_FILE):
         last_seq = max(last_seq, event.seq)
+        finished = event.event_type in TERMINAL_EVENTS
         index = getattr(event.payload, "update_index", None)
         if event.event_type in UPDATE_EVENTS and index is not None:
             logged.add(int(index))
@@ -212,7 +218,9 @@ def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
         if logged:
             raise ValueError(f"the log holds PPO updates but {CHECKPOINT_NAME} is missing")
         config = _recorded_config(run_dir, started)
-        return ResumePoint(None, config, last_seq + 1, 0, run_id=run_id, started_at=started_at)
+        return ResumePoint(
+            None, config, last_seq + 1, 0, run_id=run_id, started_at=started_at, finished=finished
+        )
     for key in ("agent", "config", "episodes_done", "updates_done", "batch"):
         if key not in state:
             raise ValueError(f"not an esper checkpoint (no {key!r})")
@@ -241,6 +249,7 @@ def load_resume_point(run_dir: Path, map_location: str = "cpu") -> ResumePoint:
         start_update_index=start,
         run_id=run_id,
         started_at=started_at,
+        finished=finished,
     )
 
 
