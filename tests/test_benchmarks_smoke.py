@@ -83,7 +83,7 @@ def test_learning_trains_at_the_defaults() -> None:
 
 def test_learning_evaluates_the_rows_of_esper_eval(tmp_path: Path) -> None:
     """The trained agent and every baseline, in `esper eval`'s order, on short episodes."""
-    trained = train("spirals", seed=0, episodes=2, episode_length=4)
+    trained = train("spirals", seed=0, episodes=2, episode_length=4, epochs_per_step=1)
     cache = tmp_path / "search.json"
     results, greedy = evaluate_agent(
         trained["agent"], trained["config"], episodes=2, seed=10_000, cache=cache, search_seeds=2
@@ -138,7 +138,8 @@ def test_family_pairs_each_cases_best_with_the_single_best_on_unseen_seeds() -> 
 
     from rich.console import Console
 
-    result = family.run(range(3), range(50_000, 50_003), Console(file=io.StringIO()))
+    short = {"episode_length": 3, "epochs_per_step": 1}
+    result = family.run(range(3), range(50_000, 50_003), Console(file=io.StringIO()), short)
     returns = result["returns"]
     assert returns["seeds"] == [50_000, 50_001, 50_002]
     gap = result["overall"]["per_kind_minus_single"]

@@ -337,17 +337,17 @@ def test_derived_flags_convert_and_leave_unset_as_none() -> None:
 
 
 def test_epochs_per_step_reaches_the_envs_of_every_backend_and_the_eval(tmp_path: Path) -> None:
-    """`--epochs-per-step 3 --episode-length 2`: episodes of two decisions, recorded in
+    """`--epochs-per-step 1 --episode-length 2`: episodes of two decisions, recorded in
     run.json, played by worker processes and by `esper eval` on the same env."""
     run_dir = tmp_path / "run"
     proc = run_cli(
         "esper", "ppo", "--no-tui", "--episodes", "2", "--envs", "2", "--episode-length", "2",
-        "--epochs-per-step", "3", "--backend", "processes", "--run-dir", str(run_dir),
+        "--epochs-per-step", "1", "--backend", "processes", "--run-dir", str(run_dir),
         cwd=tmp_path, timeout=180,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     config = json.loads((run_dir / "run.json").read_text())["config"]
-    assert (config["episode_length"], config["epochs_per_step"]) == (2, 3)
+    assert (config["episode_length"], config["epochs_per_step"]) == (2, 1)
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     episodes = [e["data"] for e in events if e["event_type"] == "EPISODE_COMPLETED"]
     assert [ep["length"] for ep in episodes] == [2, 2]
@@ -357,4 +357,4 @@ def test_epochs_per_step_reaches_the_envs_of_every_backend_and_the_eval(tmp_path
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     search = json.loads((run_dir / "schedule_search.json").read_text())
-    assert search["key"]["env"]["epochs_per_step"] == 3  # the search played the same env
+    assert search["key"]["env"]["epochs_per_step"] == 1  # the search played the same env

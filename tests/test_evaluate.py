@@ -139,7 +139,7 @@ def test_summary_statistics_by_hand() -> None:
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run directory holding a checkpoint as the trainer writes it (untrained agent)."""
     path = tmp_path_factory.mktemp("eval") / "run"
-    cfg = TrainConfig(task="spirals", episode_length=LENGTH, slots=SLOTS, seed=3)
+    cfg = TrainConfig(task="spirals", episode_length=LENGTH, epochs_per_step=1, slots=SLOTS, seed=3)
     spec = env_spec(cfg)
     agent = PPOAgent(spec.obs_dim, spec.actions, cfg.ppo, seed=3)
     save_checkpoint(path / CHECKPOINT_NAME, {"agent": agent.state_dict(), "config": cfg.to_dict()})
