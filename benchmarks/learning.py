@@ -160,6 +160,32 @@ def per_kind(episodes: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
     }
 
 
+def greedy_plays(agent: Any, cfg: dict[str, Any], seeds: Sequence[int]) -> dict[str, list[str]]:
+    """Per case, the greedy policy's most frequent episode on `seeds`, as one line per
+    step that does something ("t0 GROW slot=1 NORM ..."; WAIT steps left out): what it
+    learned to do differently from case to case, which seeds grown alone cannot say."""
+    from esper.cli.envs import env_spec
+    from esper.morpho.actions import Op, describe
+    from esper.morpho.schedules import seeds_by_kind
+    from esper.rl.config import build_config
+    from esper.rl.evaluate import Recording, agent_policies, play
+
+    spec = env_spec(build_config(cfg, {}))
+    greedy = agent_policies(agent, "tamiyo")["tamiyo-greedy"]
+    plays: dict[str, list[str]] = {}
+    for kind, kind_seeds in sorted(seeds_by_kind(spec.make(), seeds).items()):
+        if not kind_seeds:
+            continue
+        recording = Recording(greedy)
+        episodes = play(recording, spec.make, kind_seeds)
+        lengths = [int(ep["length"]) for ep in episodes]
+        sequence = recording.most_frequent_sequence(lengths, spec.actions)
+        plays[kind] = [
+            f"t{t} {describe(step)}" for t, step in enumerate(sequence) if step[0] != Op.WAIT
+        ] or ["WAIT"]
+    return plays
+
+
 def _verdict_line(task: str, seed: int, trained: dict[str, Any], check: dict[str, Any]) -> str:
     def diff(key: str) -> str:
         d = check[key]
@@ -230,12 +256,19 @@ def run(
             )
             check = verdict(results, closed_loop=task == FAMILY_TASK)
             kinds = per_kind(greedy_eps)
+            plays: dict[str, list[str]] = {}
+            if task == FAMILY_TASK:
+                seeds_played = ev.eval_seeds(eval_seed, eval_episodes)
+                plays = greedy_plays(trained["agent"], trained["config"], seeds_played)
             print(_verdict_line(task, seed, trained, check))
             print(ev.format_table(results))
             if task == FAMILY_TASK:
                 print("greedy per case: " + "; ".join(
                     f"{k} {v['seeds_grown']:.1f} grown, return {v['mean_return']:.3f} "
                     f"(n={v['episodes']})" for k, v in kinds.items()))  # fmt: skip
+                for kind, steps in plays.items():
+                    print(f"  {kind}: {'; '.join(steps)}")
+            torch_save(trained["agent"], out / "agents" / f"{task}_seed{seed}.pt")
             runs.append(
                 {
                     "seed": seed,
@@ -246,6 +279,7 @@ def run(
                     "train_returns": trained["returns"],
                     "verdict": check,
                     "greedy_per_kind": kinds,
+                    "greedy_plays": plays,
                     "eval": [r.to_dict() for r in results],
                     "table": ev.format_table(results),
                 }
@@ -254,6 +288,15 @@ def run(
             _write(doc, load, out)  # after every seed: a cut run keeps its part
     print(f"\nload {load['before']} -> {load['after']}; wrote {out}/learning.png, learning.json")
     return doc
+
+
+def torch_save(agent: Any, path: Path) -> None:
+    """The trained policy's weights (a state dict, loadable with `weights_only=True`), so
+    that what a seed learned can be looked at again without training it again."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(agent.policy.state_dict(), path)
 
 
 def _previous(out: Path) -> dict[str, Any]:

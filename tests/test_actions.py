@@ -10,8 +10,15 @@ from hypothesis import strategies as st
 from esper.morpho.actions import (
     HEAD_NAMES,
     RELEVANCE_TABLE,
+    AlphaCurve,
+    AlphaSpeed,
+    AlphaTarget,
+    BlendStyle,
+    Blueprint,
     Op,
+    Tempo,
     compute_masks,
+    describe,
     factored_actions,
     head_sizes,
     is_valid,
@@ -131,3 +138,15 @@ def test_is_valid_matches_slot_flags(
     legal = spec.legal({"op": masks.op, "slot": masks.slot_by_op})
     for op in Op:
         assert spec.is_legal(_action(op, slot), legal) == is_valid(_action(op, slot), masks)
+
+
+def test_describe_names_only_the_heads_the_op_reads() -> None:
+    grow = np.array(
+        [Op.GROW, 1, Blueprint.NORM, BlendStyle.GATED, Tempo.FAST, AlphaTarget.FULL, 2, 1]
+    )
+    assert describe(grow) == "GROW slot=1 NORM GATED FAST FULL"  # speed and curve unread
+    wait = grow.copy()
+    wait[0] = Op.WAIT
+    assert describe(wait) == "WAIT"
+    kill = np.array([Op.KILL, 2, 0, 0, 0, 0, AlphaSpeed.SLOW, AlphaCurve.LINEAR])
+    assert describe(kill) == "KILL slot=2 SLOW LINEAR"

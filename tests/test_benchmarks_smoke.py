@@ -31,7 +31,9 @@ from benchmarks import (
     telemetry_overhead,
     versus_sb3,
 )
-from benchmarks.learning import evaluate_agent, per_kind, train, verdict
+from benchmarks.learning import evaluate_agent, greedy_plays, per_kind, train, verdict
+from esper.morpho.actions import BlendStyle, Blueprint, Op
+from esper.morpho.tasks import FAMILY
 from esper.sanctum.aggregator import SanctumAggregator
 from esper.telemetry.recorder import read_events
 
@@ -128,6 +130,28 @@ def test_learning_per_kind_says_what_greedy_grew_in_each_case() -> None:
     assert kinds["spirals3"] == {
         "episodes": 2, "seeds_grown": 1.5, "seeds_killed": 0.5, "mean_return": 0.7,
     }  # fmt: skip
+
+
+def test_learning_greedy_plays_say_what_greedy_did_in_each_case() -> None:
+    """A hand-written closed-loop agent (GROW NORM into slot 1 at the first step on a
+    plane task of three classes or more, WAIT otherwise), one seed of each case."""
+
+    class ReadsTheTaskBlock:
+        def act(self, obs: Any, legal: Any, greedy: bool) -> tuple[Any, None, None]:
+            obs = np.asarray(obs)
+            actions = np.zeros((obs.shape[0], 8), dtype=np.int64)
+            spiral = (obs[:, 1] > 0.4) & (obs[:, 2] < 0.2) & (obs[:, 0] == 0.0)
+            actions[spiral, :6] = [Op.GROW, 1, Blueprint.NORM, BlendStyle.GATED, 0, 0]
+            return actions, None, None
+
+    trained = train("family", seed=0, episodes=1, episode_length=2, epochs_per_step=1)
+    plays = greedy_plays(ReadsTheTaskBlock(), trained["config"], range(10_000, 10_006))
+    assert sorted(plays) == sorted(kind.name for kind in FAMILY)
+    for kind, steps in plays.items():
+        if kind.startswith("spirals"):
+            assert steps == ["t0 GROW slot=1 NORM GATED FAST HALF"], kind
+        else:
+            assert steps == ["WAIT"], kind
 
 
 def test_family_pairs_each_cases_best_with_the_single_best_on_unseen_seeds() -> None:

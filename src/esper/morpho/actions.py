@@ -132,6 +132,19 @@ RELEVANCE_TABLE: BoolArray = np.array(
 )
 
 
+def describe(action: npt.ArrayLike) -> str:
+    """One action as text, naming only the heads its op reads: "GROW slot=1 NORM GATED
+    FAST FULL"; "WAIT" alone."""
+    values = np.asarray(action, dtype=np.int64)
+    op = Op(int(values[HEAD_INDEX["op"]]))
+    words = [op.name]
+    for name in HEAD_NAMES[1:]:
+        if name in RELEVANT_HEADS[op]:
+            value = int(values[HEAD_INDEX[name]])
+            words.append(f"slot={value}" if name == "slot" else HEAD_ENUMS[name](value).name)
+    return " ".join(words)
+
+
 def head_sizes(n_slots: int = DEFAULT_SLOTS) -> dict[str, int]:
     """Number of values of each head, in head order, for a host with `n_slots` slots."""
     if n_slots < 1:
