@@ -6,7 +6,9 @@ own packages (the move reproduced it to the last bit), and recorded again when t
 observation gained its task block and the reward its seed cost, when that cost
 rose from 0.03 to 0.05 (only the returns moved, by 0.02 per seed grown), and when the
 default task became the family at five decisions of five epochs, with the seed cost at
-0.1 and PPO's entropy 0.05, gamma 1 and lambda 0.98. A refactoring that changes
+0.1 and PPO's entropy 0.05, gamma 1 and lambda 0.98, and when the family's cases came to be
+dealt by the episode seed, its spirals drawn larger, its classes log-scaled in the task
+block and PPO's entropy raised to 0.1. A refactoring that changes
 what the default task computes (a different draw order, a different mask, a different head
 order) shows up here as a different per-head statistic or episode return; a deliberate
 change re-records the file and says why in its commit.

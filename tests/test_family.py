@@ -29,7 +29,13 @@ from esper.morpho.schedules import (
     seeds_by_kind,
     sequential,
 )
-from esper.morpho.tasks import FAMILY, FAMILY_TASK, load_task
+from esper.morpho.tasks import (
+    FAMILY,
+    FAMILY_SPIRAL_TRAIN_PER_ARM,
+    FAMILY_SPIRAL_VAL_PER_ARM,
+    FAMILY_TASK,
+    load_task,
+)
 from esper.rl.evaluate import Recording, Replay
 
 _OP, _SLOT = HEAD_INDEX["op"], HEAD_INDEX["slot"]
@@ -38,16 +44,19 @@ _OP, _SLOT = HEAD_INDEX["op"], HEAD_INDEX["slot"]
 def test_each_reset_draws_a_kind_its_data_and_its_host_width() -> None:
     env = MorphogeneticEnv(task=FAMILY_TASK, episode_length=2)
     kinds = seeds_by_kind(env, range(60))
-    assert set(kinds) == {kind.name for kind in FAMILY}
-    assert all(len(seeds) >= 5 for seeds in kinds.values())  # uniform over the kinds
-    assert seeds_by_kind(env, range(60)) == kinds  # the seed decides the kind
+    # dealt by the seed: kind i plays seeds i, i + 6, i + 12, ...
+    assert kinds == {kind.name: list(range(i, 60, len(FAMILY))) for i, kind in enumerate(FAMILY)}
     task_block = slice(1, 1 + TASK_FEATURES)
     for kind in FAMILY:
         obs, info = env.reset(seed=kinds[kind.name][0])
         assert info["kind"] == kind.name and env.kind is kind
         assert env._host.width == kind.width
         n_features, n_classes = env.task.n_features, env.task.n_classes
-        expected = [n_classes / 10, min(np.log(n_features) / np.log(64), 1.0), kind.width / 16]
+        expected = [
+            min(np.log(n_classes) / np.log(10), 1.0),
+            min(np.log(n_features) / np.log(64), 1.0),
+            kind.width / 16,
+        ]
         np.testing.assert_allclose(obs[task_block], expected, rtol=1e-6)
     # the spiral arms are drawn per episode: two spirals3 seeds see different points
     a, b = kinds["spirals3"][:2]
@@ -55,6 +64,28 @@ def test_each_reset_draws_a_kind_its_data_and_its_host_width() -> None:
     first = env.task.x_train.copy()
     env.reset(seed=b)
     assert not np.array_equal(first, env.task.x_train)
+
+
+def test_an_episode_that_reseeds_itself_draws_its_kind() -> None:
+    env = MorphogeneticEnv(task=FAMILY_TASK, episode_length=2)
+    env.reset(seed=0)
+    drawn = set()
+    for _ in range(40):  # an autoreset: no seed, the env's own generator goes on
+        _, info = env.reset()
+        drawn.add(info["kind"])
+    assert drawn == {kind.name for kind in FAMILY}
+
+
+def test_the_family_spirals_are_drawn_larger_than_the_fixed_task() -> None:
+    env = MorphogeneticEnv(task=FAMILY_TASK, episode_length=2)
+    for arms, seed in ((3, 3), (4, 4), (5, 5)):
+        env.reset(seed=seed)
+        assert env.kind.name == f"spirals{arms}"
+        assert env.task.x_train.shape == (arms * FAMILY_SPIRAL_TRAIN_PER_ARM, 2)
+        assert env.task.x_val.shape == (arms * FAMILY_SPIRAL_VAL_PER_ARM, 2)
+        assert np.bincount(env.task.y_val).tolist() == [FAMILY_SPIRAL_VAL_PER_ARM] * arms
+    fixed = load_task("spirals")
+    assert fixed.x_train.shape[0] < 3 * FAMILY_SPIRAL_TRAIN_PER_ARM
 
 
 def test_the_family_is_no_single_task() -> None:
