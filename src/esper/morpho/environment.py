@@ -23,10 +23,10 @@ once; an episode that reseeds itself draws its case), always on a width-16 host:
 moons, wine or the digits (the host solves them alone: WAIT is right) or spirals of
 three, four or five arms, drawn from the seed (one NORM seed early lifts the return by
 0.15 to 0.3). The observation's task block says what a controller knows before training
-(classes, input features, host width), and here that tells the cases apart. Measured by `python -m benchmarks family` (BENCHMARKS.md) at
-the default decisions: on 100 evaluation seeds the best schedule of each case beats the
-best single open-loop schedule (one NORM seed at step 0, into slot 1: where a seed sits
-matters) by +0.045 +- 0.006 of return.
+(classes, input features, host width), and here that tells the cases apart. Measured by
+`python -m benchmarks family` (BENCHMARKS.md) at the default decisions: on 100 evaluation
+seeds the best schedule of each case beats the best single open-loop schedule (one NORM
+seed at step 0, into slot 1: where a seed sits matters) by +0.045 +- 0.006 of return.
 
 A decision every five epochs (`epochs_per_step=5`, five decisions per episode: the same 25
 host epochs as one decision per epoch for 25). At one epoch per decision an untrained
