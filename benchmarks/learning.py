@@ -165,7 +165,7 @@ def greedy_plays(agent: Any, cfg: dict[str, Any], seeds: Sequence[int]) -> dict[
     step that does something ("t0 GROW slot=1 NORM ..."; WAIT steps left out): what it
     learned to do differently from case to case, which seeds grown alone cannot say."""
     from esper.cli.envs import env_spec
-    from esper.morpho.actions import Op, describe
+    from esper.morpho.actions import HEAD_INDEX, Op, describe
     from esper.morpho.schedules import seeds_by_kind
     from esper.rl.config import build_config
     from esper.rl.evaluate import Recording, agent_policies, play
@@ -181,7 +181,9 @@ def greedy_plays(agent: Any, cfg: dict[str, Any], seeds: Sequence[int]) -> dict[
         lengths = [int(ep["length"]) for ep in episodes]
         sequence = recording.most_frequent_sequence(lengths, spec.actions)
         plays[kind] = [
-            f"t{t} {describe(step)}" for t, step in enumerate(sequence) if step[0] != Op.WAIT
+            f"t{t} {describe(step)}"
+            for t, step in enumerate(sequence)
+            if step[HEAD_INDEX["op"]] != Op.WAIT
         ] or ["WAIT"]
     return plays
 
@@ -268,7 +270,7 @@ def run(
                     f"(n={v['episodes']})" for k, v in kinds.items()))  # fmt: skip
                 for kind, steps in plays.items():
                     print(f"  {kind}: {'; '.join(steps)}")
-            torch_save(trained["agent"], out / "agents" / f"{task}_seed{seed}.pt")
+            save_weights(trained["agent"], out / "agents" / f"{task}_seed{seed}.pt")
             runs.append(
                 {
                     "seed": seed,
@@ -290,7 +292,7 @@ def run(
     return doc
 
 
-def torch_save(agent: Any, path: Path) -> None:
+def save_weights(agent: Any, path: Path) -> None:
     """The trained policy's weights (a state dict, loadable with `weights_only=True`), so
     that what a seed learned can be looked at again without training it again."""
     import torch

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import numpy as np
 import numpy.typing as npt
@@ -146,10 +146,12 @@ def _draw_seed(rng: np.random.Generator) -> int:
 
 
 def _family_spirals(arms: int) -> Callable[[np.random.Generator], Task]:
-    def draw(rng: np.random.Generator) -> Task:
-        return spirals(rng, arms, FAMILY_SPIRAL_TRAIN_PER_ARM, FAMILY_SPIRAL_VAL_PER_ARM)
-
-    return draw
+    return partial(
+        spirals,
+        arms=arms,
+        train_per_arm=FAMILY_SPIRAL_TRAIN_PER_ARM,
+        val_per_arm=FAMILY_SPIRAL_VAL_PER_ARM,
+    )
 
 
 @dataclass(frozen=True)
